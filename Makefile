@@ -1,0 +1,50 @@
+# LocalAIStack. `make run` serves the demo stack; `make test` runs every test.
+SHELL := /bin/bash
+CARGO ?= cargo
+VENV := .venv
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all deps venv build test lint fmt bench run crds clean
+
+all: build
+
+# System packages (deps/debian-packages.txt), installed only when missing.
+deps:
+	@bash deps/install.sh
+
+# Python virtual environment for the OpenAI-client tests.
+$(VENV)/.ok: deps/requirements-test.txt | deps
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r deps/requirements-test.txt
+	touch $@
+
+venv: $(VENV)/.ok
+
+build: deps
+	$(CARGO) build --all-targets
+
+test: deps venv
+	LAS_PYTHON=$(CURDIR)/$(VENV)/bin/python $(CARGO) test --all-targets -- --test-threads=2
+	@echo "make test: all tests passed"
+
+lint: deps
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt
+
+# Regenerates crds/ from the Rust types (a test fails when they are stale).
+crds:
+	LAS_UPDATE_CRDS=1 $(CARGO) test --test crds
+
+bench: deps venv
+	LAS_PYTHON=$(CURDIR)/$(VENV)/bin/python $(CARGO) bench
+
+run: deps
+	$(CARGO) build
+	bash scripts/run-quickstart.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)

@@ -1,0 +1,543 @@
+//! Strict, bounded decoding of desired state from files, directories and stdin.
+//!
+//! # Guarantees
+//! - Every error names the file, the line and column, the field path and what was expected.
+//! - Input is bounded: a document over [`MAX_DOC_BYTES`] or a call over [`MAX_CALL_BYTES`] is refused
+//!   before it is parsed; alias bombs and deep nesting are refused by the YAML parser's own limits.
+//! - Nothing is returned unless every document is valid.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::meta::{API_VERSION, InputMeta, Kind, SystemSet};
+use super::{Desired, ModelSpec, ModuleSpec, Origin, PolicySpec, Spec};
+
+/// Largest single YAML/JSON document accepted.
+pub const MAX_DOC_BYTES: usize = 1 << 20;
+/// Largest total input of one call.
+pub const MAX_CALL_BYTES: usize = 64 << 20;
+
+/// One problem in the input, with its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// Dotted field path, e.g. `spec.container.ports[0].hostPort`; empty for the document itself.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// All problems found in one call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct InputErrors(pub Vec<InputError>);
+
+impl fmt::Display for InputErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A named piece of input text.
+#[derive(Debug, Clone)]
+pub struct InputFile {
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+fn whole_file_error(file: &str, message: String) -> InputErrors {
+    InputErrors(vec![InputError {
+        file: file.to_string(),
+        line: 1,
+        column: 1,
+        path: String::new(),
+        message,
+    }])
+}
+
+/// Reads PATH arguments: files, directories (`recursive` descends), and `-` for stdin.
+/// Directory entries are read in sorted order; only `*.yaml`, `*.yml` and `*.json` are taken.
+pub fn read_paths(paths: &[PathBuf], recursive: bool) -> Result<Vec<InputFile>, InputErrors> {
+    let mut out = Vec::new();
+    let mut total = 0usize;
+    for p in paths {
+        if p.as_os_str() == "-" {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .lock()
+                .take(MAX_CALL_BYTES as u64 + 1)
+                .read_to_end(&mut buf)
+                .map_err(|e| whole_file_error("<stdin>", format!("cannot read stdin: {e}")))?;
+            push_file(&mut out, &mut total, "<stdin>".into(), buf)?;
+            continue;
+        }
+        let meta = std::fs::metadata(p)
+            .map_err(|e| whole_file_error(&p.display().to_string(), format!("cannot read: {e}")))?;
+        if meta.is_dir() {
+            let mut files = Vec::new();
+            collect_dir(p, recursive, &mut files).map_err(|e| {
+                whole_file_error(&p.display().to_string(), format!("cannot list: {e}"))
+            })?;
+            files.sort();
+            for f in files {
+                read_one(&f, &mut out, &mut total)?;
+            }
+        } else {
+            read_one(p, &mut out, &mut total)?;
+        }
+    }
+    Ok(out)
+}
+
+fn collect_dir(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            if recursive {
+                collect_dir(&path, recursive, out)?;
+            }
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        ) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+fn read_one(p: &Path, out: &mut Vec<InputFile>, total: &mut usize) -> Result<(), InputErrors> {
+    let name = p.display().to_string();
+    let len = std::fs::metadata(p)
+        .map_err(|e| whole_file_error(&name, format!("cannot read: {e}")))?
+        .len();
+    if len as usize > MAX_CALL_BYTES {
+        return Err(whole_file_error(
+            &name,
+            format!("file is {len} bytes; one call accepts at most {MAX_CALL_BYTES} bytes"),
+        ));
+    }
+    let bytes =
+        std::fs::read(p).map_err(|e| whole_file_error(&name, format!("cannot read: {e}")))?;
+    push_file(out, total, name, bytes)
+}
+
+fn push_file(
+    out: &mut Vec<InputFile>,
+    total: &mut usize,
+    name: String,
+    bytes: Vec<u8>,
+) -> Result<(), InputErrors> {
+    *total += bytes.len();
+    if *total > MAX_CALL_BYTES {
+        return Err(whole_file_error(
+            &name,
+            format!(
+                "input exceeds {MAX_CALL_BYTES} bytes in one call: split it into several applies"
+            ),
+        ));
+    }
+    out.push(InputFile { name, bytes });
+    Ok(())
+}
+
+/// One YAML document cut out of a file, with the line its text starts on.
+struct RawDoc<'a> {
+    text: String,
+    first_line: usize,
+    file: &'a str,
+}
+
+/// Splits a stream on `---` lines the way kubectl does, keeping columns intact.
+fn split_documents<'a>(file: &'a str, text: &str) -> Vec<RawDoc<'a>> {
+    let mut docs = Vec::new();
+    let mut cur = String::new();
+    let mut first_line = 1;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let is_marker =
+            line.starts_with("---") && line[3..].chars().next().is_none_or(|c| c.is_whitespace());
+        let is_end = line.trim_end() == "...";
+        if is_marker || is_end {
+            docs.push(RawDoc {
+                text: std::mem::take(&mut cur),
+                first_line,
+                file,
+            });
+            first_line = i + 1;
+            if is_marker {
+                // Keep what follows the marker on its line, at the same columns.
+                cur.push_str("   ");
+                cur.push_str(&line[3..]);
+            } else {
+                cur.push('\n');
+            }
+        } else {
+            cur.push_str(line);
+        }
+    }
+    docs.push(RawDoc {
+        text: cur,
+        first_line,
+        file,
+    });
+    docs
+}
+
+/// A document as a user writes it, generic over the kind's spec.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Manifest<S> {
+    #[allow(dead_code)]
+    api_version: String,
+    #[allow(dead_code)]
+    kind: String,
+    metadata: InputMeta,
+    spec: S,
+    #[serde(default)]
+    #[allow(dead_code)]
+    status: Option<SystemSet>,
+}
+
+/// Decodes every document of every file. Returns all errors, or all objects if there are none.
+/// The same kind/name twice in one call is an error naming both places.
+pub fn decode_files(files: &[InputFile]) -> Result<Vec<Desired>, InputErrors> {
+    let mut errors = Vec::new();
+    let mut out: Vec<Desired> = Vec::new();
+    for f in files {
+        let text = match std::str::from_utf8(&f.bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                let (line, column) = line_col(&f.bytes[..e.valid_up_to()]);
+                errors.push(InputError {
+                    file: f.name.clone(),
+                    line,
+                    column,
+                    path: String::new(),
+                    message: format!(
+                        "invalid UTF-8 at byte {}: desired state must be UTF-8 text",
+                        e.valid_up_to()
+                    ),
+                });
+                continue;
+            }
+        };
+        for doc in split_documents(&f.name, text) {
+            match decode_doc(&doc) {
+                Ok(Some(d)) => out.push(d),
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    let mut seen: BTreeMap<(Kind, String), &Origin> = BTreeMap::new();
+    for d in &out {
+        if let Some(first) = seen.insert((d.kind(), d.name.to_string()), &d.origin) {
+            errors.push(InputError {
+                file: d.origin.file.clone(),
+                line: d.origin.line,
+                column: 1,
+                path: "metadata.name".into(),
+                message: format!(
+                    "{}/{} is defined twice in one call (first at {}:{})",
+                    d.kind(),
+                    d.name,
+                    first.file,
+                    first.line
+                ),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(InputErrors(errors))
+    }
+}
+
+fn line_col(prefix: &[u8]) -> (usize, usize) {
+    let line = prefix.iter().filter(|&&b| b == b'\n').count() + 1;
+    let col = prefix.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    (line, col)
+}
+
+fn decode_doc(doc: &RawDoc<'_>) -> Result<Option<Desired>, InputError> {
+    let err_at = |line: usize, column: usize, path: &str, message: String| InputError {
+        file: doc.file.to_string(),
+        line: doc.first_line + line.saturating_sub(1),
+        column,
+        path: path.to_string(),
+        message,
+    };
+    if doc.text.len() > MAX_DOC_BYTES {
+        return Err(err_at(
+            1,
+            1,
+            "",
+            format!(
+                "document is {} bytes; at most {MAX_DOC_BYTES} bytes are accepted per document",
+                doc.text.len()
+            ),
+        ));
+    }
+    let value: serde_yaml::Value = match serde_yaml::from_str(&doc.text) {
+        Ok(v) => v,
+        Err(e) => {
+            let (l, c) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            return Err(err_at(l, c, "", clean_message(&e.to_string(), "")));
+        }
+    };
+    let map = match &value {
+        serde_yaml::Value::Null => return Ok(None),
+        serde_yaml::Value::Mapping(m) => m,
+        _ => {
+            return Err(err_at(
+                first_content_line(&doc.text),
+                1,
+                "",
+                "expected an object with apiVersion, kind, metadata and spec".into(),
+            ));
+        }
+    };
+    let start = first_content_line(&doc.text);
+    let field = |k: &str| map.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let at_key = |k: &str| locate(&doc.text, &[k]).unwrap_or((1, 1));
+    let api_version = field("apiVersion").ok_or_else(|| {
+        err_at(
+            start,
+            1,
+            "apiVersion",
+            format!("missing: expected apiVersion: {API_VERSION}"),
+        )
+    })?;
+    if api_version != API_VERSION {
+        let (l, c) = at_key("apiVersion");
+        return Err(err_at(
+            l,
+            c,
+            "apiVersion",
+            format!("unknown apiVersion {api_version:?}: expected {API_VERSION}"),
+        ));
+    }
+    let kind_s = field("kind").ok_or_else(|| {
+        err_at(
+            start,
+            1,
+            "kind",
+            format!("missing: expected one of {}", Kind::known_list()),
+        )
+    })?;
+    let Some(kind) = Kind::ALL.into_iter().find(|k| k.as_str() == kind_s) else {
+        let (l, c) = at_key("kind");
+        return Err(err_at(
+            l,
+            c,
+            "kind",
+            format!(
+                "unknown kind {kind_s:?}: known kinds are {}",
+                Kind::known_list()
+            ),
+        ));
+    };
+    let meta_line = locate(&doc.text, &["metadata", "name"])
+        .or_else(|| locate(&doc.text, &["metadata"]))
+        .map_or(start, |(l, _)| l);
+    let origin = Origin {
+        file: doc.file.to_string(),
+        line: doc.first_line + meta_line - 1,
+    };
+    let typed = |d: Result<(InputMeta, Spec), InputError>| d;
+    let (meta, spec) = typed(match kind {
+        Kind::Model => parse_typed::<ModelSpec>(doc).map(|(m, s)| (m, Spec::Model(s))),
+        Kind::Module => parse_typed::<ModuleSpec>(doc).map(|(m, s)| (m, Spec::Module(s))),
+        Kind::Policy => parse_typed::<PolicySpec>(doc).map(|(m, s)| (m, Spec::Policy(s))),
+    })?;
+    validate_spec(&spec).map_err(|(path, message)| {
+        let (l, c) = locate(&doc.text, &path_keys(&path)).unwrap_or((start, 1));
+        err_at(l, c, &path, message)
+    })?;
+    Ok(Some(Desired {
+        name: meta.name,
+        labels: meta.labels,
+        annotations: meta.annotations,
+        spec,
+        origin,
+    }))
+}
+
+fn validate_spec(spec: &Spec) -> Result<(), (String, String)> {
+    match spec {
+        Spec::Module(m) => m.validate(),
+        Spec::Model(_) => Ok(()),
+        Spec::Policy(p) => {
+            let mut names = std::collections::BTreeSet::new();
+            for (i, t) in p.tiers.iter().enumerate() {
+                if !names.insert(t.name.as_str()) {
+                    return Err((
+                        format!("spec.tiers[{i}].name"),
+                        format!("tier {:?} appears twice", t.name),
+                    ));
+                }
+                if let Some(w) = &t.when {
+                    w.validate(&format!("spec.tiers[{i}].when"))?;
+                }
+            }
+            if p.tiers.is_empty() {
+                return Err((
+                    "spec.tiers".into(),
+                    "a Policy needs at least one tier".into(),
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn parse_typed<S: DeserializeOwned>(doc: &RawDoc<'_>) -> Result<(InputMeta, S), InputError> {
+    let de = serde_yaml::Deserializer::from_str(&doc.text);
+    match serde_path_to_error::deserialize::<_, Manifest<S>>(de) {
+        Ok(m) => Ok((m.metadata, m.spec)),
+        Err(e) => {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            let inner = e.into_inner();
+            let serde_pos = inner
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            // serde_yaml positions custom errors at the previous key; find the field itself.
+            let (l, c) = match locate(&doc.text, &path_keys(&path)) {
+                Some(found) if found >= serde_pos => found,
+                _ => serde_pos,
+            };
+            Err(InputError {
+                file: doc.file.to_string(),
+                line: doc.first_line + l.saturating_sub(1),
+                column: c,
+                message: clean_message(&inner.to_string(), &path),
+                path,
+            })
+        }
+    }
+}
+
+/// Removes the position and path serde_yaml adds, since we print our own.
+fn clean_message(msg: &str, path: &str) -> String {
+    let mut m = msg;
+    if let Some(i) = m.rfind(" at line ") {
+        m = &m[..i];
+    }
+    // serde_yaml prefixes the path of the enclosing mapping: any prefix of ours.
+    let segs: Vec<&str> = path.split('.').collect();
+    for n in (1..=segs.len()).rev() {
+        let prefix = segs[..n].join(".");
+        if let Some(rest) = m.strip_prefix(&prefix).and_then(|r| r.strip_prefix(": ")) {
+            m = rest;
+            break;
+        }
+    }
+    m.to_string()
+}
+
+/// Splits `spec.tiers[0].when` into the keys `locate` searches for.
+fn path_keys(path: &str) -> Vec<&str> {
+    path.split('.')
+        .map(|s| s.split('[').next().unwrap_or(s))
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The first line that is neither blank nor a comment (1-based), for document-level errors.
+fn first_content_line(text: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            let t = l.trim();
+            !t.is_empty() && !t.starts_with('#')
+        })
+        .map_or(1, |i| i + 1)
+}
+
+/// Finds the line and column of a key path in YAML text, by indentation. Best effort: used only to
+/// point at fields whose errors serde cannot position.
+fn locate(text: &str, path: &[&str]) -> Option<(usize, usize)> {
+    let mut min_indent = 0usize;
+    let mut start = 0usize;
+    let mut found = None;
+    let lines: Vec<&str> = text.lines().collect();
+    for seg in path {
+        let key = seg.split('[').next().unwrap_or(seg);
+        let mut hit = None;
+        for (i, line) in lines.iter().enumerate().skip(start) {
+            let trimmed = line.trim_start_matches([' ', '-']);
+            let indent = line.len() - trimmed.len();
+            if indent < min_indent && !trimmed.is_empty() && found.is_some() {
+                break;
+            }
+            if trimmed.starts_with(&format!("{key}:")) {
+                hit = Some((i, indent));
+                break;
+            }
+        }
+        let (i, indent) = hit?;
+        found = Some((i + 1, indent + 1));
+        start = i + 1;
+        min_indent = indent + 1;
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(text: &str) -> Result<Vec<Desired>, InputErrors> {
+        decode_files(&[InputFile {
+            name: "t.yaml".into(),
+            bytes: text.as_bytes().to_vec(),
+        }])
+    }
+
+    #[test]
+    fn splits_documents_and_keeps_lines() {
+        let text = "---\napiVersion: localaistack.io/v1alpha1\nkind: Model\nmetadata: {name: a}\nspec: {source: /x}\n---\n\napiVersion: localaistack.io/v1alpha1\nkind: Model\nmetadata: {name: b, bogus: 1}\nspec: {source: /x}\n";
+        let err = decode(text).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].line, 10, "{}", err);
+        assert!(err.0[0].message.contains("unknown field `bogus`"), "{err}");
+    }
+
+    #[test]
+    fn locate_finds_nested_keys() {
+        let t = "a:\n  b:\n    c: 1\nspec:\n  native:\n    command: []\n";
+        assert_eq!(locate(t, &["spec", "native", "command"]), Some((6, 5)));
+    }
+}

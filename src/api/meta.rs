@@ -1,0 +1,268 @@
+//! Object metadata, names, kinds and conditions shared by every kind.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The only apiVersion this build understands.
+pub const API_VERSION: &str = "localaistack.io/v1alpha1";
+
+/// A DNS-1123 label: lower-case alphanumerics and '-', starting and ending alphanumeric, at most 63
+/// characters. Once constructed it is valid, so nothing inside the program checks it again.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
+#[serde(transparent)]
+#[schemars(
+    description = "DNS-1123 label: lower-case letters, digits and '-', at most 63 characters",
+    extend("pattern" = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+)]
+pub struct ObjectName(String);
+
+impl ObjectName {
+    pub fn new(s: &str) -> Result<Self, String> {
+        let ok_chars = s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if s.is_empty() {
+            return Err("name must not be empty".into());
+        }
+        if s.len() > 63 {
+            return Err(format!(
+                "name {s:?} is {} characters long; at most 63 are allowed",
+                s.len()
+            ));
+        }
+        if !ok_chars || s.starts_with('-') || s.ends_with('-') {
+            return Err(format!(
+                "name {s:?} is not a DNS-1123 label: use lower-case letters, digits and '-', starting and ending with a letter or digit"
+            ));
+        }
+        Ok(Self(s.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ObjectName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ObjectName::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl FromStr for ObjectName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::new(s)
+    }
+}
+
+/// The kinds this version knows.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+pub enum Kind {
+    Model,
+    Module,
+    Policy,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Model, Kind::Module, Kind::Policy];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Model => "Model",
+            Kind::Module => "Module",
+            Kind::Policy => "Policy",
+        }
+    }
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Model => "models",
+            Kind::Module => "modules",
+            Kind::Policy => "policies",
+        }
+    }
+    /// Accepts `Model`, `model`, `models`, and the short names `mo`/`mod`/`pol` are deliberately not
+    /// supported to keep the vocabulary small.
+    pub fn parse_loose(s: &str) -> Option<Kind> {
+        let l = s.to_ascii_lowercase();
+        Kind::ALL
+            .into_iter()
+            .find(|k| l == k.as_str().to_ascii_lowercase() || l == k.plural())
+    }
+    pub fn known_list() -> String {
+        Kind::ALL.map(|k| k.as_str()).join(", ")
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A reference to another object, as used by `dependsOn`.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectRef {
+    pub kind: Kind,
+    pub name: ObjectName,
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind, self.name)
+    }
+}
+
+/// A field the system sets; a user who writes it gets an error at its exact position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SystemSet;
+
+impl<'de> Deserialize<'de> for SystemSet {
+    fn deserialize<D: Deserializer<'de>>(_d: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "is set by the system, never by the user: remove it from the file",
+        ))
+    }
+}
+
+/// Metadata as a user writes it.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InputMeta {
+    pub name: ObjectName,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    #[schemars(skip)]
+    pub uid: Option<SystemSet>,
+    #[serde(default)]
+    #[schemars(skip)]
+    pub generation: Option<SystemSet>,
+    #[serde(default)]
+    #[schemars(skip)]
+    pub resource_version: Option<SystemSet>,
+    #[serde(default)]
+    #[schemars(skip)]
+    pub creation_timestamp: Option<SystemSet>,
+    #[serde(default)]
+    #[schemars(skip)]
+    pub deletion_timestamp: Option<SystemSet>,
+    #[serde(default)]
+    #[schemars(skip)]
+    pub finalizers: Option<SystemSet>,
+}
+
+/// Metadata as the system reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    pub name: ObjectName,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Set by the system: unique per incarnation of the object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Set by the system: increases only when `spec` changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// Set by the system: changes on every write, status included. Send it back to make a write
+    /// conditional (a stale value is a conflict).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finalizers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ConditionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        }
+    }
+}
+
+/// One observation about an object, as in Kubernetes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`, `Reconciling`, `Stalled` or `Degraded`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: ConditionStatus,
+    /// CamelCase reason, e.g. `Verified`.
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    pub last_transition_time: String,
+}
+
+/// Sets `cond` in `conds`, keeping `lastTransitionTime` when the status did not change.
+pub fn set_condition(conds: &mut Vec<Condition>, mut cond: Condition) {
+    if let Some(old) = conds.iter_mut().find(|c| c.type_ == cond.type_) {
+        if old.status == cond.status {
+            cond.last_transition_time = old.last_transition_time.clone();
+        }
+        *old = cond;
+    } else {
+        conds.push(cond);
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns1123_names() {
+        for ok in ["a", "tiny", "qwen2-0-5b", &"a".repeat(63)] {
+            assert!(ObjectName::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(64)] {
+            assert!(ObjectName::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn kinds_parse_loosely() {
+        assert_eq!(Kind::parse_loose("models"), Some(Kind::Model));
+        assert_eq!(Kind::parse_loose("Module"), Some(Kind::Module));
+        assert_eq!(Kind::parse_loose("policies"), Some(Kind::Policy));
+        assert_eq!(Kind::parse_loose("pods"), None);
+    }
+}

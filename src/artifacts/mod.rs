@@ -1,0 +1,1 @@
+//! Artifacts: model blobs, GGUF metadata and the module catalog.

@@ -1,0 +1,3 @@
+//! The control layer: state, and (in later modules) hardware, policy, resolution and controllers.
+
+pub mod store;

@@ -1,0 +1,163 @@
+//! `lasctl`: parse, resolve arguments, call the library, map errors to exit codes.
+
+mod output;
+mod verbs;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use output::OutputFormat;
+
+use crate::api::decode::InputErrors;
+use crate::api::schema::ExplainError;
+use crate::control::store::StoreError;
+use crate::home::HomeError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Input(#[from] InputErrors),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    #[error(transparent)]
+    Explain(#[from] ExplainError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot write output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lasctl",
+    version,
+    about = "LocalAIStack: a declarative reconciler for a local AI workstation"
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Record desired state from files, directories or stdin (-).
+    Apply(ApplyArgs),
+    /// List objects: get KIND [NAME], or get all.
+    Get(GetArgs),
+    /// Show an object's spec, status, conditions and recent events.
+    Describe { kind: String, name: String },
+    /// Show what an apply would change, as a unified YAML diff (exit 0: none, 1: changes, >1: error).
+    Diff(FileArgs),
+    /// Record the deletion of objects: delete -f PATH, or delete KIND NAME...
+    Delete(DeleteArgs),
+    /// Documentation of kinds and fields, e.g. explain module.spec.container.ports.
+    Explain {
+        path: String,
+        #[arg(long)]
+        recursive: bool,
+    },
+    /// List the generations of desired state.
+    History {
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Make desired state equal to an earlier generation (default: the previous one).
+    Rollback { generation: Option<u64> },
+    /// The durable event log, of one object (KIND/NAME) or all.
+    Events {
+        object: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Print version information.
+    Version,
+    /// Print a shell completion script.
+    Completion { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FileArgs {
+    /// A file, a directory, or - for stdin.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Descend into subdirectories.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub files: FileArgs,
+    /// Validate and show what would change, recording nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Delete objects an earlier apply of the same PATH recorded and this one no longer has.
+    #[arg(long)]
+    pub prune: bool,
+    /// With --prune: allow pruning every object of a PATH.
+    #[arg(long, requires = "prune")]
+    pub allow_empty: bool,
+    #[arg(short = 'o', long = "output", value_enum)]
+    pub output: Option<OutputFormat>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// model, module, policy (singular, plural or capitalized), or all.
+    pub kind: String,
+    pub name: Option<String>,
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub output: OutputFormat,
+    /// Label selector: k=v[,k=v].
+    #[arg(short = 'l', long = "selector")]
+    pub selector: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    #[arg(short = 'f', long = "filename")]
+    pub paths: Vec<PathBuf>,
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    /// KIND NAME... when no -f is given.
+    pub args: Vec<String>,
+}
+
+pub(crate) fn parse_selector(s: Option<&str>) -> Result<BTreeMap<String, String>, CliError> {
+    let mut m = BTreeMap::new();
+    for part in s.unwrap_or_default().split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            CliError::Usage(format!("selector {part:?} is not of the form key=value"))
+        })?;
+        m.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(m)
+}
+
+/// Runs one parsed command and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let diff = matches!(cli.command, Command::Diff(_));
+    match verbs::dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            // diff reserves 1 for "changes"; errors are 2 there.
+            ExitCode::from(if diff { 2 } else { 1 })
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Interfaces: they record intent and show state; they never start a workload themselves.
+
+pub mod cli;

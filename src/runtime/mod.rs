@@ -1,0 +1,1 @@
+//! The runtime layer: executes workloads (containers, native processes, the engine); decides nothing.
