@@ -1,3 +1,5 @@
 //! The control layer: state, and (in later modules) hardware, policy, resolution and controllers.
 
+pub mod apply;
+pub mod controllers;
 pub mod store;

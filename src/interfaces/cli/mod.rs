@@ -32,6 +32,15 @@ pub enum CliError {
     Io(#[from] std::io::Error),
 }
 
+impl From<crate::control::apply::ApplyError> for CliError {
+    fn from(e: crate::control::apply::ApplyError) -> Self {
+        match e {
+            crate::control::apply::ApplyError::Input(i) => CliError::Input(i),
+            crate::control::apply::ApplyError::Store(s) => CliError::Store(s),
+        }
+    }
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "lasctl",
