@@ -2,4 +2,5 @@
 
 pub mod apply;
 pub mod controllers;
+pub mod sources;
 pub mod store;
