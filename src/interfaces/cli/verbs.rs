@@ -31,6 +31,8 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
         Command::History { output } => history(output).and(ok),
         Command::Rollback { generation } => rollback(generation).and(ok),
         Command::Events { object, limit } => events(object.as_deref(), limit).and(ok),
+        Command::Plan(p) => super::plan::run(p),
+        Command::Hardware(h) => super::hardware::run(h).and(ok),
         Command::Version => {
             println!(
                 "lasctl {} (apiVersion {API_VERSION}, built-in engine: {})",
@@ -73,7 +75,7 @@ fn source_key(p: &std::path::Path) -> String {
 }
 
 /// Reads and validates every PATH; returns the objects with their source keys.
-fn load(files: &FileArgs) -> Result<Vec<(Desired, String)>, CliError> {
+pub(crate) fn load(files: &FileArgs) -> Result<Vec<(Desired, String)>, CliError> {
     let mut all: Vec<InputFile> = Vec::new();
     let mut file_source: BTreeMap<String, String> = BTreeMap::new();
     for p in &files.paths {
@@ -160,7 +162,14 @@ fn apply(a: ApplyArgs) -> Result<(), CliError> {
     };
     let mut store = open_store()?;
     let outcome = store.apply(&req)?;
-    print_outcome(&outcome, a.dry_run, a.output)
+    drop(store);
+    print_outcome(&outcome, a.dry_run, a.output)?;
+    if a.dry_run && a.output.is_none() {
+        let objects: Vec<Desired> = req.items.into_iter().map(|i| i.desired).collect();
+        let p = super::plan::compute(&a.files, &objects, false, false)?;
+        print!("\nPlan:\n{}", p.to_text());
+    }
+    Ok(())
 }
 
 fn parse_kind(s: &str) -> Result<Kind, CliError> {
