@@ -136,7 +136,7 @@ proptest! {
                 version: Version(semver::Version::new(*maj, *min, 0)),
                 engine: Some(EngineArtifact { type_: Default::default() }),
                 dependencies: deps.iter().filter(|(a, b, _, _)| *a == i && *b > i && *b < n)
-                    .map(|(_, b, maj, min)| (*b, *maj, *min))
+                    .map(|(_, b, maj, min)| (*b, (*maj, *min)))
                     .collect::<BTreeMap<_, _>>().into_iter()
                     .map(|(b, (maj, min))| Dependency {
                         name: ObjectName::new(&name(b)).unwrap(),

@@ -451,7 +451,12 @@ pub fn decode_kind<S: DeserializeOwned>(
             }
         };
         if let Err((path, message)) = validate(&spec) {
-            let (l, c) = locate(&doc.text, &path_keys(&path)).unwrap_or((start, 1));
+            // The deepest key that can be found (flow mappings hide the last ones).
+            let keys = path_keys(&path);
+            let (l, c) = (1..=keys.len())
+                .rev()
+                .find_map(|n| locate(&doc.text, &keys[..n]))
+                .unwrap_or((start, 1));
             errors.push(err_at(l, c, &path, message));
             continue;
         }

@@ -25,6 +25,8 @@ pub const PROFILE_ENV: &str = "LAS_HARDWARE_PROFILE";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HardwareError {
+    #[error("cannot detect {what}: {message}; set LAS_HARDWARE_PROFILE to a profile file instead")]
+    Detect { what: &'static str, message: String },
     #[error("cannot read hardware profile {path}: {source}")]
     ReadProfile {
         path: PathBuf,
@@ -367,9 +369,9 @@ impl HardwareProbe for LiveProbe {
             .clone()
             .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup"));
         let cg = read_cgroup_limits(&cgroup_root);
-        let cpu = probe_cpu(cg.cpu_quota_cores);
-        let memory = probe_memory(cg.memory_max);
-        let disks = probe_disks();
+        let cpu = probe_cpu(cg.cpu_quota_cores)?;
+        let memory = probe_memory(cg.memory_max)?;
+        let disks = probe_disks(&mut notes);
         let os = OsInfo {
             name: sysinfo::System::name().unwrap_or_else(|_| std::env::consts::OS.to_string()),
             version: sysinfo::System::os_version().unwrap_or_default(),
@@ -448,11 +450,13 @@ fn parse_cpu_max(s: &str) -> Option<f64> {
     quota.parse::<f64>().ok().map(|q| q / period)
 }
 
-fn probe_cpu(quota: Option<f64>) -> CpuInfo {
+fn probe_cpu(quota: Option<f64>) -> Result<CpuInfo, HardwareError> {
     use sysinfo::{CpuRefreshKind, RefreshKind, System};
-    let sys = System::new_with_specifics(
-        RefreshKind::nothing().with_cpu(CpuRefreshKind::nothing()),
-    );
+    let sys = System::new_with_specifics(RefreshKind::nothing().with_cpu(CpuRefreshKind::nothing()))
+        .map_err(|e| HardwareError::Detect {
+            what: "the CPU",
+            message: e.to_string(),
+        })?;
     let logical = sys.cpus().len().max(1) as u32;
     let model = sys
         .cpus()
@@ -471,7 +475,7 @@ fn probe_cpu(quota: Option<f64>) -> CpuInfo {
     if let Some(q) = quota {
         usable = usable.min(q);
     }
-    CpuInfo {
+    Ok(CpuInfo {
         model,
         arch: std::env::consts::ARCH.to_string(),
         physical_cores: physical,
@@ -479,7 +483,7 @@ fn probe_cpu(quota: Option<f64>) -> CpuInfo {
         usable_cores: usable,
         cgroup_quota_cores: quota,
         features: cpu_features(),
-    }
+    })
 }
 
 fn cpu_features() -> Vec<String> {
@@ -508,23 +512,31 @@ fn cpu_features() -> Vec<String> {
     f
 }
 
-fn probe_memory(cgroup_max: Option<u64>) -> MemoryInfo {
-    let mut sys = sysinfo::System::new();
+fn probe_memory(cgroup_max: Option<u64>) -> Result<MemoryInfo, HardwareError> {
+    let mut sys = sysinfo::System::new().map_err(|e| HardwareError::Detect {
+        what: "memory",
+        message: e.to_string(),
+    })?;
     sys.refresh_memory();
     let total = sys.total_memory();
     let usable = cgroup_max.map_or(total, |m| m.min(total));
-    MemoryInfo {
+    Ok(MemoryInfo {
         total_bytes: total,
         available_bytes: sys.available_memory().min(usable),
         usable_bytes: usable,
         cgroup_limit_bytes: cgroup_max,
-    }
+    })
 }
 
-fn probe_disks() -> Vec<DiskInfo> {
-    let disks = sysinfo::Disks::new_with_refreshed_list();
+fn probe_disks(notes: &mut Vec<String>) -> Vec<DiskInfo> {
+    let disks = match sysinfo::Disks::new_with_refreshed_list() {
+        Ok(d) => d,
+        Err(e) => {
+            notes.push(format!("disks could not be listed: {e}"));
+            return Vec::new();
+        }
+    };
     let mut out: Vec<DiskInfo> = disks
-        .list()
         .iter()
         .map(|d| {
             let device = d.name().to_string_lossy().into_owned();
