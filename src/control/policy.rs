@@ -859,8 +859,8 @@ impl<'a> Admission<'a> {
             gpu_layers: None,
             total_layers: None,
             summary: match note {
-                Some(n) => format!("{}: {} of RAM; {n}", w.object, gib(need)),
-                None => format!("{}: {} of RAM", w.object, gib(need)),
+                Some(n) => format!("{} of RAM; {n}", gib(need)),
+                None => format!("{} of RAM", gib(need)),
             },
         })
     }
