@@ -13,7 +13,11 @@ fn lasctl(home: &Path, args: &[&str]) -> Duration {
         .output()
         .expect("run lasctl");
     let d = t.elapsed();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     d
 }
 
@@ -37,8 +41,12 @@ fn write_objects(dir: &Path, n: usize) {
 
 fn db_rv(home: &Path) -> i64 {
     let c = rusqlite::Connection::open(home.join("state.db")).unwrap();
-    c.query_row("SELECT value FROM counters WHERE name='resource_version'", [], |r| r.get(0))
-        .unwrap()
+    c.query_row(
+        "SELECT value FROM counters WHERE name='resource_version'",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -65,7 +73,16 @@ fn main() {
         }
         no_write &= db_rv(home.path()) == rv;
     }
-    println!("core: apply {n} objects in one call      median {:>7.1} ms  (target < 1000 ms)", median(first).as_secs_f64() * 1e3);
-    println!("core: unchanged re-apply of {n}          median {:>7.1} ms  (target < 300 ms), wrote nothing: {no_write}", median(again).as_secs_f64() * 1e3);
-    println!("core: get all -o json ({n} objects)      median {:>7.1} ms  (target < 200 ms)", median(get).as_secs_f64() * 1e3);
+    println!(
+        "core: apply {n} objects in one call      median {:>7.1} ms  (target < 1000 ms)",
+        median(first).as_secs_f64() * 1e3
+    );
+    println!(
+        "core: unchanged re-apply of {n}          median {:>7.1} ms  (target < 300 ms), wrote nothing: {no_write}",
+        median(again).as_secs_f64() * 1e3
+    );
+    println!(
+        "core: get all -o json ({n} objects)      median {:>7.1} ms  (target < 200 ms)",
+        median(get).as_secs_f64() * 1e3
+    );
 }

@@ -63,7 +63,11 @@ pub fn load(paths: &[PathBuf], recursive: bool) -> Result<Vec<(Desired, String)>
 }
 
 /// Builds the store request for PATHs already loaded.
-pub fn request(paths: &[PathBuf], objects: Vec<(Desired, String)>, opts: &ApplyOptions) -> ApplyRequest {
+pub fn request(
+    paths: &[PathBuf],
+    objects: Vec<(Desired, String)>,
+    opts: &ApplyOptions,
+) -> ApplyRequest {
     let keys: Vec<String> = paths.iter().map(|p| source_key(p)).collect();
     ApplyRequest {
         items: objects
@@ -82,7 +86,11 @@ pub fn request(paths: &[PathBuf], objects: Vec<(Desired, String)>, opts: &ApplyO
 }
 
 /// Reads, validates and records PATHs in one transaction.
-pub fn apply_paths(store: &mut Store, paths: &[PathBuf], opts: &ApplyOptions) -> Result<Outcome, ApplyError> {
+pub fn apply_paths(
+    store: &mut Store,
+    paths: &[PathBuf],
+    opts: &ApplyOptions,
+) -> Result<Outcome, ApplyError> {
     let objects = load(paths, opts.recursive)?;
     Ok(store.apply(&request(paths, objects, opts))?)
 }

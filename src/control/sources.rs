@@ -75,12 +75,22 @@ pub async fn apply_source(store: &SharedStore, dir: &Path) -> bool {
                         generation: outcome
                             .generation
                             .or(previous.as_ref().and_then(|p| p.generation)),
-                        objects: outcome.changes.iter().filter(|c| c.action != crate::control::store::Action::Pruned).count(),
+                        objects: outcome
+                            .changes
+                            .iter()
+                            .filter(|c| c.action != crate::control::store::Action::Pruned)
+                            .count(),
                         error: None,
                         last_checked: now,
                     };
                     if previous.as_ref().is_some_and(|p| p.error.is_some()) {
-                        let _ = s.record_event("Source", &key, EventType::Normal, "Applied", "the directory applies cleanly again");
+                        let _ = s.record_event(
+                            "Source",
+                            &key,
+                            EventType::Normal,
+                            "Applied",
+                            "the directory applies cleanly again",
+                        );
                     }
                     (st, changed)
                 }
@@ -107,7 +117,9 @@ pub async fn apply_source(store: &SharedStore, dir: &Path) -> bool {
                 }
             };
             let unchanged_record = previous.as_ref().is_some_and(|p| {
-                p.error == status.error && p.generation == status.generation && p.objects == status.objects
+                p.error == status.error
+                    && p.generation == status.generation
+                    && p.objects == status.objects
             });
             if !unchanged_record || changed {
                 let _ = s.put_record(&record_key, &serde_json::to_value(&status).expect("json"));
@@ -141,10 +153,11 @@ pub async fn watch_sources(
             path: dir.clone(),
             source,
         })?;
-        w.watch(dir, RecursiveMode::Recursive).map_err(|source| WatchError::Watch {
-            path: dir.clone(),
-            source,
-        })?;
+        w.watch(dir, RecursiveMode::Recursive)
+            .map_err(|source| WatchError::Watch {
+                path: dir.clone(),
+                source,
+            })?;
         watchers.push(w);
     }
     drop(tx);
@@ -167,7 +180,13 @@ pub async fn watch_sources(
             next_rescan = now + rescan;
             continue;
         }
-        let wake = pending.iter().flatten().copied().min().unwrap_or(next_rescan).min(next_rescan);
+        let wake = pending
+            .iter()
+            .flatten()
+            .copied()
+            .min()
+            .unwrap_or(next_rescan)
+            .min(next_rescan);
         tokio::select! {
             ev = rx.recv() => match ev {
                 Some(i) => pending[i] = Some(Instant::now() + debounce),
@@ -180,10 +199,16 @@ pub async fn watch_sources(
 }
 
 /// Wakes the controllers whenever `state.db` (or its WAL) is written, by any process.
-pub fn watch_store(home_root: &Path, triggers: mpsc::Sender<Trigger>) -> Result<notify::RecommendedWatcher, WatchError> {
+pub fn watch_store(
+    home_root: &Path,
+    triggers: mpsc::Sender<Trigger>,
+) -> Result<notify::RecommendedWatcher, WatchError> {
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res
-            && matches!(ev.kind, notify::EventKind::Modify(_) | notify::EventKind::Create(_))
+            && matches!(
+                ev.kind,
+                notify::EventKind::Modify(_) | notify::EventKind::Create(_)
+            )
             && ev.paths.iter().any(|p| {
                 p.file_name()
                     .and_then(|n| n.to_str())

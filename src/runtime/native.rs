@@ -214,10 +214,21 @@ pub struct MemoryNativeStore(Mutex<BTreeMap<OwnerKey, NativeRecord>>);
 
 impl NativeStore for MemoryNativeStore {
     fn load(&self, owner: &OwnerKey) -> Result<Option<NativeRecord>, RuntimeError> {
-        Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).get(owner).cloned())
+        Ok(self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(owner)
+            .cloned())
     }
     fn all(&self) -> Result<Vec<NativeRecord>, RuntimeError> {
-        Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect())
+        Ok(self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect())
     }
     fn save(&self, rec: &NativeRecord) -> Result<(), RuntimeError> {
         self.0
@@ -227,7 +238,10 @@ impl NativeStore for MemoryNativeStore {
         Ok(())
     }
     fn delete(&self, owner: &OwnerKey) -> Result<(), RuntimeError> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(owner);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(owner);
         Ok(())
     }
 }
@@ -541,7 +555,12 @@ impl NativeRuntime {
         }
     }
 
-    async fn stop_inner(&self, key: &OwnerKey, grace: Duration, forget: bool) -> Result<(), RuntimeError> {
+    async fn stop_inner(
+        &self,
+        key: &OwnerKey,
+        grace: Duration,
+        forget: bool,
+    ) -> Result<(), RuntimeError> {
         let _g = self.lock(key).await;
         let sup = self.sups().remove(key);
         if let Some(sup) = sup {
@@ -641,8 +660,14 @@ pub fn marked_processes(cfg: &NativeConfig, owner: &OwnerKey) -> Vec<u32> {
 async fn sweep_orphans(cfg: &NativeConfig, owner: &OwnerKey) {
     for pid in marked_processes(cfg, owner) {
         tracing::warn!(owner = %owner, pid, "killing an unrecorded process of this owner (left by a crash)");
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
@@ -665,11 +690,12 @@ fn spawn(
             reason: "argv is empty".into(),
         });
     };
-    let program = find_program(argv0, &spec.env).map_err(|reason| RuntimeError::ProgramNotFound {
-        owner: key.clone(),
-        program: argv0.clone(),
-        reason,
-    })?;
+    let program =
+        find_program(argv0, &spec.env).map_err(|reason| RuntimeError::ProgramNotFound {
+            owner: key.clone(),
+            program: argv0.clone(),
+            reason,
+        })?;
     if let Some(wd) = &spec.working_dir
         && !wd.is_dir()
     {
@@ -883,7 +909,11 @@ async fn supervise(
                 s.state = WorkloadState::Exited;
                 s.last_exit_code = code;
                 s.healthy = None;
-                s.message = Some(format!("exited ({}); restart policy {:?}", fmt_code(code), spec.restart));
+                s.message = Some(format!(
+                    "exited ({}); restart policy {:?}",
+                    fmt_code(code),
+                    spec.restart
+                ));
             });
             // Stay to answer Stop; exit when the runtime goes.
             while let Some(Cmd::Stop { done, .. }) = cmds.recv().await {
@@ -972,7 +1002,10 @@ impl Runtime for NativeRuntime {
             if let Some(s) = self.sups().get(owner) {
                 return Ok(Some(s.status.borrow().clone()));
             }
-            Ok(self.store.load(owner)?.map(|r| Self::status_from_record(&r)))
+            Ok(self
+                .store
+                .load(owner)?
+                .map(|r| Self::status_from_record(&r)))
         }
         .boxed()
     }

@@ -99,7 +99,11 @@ pub trait Reconciler: Send + Sync + 'static {
 
     /// Converges one object. `obj` is `None` when the object no longer exists in the store (deleted
     /// without finalizers): clean up anything left of it. Must be idempotent.
-    fn reconcile(&self, key: Key, obj: Option<StoredObject>) -> BoxFuture<'_, Result<Action, ReconcileError>>;
+    fn reconcile(
+        &self,
+        key: Key,
+        obj: Option<StoredObject>,
+    ) -> BoxFuture<'_, Result<Action, ReconcileError>>;
 
     /// The keys of objects of this kind that should be reconciled when `changed` changes (e.g.
     /// modules that wait for a model).
@@ -152,7 +156,8 @@ pub async fn run(
     config: SchedulerConfig,
     metrics: Arc<ControllerMetrics>,
 ) {
-    let by_kind: HashMap<Kind, Arc<dyn Reconciler>> = reconcilers.iter().map(|r| (r.kind(), r.clone())).collect();
+    let by_kind: HashMap<Kind, Arc<dyn Reconciler>> =
+        reconcilers.iter().map(|r| (r.kind(), r.clone())).collect();
     let mut queue = WorkQueue::new(config.backoff);
     let mut seen: HashMap<Key, u64> = HashMap::new();
     let mut tasks: JoinSet<(Key, Finish)> = JoinSet::new();
@@ -181,7 +186,9 @@ pub async fn run(
                 (key, finish)
             });
         }
-        metrics.queue_depth.store(queue.depth() as u64, Ordering::Relaxed);
+        metrics
+            .queue_depth
+            .store(queue.depth() as u64, Ordering::Relaxed);
         if !open && tasks.is_empty() {
             return;
         }
@@ -247,7 +254,12 @@ fn diff_store(
     }
 }
 
-async fn reconcile_one(store: &SharedStore, r: &dyn Reconciler, key: Key, metrics: &ControllerMetrics) -> Finish {
+async fn reconcile_one(
+    store: &SharedStore,
+    r: &dyn Reconciler,
+    key: Key,
+    metrics: &ControllerMetrics,
+) -> Finish {
     let k = key.clone();
     let obj = store.with(move |s| s.get(k.0, &k.1)).await;
     let obj = match obj {
@@ -265,7 +277,10 @@ async fn reconcile_one(store: &SharedStore, r: &dyn Reconciler, key: Key, metric
         generation = obj.as_ref().map(|o| o.generation).unwrap_or(0)
     );
     metrics.reconciles.fetch_add(1, Ordering::Relaxed);
-    let result = r.reconcile(key.clone(), obj.clone()).instrument(span.clone()).await;
+    let result = r
+        .reconcile(key.clone(), obj.clone())
+        .instrument(span.clone())
+        .await;
     match result {
         Ok(Action::Requeue(d)) => Finish::Ok(Some(d)),
         Ok(Action::AwaitChange) => Finish::Ok(None),
@@ -274,26 +289,48 @@ async fn reconcile_one(store: &SharedStore, r: &dyn Reconciler, key: Key, metric
             span.in_scope(|| tracing::warn!(reason = %e.reason, message = %e.message, permanent = e.permanent, "reconcile failed"));
             if let Some(o) = obj {
                 let e2 = e.clone();
-                store
-                    .with(move |s| record_failure(s, &o, &e2))
-                    .await;
+                store.with(move |s| record_failure(s, &o, &e2)).await;
             }
-            if e.permanent { Finish::Stalled } else { Finish::Retry }
+            if e.permanent {
+                Finish::Stalled
+            } else {
+                Finish::Retry
+            }
         }
     }
 }
 
 /// The error policy's visible half: conditions and a Warning event (once per distinct message).
 fn record_failure(store: &mut Store, obj: &StoredObject, e: &ReconcileError) {
-    let already = obj
-        .condition("Ready")
-        .is_some_and(|(s, reason, msg)| s == ConditionStatus::False && reason == e.reason && msg == e.message);
-    let mut conds = vec![cond("Ready", ConditionStatus::False, &e.reason, e.message.clone())];
+    let already = obj.condition("Ready").is_some_and(|(s, reason, msg)| {
+        s == ConditionStatus::False && reason == e.reason && msg == e.message
+    });
+    let mut conds = vec![cond(
+        "Ready",
+        ConditionStatus::False,
+        &e.reason,
+        e.message.clone(),
+    )];
     if e.permanent {
-        conds.push(cond("Stalled", ConditionStatus::True, &e.reason, e.message.clone()));
-        conds.push(cond("Reconciling", ConditionStatus::False, &e.reason, "will not progress without a change"));
+        conds.push(cond(
+            "Stalled",
+            ConditionStatus::True,
+            &e.reason,
+            e.message.clone(),
+        ));
+        conds.push(cond(
+            "Reconciling",
+            ConditionStatus::False,
+            &e.reason,
+            "will not progress without a change",
+        ));
     } else {
-        conds.push(cond("Reconciling", ConditionStatus::True, &e.reason, "retrying with backoff"));
+        conds.push(cond(
+            "Reconciling",
+            ConditionStatus::True,
+            &e.reason,
+            "retrying with backoff",
+        ));
     }
     if let Err(err) = write_status(store, obj, &serde_json::json!({}), conds) {
         tracing::warn!(error = %err, "cannot write status");
@@ -321,7 +358,11 @@ mod tests {
         fn kind(&self) -> Kind {
             Kind::Model
         }
-        fn reconcile(&self, _key: Key, _obj: Option<StoredObject>) -> BoxFuture<'_, Result<Action, ReconcileError>> {
+        fn reconcile(
+            &self,
+            _key: Key,
+            _obj: Option<StoredObject>,
+        ) -> BoxFuture<'_, Result<Action, ReconcileError>> {
             Box::pin(async move {
                 let n = self.calls.fetch_add(1, Ordering::SeqCst);
                 let c = self.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
@@ -375,9 +416,17 @@ mod tests {
                 cap: Duration::from_millis(40),
             },
         };
-        let h = tokio::spawn(run(store, vec![r as Arc<dyn Reconciler>], rx, cfg, Arc::default()));
+        let h = tokio::spawn(run(
+            store,
+            vec![r as Arc<dyn Reconciler>],
+            rx,
+            cfg,
+            Arc::default(),
+        ));
         for _ in 0..triggers {
-            tx.send(Trigger::Object((Kind::Model, "m".into()))).await.unwrap();
+            tx.send(Trigger::Object((Kind::Model, "m".into())))
+                .await
+                .unwrap();
         }
         tokio::time::sleep(Duration::from_millis(400)).await;
         drop(tx);
@@ -395,12 +444,29 @@ mod tests {
             permanent: false,
         });
         drive(r.clone(), store.clone(), 10).await;
-        assert_eq!(r.max_concurrent.load(Ordering::SeqCst), 1, "one reconcile per object at a time");
+        assert_eq!(
+            r.max_concurrent.load(Ordering::SeqCst),
+            1,
+            "one reconcile per object at a time"
+        );
         let calls = r.calls.load(Ordering::SeqCst);
-        assert!((4..=6).contains(&calls), "3 failures, then success (plus a queued trigger): {calls}");
+        assert!(
+            (4..=6).contains(&calls),
+            "3 failures, then success (plus a queued trigger): {calls}"
+        );
         let o = store.with(|s| s.get(Kind::Model, "m")).await.unwrap();
-        let events = store.with(|s| s.events(Some(("Model", "m")), 0, 50)).await.unwrap();
-        assert_eq!(events.iter().filter(|e| e.reason == "SourceUnavailable").count(), 1, "one event per distinct failure");
+        let events = store
+            .with(|s| s.events(Some(("Model", "m")), 0, 50))
+            .await
+            .unwrap();
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e.reason == "SourceUnavailable")
+                .count(),
+            1,
+            "one event per distinct failure"
+        );
         assert_eq!(o.condition("Reconciling").unwrap().1, "SourceUnavailable");
     }
 
@@ -416,10 +482,17 @@ mod tests {
         });
         // The initial resync reconciles once; a stalled object is not retried without a change.
         drive(r.clone(), store.clone(), 0).await;
-        assert_eq!(r.calls.load(Ordering::SeqCst), 1, "stalled objects are not retried");
+        assert_eq!(
+            r.calls.load(Ordering::SeqCst),
+            1,
+            "stalled objects are not retried"
+        );
         let o = store.with(|s| s.get(Kind::Model, "m")).await.unwrap();
         let (st, reason, _) = o.condition("Stalled").unwrap();
-        assert_eq!((st, reason.as_str()), (ConditionStatus::True, "DigestMismatch"));
+        assert_eq!(
+            (st, reason.as_str()),
+            (ConditionStatus::True, "DigestMismatch")
+        );
         assert_eq!(o.observed_generation(), Some(1));
     }
 }

@@ -21,7 +21,9 @@ use super::{Action, ReconcileError, Reconciler, SharedStore};
 use crate::api::module::{EngineSpec, Protocol, RuntimeKind};
 use crate::api::{ConditionStatus, Kind, ModuleSpec, ObjectName, Spec};
 use crate::control::store::{EventType, StoreError, StoredObject};
-use crate::runtime::{Owner, OwnerKey, Port, Probe, ProbeAction, Runtime, RuntimeError, WorkloadSpec, WorkloadState};
+use crate::runtime::{
+    Owner, OwnerKey, Port, Probe, ProbeAction, Runtime, RuntimeError, WorkloadSpec, WorkloadState,
+};
 
 /// The finalizer that keeps a Module until its workload is gone.
 pub const RUNTIME_FINALIZER: &str = "localaistack.io/runtime";
@@ -52,14 +54,20 @@ impl ModuleReconciler {
         match kind {
             RuntimeKind::Native => Ok(&self.native),
             RuntimeKind::Container => self.docker.as_ref().ok_or_else(|| {
-                ReconcileError::retry("DockerUnavailable", "no Docker engine answers; container modules wait for one")
+                ReconcileError::retry(
+                    "DockerUnavailable",
+                    "no Docker engine answers; container modules wait for one",
+                )
             }),
         }
     }
 
     async fn remove_everywhere(&self, key: &Key) -> Result<(), ReconcileError> {
         let ok = owner_key(key);
-        self.native.remove(&ok, self.grace).await.map_err(runtime_err)?;
+        self.native
+            .remove(&ok, self.grace)
+            .await
+            .map_err(runtime_err)?;
         if let Some(d) = &self.docker {
             d.remove(&ok, self.grace).await.map_err(runtime_err)?;
         }
@@ -74,12 +82,25 @@ impl ModuleReconciler {
             let o = obj.clone();
             self.store
                 .with(move |s| {
-                    write_status(s, &o, &json!({}), vec![cond("Reconciling", ConditionStatus::False, "Suspended", "suspend: true; nothing is reconciled")])
+                    write_status(
+                        s,
+                        &o,
+                        &json!({}),
+                        vec![cond(
+                            "Reconciling",
+                            ConditionStatus::False,
+                            "Suspended",
+                            "suspend: true; nothing is reconciled",
+                        )],
+                    )
                 })
                 .await?;
             return Ok(Action::AwaitChange);
         }
-        let all = self.store.with(|s| s.list(None, &Default::default())).await?;
+        let all = self
+            .store
+            .with(|s| s.list(None, &Default::default()))
+            .await?;
         if let Some(waiting) = gate(&spec, &all) {
             let o = obj.clone();
             self.store
@@ -89,7 +110,12 @@ impl ModuleReconciler {
                         &o,
                         &json!({}),
                         vec![
-                            cond("Ready", ConditionStatus::False, waiting.0, waiting.1.clone()),
+                            cond(
+                                "Ready",
+                                ConditionStatus::False,
+                                waiting.0,
+                                waiting.1.clone(),
+                            ),
                             cond("Reconciling", ConditionStatus::True, waiting.0, waiting.1),
                         ],
                     )
@@ -105,28 +131,51 @@ impl ModuleReconciler {
             let (k, n) = (obj.kind, obj.name.to_string());
             let mut f = obj.finalizers.clone();
             f.push(RUNTIME_FINALIZER.into());
-            self.store.with(move |s| s.set_finalizers(k, &n, &f)).await?;
+            self.store
+                .with(move |s| s.set_finalizers(k, &n, &f))
+                .await?;
             return Ok(Action::Requeue(Duration::ZERO));
         }
         let owner = Owner::new(obj.kind, obj.name.clone(), obj.uid.clone());
         let workload = match (&spec.engine, &spec.container, &spec.native) {
             (Some(engine), _, _) => {
-                let model = spec.model.as_ref().expect("validated: engine modules name a model");
+                let model = spec
+                    .model
+                    .as_ref()
+                    .expect("validated: engine modules name a model");
                 let model_path = all
                     .iter()
                     .find(|o| o.kind == Kind::Model && o.name == *model)
-                    .and_then(|m| m.status.get("path").and_then(|p| p.as_str()).map(PathBuf::from))
-                    .ok_or_else(|| ReconcileError::retry("WaitingForModel", format!("model {model} has no stored path yet")))?;
+                    .and_then(|m| {
+                        m.status
+                            .get("path")
+                            .and_then(|p| p.as_str())
+                            .map(PathBuf::from)
+                    })
+                    .ok_or_else(|| {
+                        ReconcileError::retry(
+                            "WaitingForModel",
+                            format!("model {model} has no stored path yet"),
+                        )
+                    })?;
                 let port = match engine.port {
                     0 => match recorded_port(&obj) {
                         Some(p) => p,
                         None => {
                             // Record the chosen port first, so a restart after a crash yields the same
                             // spec (adoption, not replacement).
-                            let p = free_port().map_err(|e| ReconcileError::retry("NoFreePort", e.to_string()))?;
+                            let p = free_port()
+                                .map_err(|e| ReconcileError::retry("NoFreePort", e.to_string()))?;
                             let o = obj.clone();
                             self.store
-                                .with(move |s| write_status(s, &o, &json!({"endpoint": format!("http://127.0.0.1:{p}")}), vec![]))
+                                .with(move |s| {
+                                    write_status(
+                                        s,
+                                        &o,
+                                        &json!({"endpoint": format!("http://127.0.0.1:{p}")}),
+                                        vec![],
+                                    )
+                                })
                                 .await?;
                             return Ok(Action::Requeue(Duration::ZERO));
                         }
@@ -135,17 +184,26 @@ impl ModuleReconciler {
                 };
                 engine_workload(owner, &self.engine_exe, &model_path, engine, port, &spec)
             }
-            _ => WorkloadSpec::from_module(owner, &spec).map_err(|e| ReconcileError::stalled("InvalidWorkload", e.to_string()))?,
+            _ => WorkloadSpec::from_module(owner, &spec)
+                .map_err(|e| ReconcileError::stalled("InvalidWorkload", e.to_string()))?,
         };
         let kind = workload.kind();
         let rt = self.runtime_for(kind)?;
         // Drift: what ran before is gone or stopped behind our back.
-        let before = rt.inspect(&workload.owner.key()).await.map_err(runtime_err)?;
+        let before = rt
+            .inspect(&workload.owner.key())
+            .await
+            .map_err(runtime_err)?;
         let previously_ready = is_ready(&obj);
         if previously_ready {
             let drift = match &before {
                 None => Some("the workload is gone".to_string()),
-                Some(st) if matches!(st.state, WorkloadState::Missing | WorkloadState::Stopped | WorkloadState::Exited) => {
+                Some(st)
+                    if matches!(
+                        st.state,
+                        WorkloadState::Missing | WorkloadState::Stopped | WorkloadState::Exited
+                    ) =>
+                {
                     Some(format!("the workload is {}", st.state))
                 }
                 _ => None,
@@ -153,10 +211,14 @@ impl ModuleReconciler {
             if let Some(d) = drift {
                 let o = obj.clone();
                 let msg = format!("{d}; healing it");
-                self.store.with(move |s| event(s, &o, EventType::Warning, "DriftDetected", &msg)).await;
+                self.store
+                    .with(move |s| event(s, &o, EventType::Warning, "DriftDetected", &msg))
+                    .await;
             }
         }
-        let replacing = before.as_ref().is_some_and(|b| b.spec_hash != workload.spec_hash());
+        let replacing = before
+            .as_ref()
+            .is_some_and(|b| b.spec_hash != workload.spec_hash());
         if replacing {
             let o = obj.clone();
             self.store
@@ -166,8 +228,14 @@ impl ModuleReconciler {
                 .await;
         }
         let st = rt.ensure(&workload).await.map_err(runtime_err)?;
-        let started = before.as_ref().is_none_or(|b| b.pid != st.pid || b.container_id != st.container_id);
-        let seen_restarts = obj.status.get("restarts").and_then(|r| r.as_u64()).unwrap_or(0);
+        let started = before
+            .as_ref()
+            .is_none_or(|b| b.pid != st.pid || b.container_id != st.container_id);
+        let seen_restarts = obj
+            .status
+            .get("restarts")
+            .and_then(|r| r.as_u64())
+            .unwrap_or(0);
         let restarted = u64::from(st.restarts) > seen_restarts && !replacing;
         let endpoint = st.endpoint.clone().or_else(|| workload.endpoint());
         let ready = st.state.is_ready();
@@ -182,20 +250,43 @@ impl ModuleReconciler {
         let message = st.message.clone().unwrap_or_else(|| st.state.to_string());
         let mut conds = vec![
             if ready {
-                cond("Ready", ConditionStatus::True, "Healthy", "the workload runs and its probe passes")
+                cond(
+                    "Ready",
+                    ConditionStatus::True,
+                    "Healthy",
+                    "the workload runs and its probe passes",
+                )
             } else {
-                cond("Ready", ConditionStatus::False, &st.state.to_string(), message.clone())
+                cond(
+                    "Ready",
+                    ConditionStatus::False,
+                    &st.state.to_string(),
+                    message.clone(),
+                )
             },
             cond(
                 "Reconciling",
-                if ready { ConditionStatus::False } else { ConditionStatus::True },
-                if ready { "Converged" } else { "WaitingForHealth" },
+                if ready {
+                    ConditionStatus::False
+                } else {
+                    ConditionStatus::True
+                },
+                if ready {
+                    "Converged"
+                } else {
+                    "WaitingForHealth"
+                },
                 "",
             ),
             cond("Stalled", ConditionStatus::False, "Progressing", ""),
         ];
         conds.push(if st.state == WorkloadState::CrashLoop {
-            cond("Degraded", ConditionStatus::True, "CrashLoop", message.clone())
+            cond(
+                "Degraded",
+                ConditionStatus::True,
+                "CrashLoop",
+                message.clone(),
+            )
         } else {
             cond("Degraded", ConditionStatus::False, "AsExpected", "")
         });
@@ -203,13 +294,32 @@ impl ModuleReconciler {
         self.store
             .with(move |s| {
                 if restarted {
-                    let code = st.last_exit_code.map(|c| format!(" (exit code {c})")).unwrap_or_default();
-                    let msg = format!("the workload exited{code} and was restarted (restart {})", st.restarts);
+                    let code = st
+                        .last_exit_code
+                        .map(|c| format!(" (exit code {c})"))
+                        .unwrap_or_default();
+                    let msg = format!(
+                        "the workload exited{code} and was restarted (restart {})",
+                        st.restarts
+                    );
                     event(s, &o, EventType::Warning, "Restarted", &msg);
                 }
                 if started {
-                    let what = st.pid.map(|p| format!("pid {p}")).or(st.container_id.clone().map(|c| format!("container {}", &c[..12.min(c.len())]))).unwrap_or_default();
-                    event(s, &o, EventType::Normal, "Started", &format!("{kind:?} workload started ({what})").to_lowercase());
+                    let what = st
+                        .pid
+                        .map(|p| format!("pid {p}"))
+                        .or(st
+                            .container_id
+                            .clone()
+                            .map(|c| format!("container {}", &c[..12.min(c.len())])))
+                        .unwrap_or_default();
+                    event(
+                        s,
+                        &o,
+                        EventType::Normal,
+                        "Started",
+                        &format!("{kind:?} workload started ({what})").to_lowercase(),
+                    );
                 }
                 if ready && !is_ready(&o) {
                     event(s, &o, EventType::Normal, "Ready", "the workload is ready");
@@ -217,18 +327,28 @@ impl ModuleReconciler {
                 write_status(s, &o, &fields, conds)
             })
             .await?;
-        Ok(if ready { Action::Requeue(Duration::from_secs(15)) } else { Action::Requeue(Duration::from_millis(500)) })
+        Ok(if ready {
+            Action::Requeue(Duration::from_secs(15))
+        } else {
+            Action::Requeue(Duration::from_millis(500))
+        })
     }
 }
 
 fn runtime_err(e: RuntimeError) -> ReconcileError {
     match e {
-        RuntimeError::ImageUnavailable { .. } => ReconcileError::retry("ImageUnavailable", e.to_string()),
-        RuntimeError::ProgramNotFound { .. } | RuntimeError::InvalidSpec { .. } | RuntimeError::NameTaken { .. } => {
+        RuntimeError::ImageUnavailable { .. } => {
+            ReconcileError::retry("ImageUnavailable", e.to_string())
+        }
+        RuntimeError::ProgramNotFound { .. }
+        | RuntimeError::InvalidSpec { .. }
+        | RuntimeError::NameTaken { .. } => {
             ReconcileError::stalled("InvalidWorkload", e.to_string())
         }
         RuntimeError::PortConflict { .. } => ReconcileError::retry("PortConflict", e.to_string()),
-        RuntimeError::DockerUnavailable { .. } => ReconcileError::retry("DockerUnavailable", e.to_string()),
+        RuntimeError::DockerUnavailable { .. } => {
+            ReconcileError::retry("DockerUnavailable", e.to_string())
+        }
         _ => ReconcileError::retry("RuntimeError", e.to_string()),
     }
 }
@@ -239,7 +359,9 @@ fn gate(spec: &ModuleSpec, all: &[StoredObject]) -> Option<(&'static str, String
     if let Some(m) = &spec.model {
         match find(Kind::Model, m) {
             None => return Some(("WaitingForModel", format!("model {m} does not exist"))),
-            Some(o) if !is_ready(o) => return Some(("WaitingForModel", format!("model {m} is not Ready yet"))),
+            Some(o) if !is_ready(o) => {
+                return Some(("WaitingForModel", format!("model {m} is not Ready yet")));
+            }
             _ => {}
         }
     }
@@ -250,7 +372,10 @@ fn gate(spec: &ModuleSpec, all: &[StoredObject]) -> Option<(&'static str, String
         .map(|r| r.to_string())
         .collect();
     if !waiting.is_empty() {
-        return Some(("WaitingForDependencies", format!("waiting for {} to be Ready", waiting.join(", "))));
+        return Some((
+            "WaitingForDependencies",
+            format!("waiting for {} to be Ready", waiting.join(", ")),
+        ));
     }
     None
 }
@@ -266,11 +391,20 @@ fn recorded_port(obj: &StoredObject) -> Option<u16> {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// The native workload of an `engine:` module: this executable's `engine llama`.
-fn engine_workload(owner: Owner, exe: &std::path::Path, model: &std::path::Path, e: &EngineSpec, port: u16, spec: &ModuleSpec) -> WorkloadSpec {
+fn engine_workload(
+    owner: Owner,
+    exe: &std::path::Path,
+    model: &std::path::Path,
+    e: &EngineSpec,
+    port: u16,
+    spec: &ModuleSpec,
+) -> WorkloadSpec {
     let mut argv = vec![
         exe.display().to_string(),
         "engine".into(),
@@ -316,7 +450,11 @@ impl Reconciler for ModuleReconciler {
         Kind::Module
     }
 
-    fn reconcile(&self, key: Key, obj: Option<StoredObject>) -> BoxFuture<'_, Result<Action, ReconcileError>> {
+    fn reconcile(
+        &self,
+        key: Key,
+        obj: Option<StoredObject>,
+    ) -> BoxFuture<'_, Result<Action, ReconcileError>> {
         Box::pin(async move {
             match obj {
                 None => {
@@ -327,11 +465,22 @@ impl Reconciler for ModuleReconciler {
                 Some(o) if o.deleted_at.is_some() => {
                     self.remove_everywhere(&key).await?;
                     let (k, n) = (o.kind, o.name.to_string());
-                    let rest: Vec<String> = o.finalizers.iter().filter(|f| *f != RUNTIME_FINALIZER).cloned().collect();
+                    let rest: Vec<String> = o
+                        .finalizers
+                        .iter()
+                        .filter(|f| *f != RUNTIME_FINALIZER)
+                        .cloned()
+                        .collect();
                     let oo = o.clone();
                     self.store
                         .with(move |s| {
-                            event(s, &oo, EventType::Normal, "Removed", "the workload is stopped and removed");
+                            event(
+                                s,
+                                &oo,
+                                EventType::Normal,
+                                "Removed",
+                                "the workload is stopped and removed",
+                            );
                             match s.set_finalizers(k, &n, &rest) {
                                 Err(StoreError::NotFound { .. }) => Ok(()),
                                 r => r,
@@ -349,9 +498,14 @@ impl Reconciler for ModuleReconciler {
         all.iter()
             .filter(|o| o.kind == Kind::Module)
             .filter(|o| {
-                let Ok(Spec::Module(m)) = o.typed_spec() else { return false };
-                (changed.0 == Kind::Model && m.model.as_ref().is_some_and(|n| n.as_str() == changed.1))
-                    || m.depends_on.iter().any(|r| r.kind == changed.0 && r.name.as_str() == changed.1)
+                let Ok(Spec::Module(m)) = o.typed_spec() else {
+                    return false;
+                };
+                (changed.0 == Kind::Model
+                    && m.model.as_ref().is_some_and(|n| n.as_str() == changed.1))
+                    || m.depends_on
+                        .iter()
+                        .any(|r| r.kind == changed.0 && r.name.as_str() == changed.1)
             })
             .map(|o| (o.kind, o.name.to_string()))
             .collect()

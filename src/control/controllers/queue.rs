@@ -73,11 +73,17 @@ impl WorkQueue {
             if at <= Instant::now() {
                 self.dirty.insert(key);
             } else {
-                self.due.entry(key).and_modify(|d| *d = (*d).min(at)).or_insert(at);
+                self.due
+                    .entry(key)
+                    .and_modify(|d| *d = (*d).min(at))
+                    .or_insert(at);
             }
             return;
         }
-        self.due.entry(key).and_modify(|d| *d = (*d).min(at)).or_insert(at);
+        self.due
+            .entry(key)
+            .and_modify(|d| *d = (*d).min(at))
+            .or_insert(at);
     }
 
     /// Takes every due key that is not running and marks it running.
@@ -173,7 +179,11 @@ mod tests {
         q.trigger(k("a"));
         assert!(q.take_due(Instant::now(), 10).is_empty(), "a is running");
         q.finish(&k("a"), Finish::Ok(None));
-        assert_eq!(q.take_due(Instant::now(), 10), vec![k("a")], "the trigger during the run is kept");
+        assert_eq!(
+            q.take_due(Instant::now(), 10),
+            vec![k("a")],
+            "the trigger during the run is kept"
+        );
     }
 
     #[test]

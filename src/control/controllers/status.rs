@@ -7,7 +7,12 @@ use crate::api::meta::{Condition, ConditionStatus, now_rfc3339, set_condition};
 use crate::control::store::{EventType, Store, StoreError, StoredObject};
 
 /// A condition to set.
-pub fn cond(type_: &str, status: ConditionStatus, reason: &str, message: impl Into<String>) -> Condition {
+pub fn cond(
+    type_: &str,
+    status: ConditionStatus,
+    reason: &str,
+    message: impl Into<String>,
+) -> Condition {
     Condition {
         type_: type_.into(),
         status,
@@ -47,12 +52,20 @@ pub fn write_status(
     for c in conditions {
         set_condition(&mut conds, c);
     }
-    map.insert("conditions".into(), serde_json::to_value(&conds).expect("json"));
+    map.insert(
+        "conditions".into(),
+        serde_json::to_value(&conds).expect("json"),
+    );
     map.insert("observedGeneration".into(), json!(obj.generation));
     if status == obj.status {
         return Ok(true);
     }
-    match store.update_status(obj.kind, obj.name.as_str(), Some(obj.resource_version), &status) {
+    match store.update_status(
+        obj.kind,
+        obj.name.as_str(),
+        Some(obj.resource_version),
+        &status,
+    ) {
         Ok(_) => Ok(true),
         Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound { .. }) => Ok(false),
         Err(e) => Err(e),
@@ -61,7 +74,8 @@ pub fn write_status(
 
 /// Records an event about an object.
 pub fn event(store: &mut Store, obj: &StoredObject, type_: EventType, reason: &str, message: &str) {
-    if let Err(e) = store.record_event(obj.kind.as_str(), obj.name.as_str(), type_, reason, message) {
+    if let Err(e) = store.record_event(obj.kind.as_str(), obj.name.as_str(), type_, reason, message)
+    {
         tracing::warn!(error = %e, "cannot record event");
     }
 }

@@ -1,6 +1,8 @@
 //! `lasctl`: parse, resolve arguments, call the library, map errors to exit codes.
 
+mod hardware;
 mod output;
+mod plan;
 mod verbs;
 
 use std::collections::BTreeMap;
@@ -30,6 +32,14 @@ pub enum CliError {
     Usage(String),
     #[error("cannot write output: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Hardware(#[from] crate::control::hardware::HardwareError),
+    #[error(transparent)]
+    Policy(#[from] crate::control::policy::PolicyError),
+    #[error(transparent)]
+    Catalog(#[from] crate::artifacts::catalog::CatalogError),
+    #[error(transparent)]
+    Lock(#[from] crate::control::resolver::LockError),
 }
 
 impl From<crate::control::apply::ApplyError> for CliError {
@@ -92,6 +102,10 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// The ordered actions an apply would cause, projected RAM/VRAM, and every refusal.
+    Plan(plan::PlanArgs),
+    /// The detected hardware profile and the tier it falls in.
+    Hardware(hardware::HardwareArgs),
     /// Print version information.
     Version,
     /// Print a shell completion script.

@@ -31,6 +31,8 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
         Command::History { output } => history(output).and(ok),
         Command::Rollback { generation } => rollback(generation).and(ok),
         Command::Events { object, limit } => events(object.as_deref(), limit).and(ok),
+        Command::Plan(p) => super::plan::run(p),
+        Command::Hardware(h) => super::hardware::run(h).and(ok),
         Command::Version => {
             println!(
                 "lasctl {} (apiVersion {API_VERSION}, built-in engine: {})",
@@ -61,7 +63,7 @@ pub(crate) fn open_store() -> Result<Store, CliError> {
     Ok(Store::open(&home.state_db())?)
 }
 
-fn load(files: &FileArgs) -> Result<Vec<(Desired, String)>, CliError> {
+pub(crate) fn load(files: &FileArgs) -> Result<Vec<(Desired, String)>, CliError> {
     Ok(crate::control::apply::load(&files.paths, files.recursive)?)
 }
 
@@ -111,7 +113,14 @@ fn apply(a: ApplyArgs) -> Result<(), CliError> {
     };
     let mut store = open_store()?;
     let outcome = apply_paths(&mut store, &a.files.paths, &opts)?;
-    print_outcome(&outcome, a.dry_run, a.output)
+    drop(store);
+    print_outcome(&outcome, a.dry_run, a.output)?;
+    if a.dry_run && a.output.is_none() {
+        let objects: Vec<Desired> = load(&a.files)?.into_iter().map(|(d, _)| d).collect();
+        let p = super::plan::compute(&a.files, &objects, false, false)?;
+        print!("\nPlan:\n{}", p.to_text());
+    }
+    Ok(())
 }
 
 fn parse_kind(s: &str) -> Result<Kind, CliError> {
