@@ -1,5 +1,6 @@
 //! `lasctl`: parse, resolve arguments, call the library, map errors to exit codes.
 
+mod model;
 mod output;
 mod verbs;
 
@@ -83,6 +84,9 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// Local model-file tools: generate-test, inspect.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
     /// Print version information.
     Version,
     /// Print a shell completion script.
