@@ -1,6 +1,7 @@
 //! `lasctl`: parse, resolve arguments, call the library, map errors to exit codes.
 
 mod hardware;
+mod model;
 mod output;
 mod plan;
 mod verbs;
@@ -106,6 +107,9 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// The detected hardware profile and the tier it falls in.
     Hardware(hardware::HardwareArgs),
+    /// Local model-file tools: generate-test, inspect.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
     /// Print version information.
     Version,
     /// Print a shell completion script.

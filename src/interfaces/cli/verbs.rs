@@ -33,6 +33,7 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
         Command::Events { object, limit } => events(object.as_deref(), limit).and(ok),
         Command::Plan(p) => super::plan::run(p),
         Command::Hardware(h) => super::hardware::run(h).and(ok),
+        Command::Model(m) => super::model::run(m).and(ok),
         Command::Version => {
             println!(
                 "lasctl {} (apiVersion {API_VERSION}, built-in engine: {})",
