@@ -1,1 +1,3 @@
 //! Artifacts: model blobs, GGUF metadata and the module catalog.
+
+pub mod models;
