@@ -22,7 +22,9 @@ pub enum ModelGcError {
     Models(#[from] ModelError),
     /// A recorded spec that no longer decodes: collecting now could remove a blob it needs, so
     /// nothing is collected.
-    #[error("Model/{name} in {place} has a spec this lasctl cannot read ({message}); no blob was collected")]
+    #[error(
+        "Model/{name} in {place} has a spec this lasctl cannot read ({message}); no blob was collected"
+    )]
     BadSpec {
         name: String,
         place: String,
@@ -57,7 +59,11 @@ pub fn referenced_models(
         .enumerate()
     {
         for o in state.iter().filter(|o| o.kind == Kind::Model) {
-            add(&o.name, format!("the {}th newest generation", i + 1), &o.spec)?;
+            add(
+                &o.name,
+                format!("the {}th newest generation", i + 1),
+                &o.spec,
+            )?;
         }
     }
     for o in store.list(Some(Kind::Model), &BTreeMap::new())? {

@@ -120,7 +120,9 @@ pub(crate) fn copy_hashing(
     let mut h = Hasher::new();
     let mut total = 0u64;
     let result = loop {
-        let mut buf = back_rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        let mut buf = back_rx
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
         buf.resize(CHUNK, 0);
         let n = match input.read(&mut buf) {
             Ok(0) => break Ok(()),
@@ -165,7 +167,8 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<(), ModelError> {
 
 /// Makes a blob read-only for everyone (the store never writes a blob in place).
 pub(crate) fn make_read_only(path: &Path) -> Result<(), ModelError> {
-    fs::set_permissions(path, fs::Permissions::from_mode(0o444)).map_err(ModelError::io("chmod", path))
+    fs::set_permissions(path, fs::Permissions::from_mode(0o444))
+        .map_err(ModelError::io("chmod", path))
 }
 
 /// Writes `bytes` to `path` atomically: temporary file in the same directory, fsync, rename, fsync

@@ -197,7 +197,20 @@ impl ModelStore {
         }
         // A refused connection, an unknown host or a connect timeout is not worth retrying at
         // once: the caller's backoff decides when to try again.
-        let resp = req.send().await.map_err(|e| unavailable(src, describe(&e)))?;
+        // Bounded even if a server accepts the connection and never answers.
+        let cfg = &self.inner.config;
+        let resp = tokio::time::timeout(cfg.connect_timeout + cfg.read_timeout, req.send())
+            .await
+            .map_err(|_| {
+                unavailable(
+                    src,
+                    format!(
+                        "{url} sent no response within {:?}",
+                        cfg.connect_timeout + cfg.read_timeout
+                    ),
+                )
+            })?
+            .map_err(|e| unavailable(src, describe(&e)))?;
         let status = resp.status();
         let content_range = resp
             .headers()
@@ -281,9 +294,7 @@ impl ModelStore {
             ModelError::io("write", partial)(std::io::Error::other(e.to_string()))
         })??;
         if let Some(why) = interrupted {
-            return Ok(Attempt::Retry(format!(
-                "{url}: {why} (after {len} bytes)"
-            )));
+            return Ok(Attempt::Retry(format!("{url}: {why} (after {len} bytes)")));
         }
         if let Some(t) = total
             && len != t
@@ -307,7 +318,11 @@ impl ModelStore {
             .map_err(ModelError::io("truncate", partial))
     }
 
-    async fn hash_partial(&self, partial: &Path, rep: &Reporter) -> Result<(Sha256, u64), ModelError> {
+    async fn hash_partial(
+        &self,
+        partial: &Path,
+        rep: &Reporter,
+    ) -> Result<(Sha256, u64), ModelError> {
         let p = partial.to_path_buf();
         let r = rep.clone();
         tokio::task::spawn_blocking(move || {

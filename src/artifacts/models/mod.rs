@@ -37,6 +37,8 @@
 //!   return the blob it gave then, even if the server now has other bytes. Pin with `sha256`.
 //! - A server without `ETag`/`Last-Modified` gets `Range` without `If-Range`; if the file changed
 //!   between attempts, only `spec.sha256` catches the mix.
+//! - The cheap "unchanged" check compares file stamps, whose clock ticks every few milliseconds: a
+//!   write in the same tick as the last hash can go unseen until the next scheduled `verify`.
 //! - The free-disk check needs a `Content-Length`; a chunked response is not checked up front.
 
 mod blobs;
@@ -61,8 +63,8 @@ pub use progress::{Progress, ProgressFn};
 use crate::api::model::{ModelSource, ModelSpec, Sha256};
 use crate::home::LasHome;
 use blobs::{
-    BLOB_PREFIX, FileStamp, PARTIAL_PREFIX, QuarantineNote, TMP_PREFIX, blob_name, check_disk,
-    copy_hashing, fsync_dir, hash_file, make_read_only, parse_blob_name,
+    FileStamp, PARTIAL_PREFIX, QuarantineNote, TMP_PREFIX, blob_name, check_disk, copy_hashing,
+    fsync_dir, hash_file, make_read_only, parse_blob_name,
 };
 use fetch::Fetched;
 use index::{BlobRecord, Index, SourceEntry, now};
@@ -362,7 +364,10 @@ impl ModelStore {
                         ModelSource::Hf { .. } => self.inner.config.hf_token.clone(),
                         _ => None,
                     };
-                    (self.download(&key, &url, bearer.as_deref(), &rep).await?, None)
+                    (
+                        self.download(&key, &url, bearer.as_deref(), &rep).await?,
+                        None,
+                    )
                 }
             };
             rep.finish();
@@ -437,7 +442,10 @@ impl ModelStore {
     /// Removes every blob that none of `referenced` reaches: a source reaches its `sha256` when
     /// given, else the digest the index recorded for it. Also removes interrupted downloads of
     /// unreferenced URLs, stale temporary files and old quarantined bytes.
-    pub async fn gc(&self, referenced: &[(ModelSource, Option<Sha256>)]) -> Result<GcReport, ModelError> {
+    pub async fn gc(
+        &self,
+        referenced: &[(ModelSource, Option<Sha256>)],
+    ) -> Result<GcReport, ModelError> {
         let this = self.clone();
         let refs = referenced.to_vec();
         tokio::task::spawn_blocking(move || this.gc_blocking(&refs))
@@ -450,7 +458,11 @@ impl ModelStore {
         &self,
         referenced: &[(ModelSource, Option<Sha256>)],
     ) -> Result<GcReport, ModelError> {
-        let _w = self.inner.gc_lock.write().unwrap_or_else(|p| p.into_inner());
+        let _w = self
+            .inner
+            .gc_lock
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         let cfg = &self.inner.config;
         let idx = self.inner.index.load();
         let mut reachable = HashSet::new();
@@ -516,7 +528,9 @@ impl ModelStore {
                     continue;
                 }
                 // Someone is writing it right now: leave it.
-                let Ok(f) = fs::File::open(&path) else { continue };
+                let Ok(f) = fs::File::open(&path) else {
+                    continue;
+                };
                 if Flock::lock(f, FlockArg::LockExclusiveNonblock).is_err() {
                     continue;
                 }
@@ -535,10 +549,10 @@ impl ModelStore {
         let removed: HashSet<&Sha256> = report.removed.iter().map(|(d, _)| d).collect();
         if !removed.is_empty() || idx.sources.keys().any(|k| !ref_keys.contains(k)) {
             self.inner.index.update(|f| {
-                f.blobs.retain(|d, _| {
-                    Sha256::new(d).map_or(false, |d| !removed.contains(&d))
-                });
-                f.sources.retain(|k, e| ref_keys.contains(k) || !removed.contains(&e.digest));
+                f.blobs
+                    .retain(|d, _| Sha256::new(d).is_ok_and(|d| !removed.contains(&d)));
+                f.sources
+                    .retain(|k, e| ref_keys.contains(k) || !removed.contains(&e.digest));
             })?;
         }
 
@@ -675,7 +689,10 @@ impl ModelStore {
         let meta = fs::metadata(&real)
             .map_err(|e| unavailable(format!("cannot read {}: {e}", real.display())))?;
         if !meta.is_file() {
-            return Err(unavailable(format!("{} is not a regular file", real.display())));
+            return Err(unavailable(format!(
+                "{} is not a regular file",
+                real.display()
+            )));
         }
         let origin = FileStamp::of(&meta);
         let tmp = self
@@ -707,7 +724,11 @@ impl ModelStore {
                 }
             }
         }
-        check_disk(&self.inner.blobs, meta.len(), self.inner.config.disk_reserve_bytes)?;
+        check_disk(
+            &self.inner.blobs,
+            meta.len(),
+            self.inner.config.disk_reserve_bytes,
+        )?;
         rep.start(Phase::Downloading, Some(meta.len()));
         match copy_hashing(&real, &tmp, |n| rep.set(n)) {
             Ok((d, n)) => Ok((fetched(d, n, false), Some(origin))),

@@ -64,7 +64,11 @@ impl Reporter {
         *self.inner.state.lock().unwrap_or_else(|p| p.into_inner()) = (phase, total);
         self.inner.last_reported.store(0, Ordering::Relaxed);
         if let Some(b) = &self.inner.bar {
-            b.set_message(format!("{} {}", phase.reason().to_lowercase(), self.inner.label));
+            b.set_message(format!(
+                "{} {}",
+                phase.reason().to_lowercase(),
+                self.inner.label
+            ));
             b.set_length(total.unwrap_or(0));
             b.set_position(0);
         }
