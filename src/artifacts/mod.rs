@@ -4,3 +4,4 @@ pub mod catalog;
 pub mod estimate;
 pub mod gguf;
 pub mod testmodel;
+pub mod models;

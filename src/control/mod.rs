@@ -8,4 +8,5 @@ pub mod plan;
 pub mod policy;
 pub mod resolver;
 pub mod sources;
+pub mod model_gc;
 pub mod store;
