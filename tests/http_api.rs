@@ -108,13 +108,15 @@ impl TestServer {
         (code, r.json().await.unwrap_or(Value::Null))
     }
 
-    async fn shutdown(mut self) {
+    /// Stops the server and returns the state directory (kept until the caller drops it).
+    async fn shutdown(mut self) -> tempfile::TempDir {
         let _ = self.stop.take().unwrap().send(());
         tokio::time::timeout(Duration::from_secs(10), self.task.take().unwrap())
             .await
             .expect("server stops within 10 s of shutdown")
             .unwrap()
             .unwrap();
+        self._dir
     }
 }
 
@@ -162,7 +164,7 @@ async fn list_get_apply_delete() {
 
     let (code, obj) = s.get_json("/api/v1/Model/tiny").await;
     assert_eq!(code, 200);
-    assert_eq!(obj["spec"]["source"], "/srv/models/tiny.gguf");
+    assert_eq!(obj["spec"]["source"], "file:///srv/models/tiny.gguf");
     assert_eq!(obj["metadata"]["generation"], 1);
 
     // JSON bodies and POST to the kind's collection work too.
@@ -557,7 +559,7 @@ async fn unix_socket_serves_the_same_api_with_mode_0600() {
 
     // A stale socket file (no daemon behind it) is replaced by the next server.
     let socket = s.socket.clone();
-    s.shutdown().await;
+    let _dir = s.shutdown().await;
     std::os::unix::net::UnixListener::bind(&socket)
         .map(drop)
         .unwrap();

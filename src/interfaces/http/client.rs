@@ -7,7 +7,7 @@ use std::pin::Pin;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 

@@ -465,7 +465,10 @@ mod tests {
         let d = decode_body(MODEL.as_bytes(), "request").unwrap();
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].expected, Some(7));
-        assert_eq!(d[0].desired.origin.line, 1);
+        // An error below the resourceVersion line still names its own line (8).
+        let bad = format!("{MODEL}  bogus: 1\n");
+        let e = decode_body(bad.as_bytes(), "request").err().unwrap().to_string();
+        assert!(e.starts_with("request:8:"), "{e}");
     }
 
     #[test]
