@@ -467,7 +467,10 @@ mod tests {
         assert_eq!(d[0].expected, Some(7));
         // An error below the resourceVersion line still names its own line (8).
         let bad = format!("{MODEL}  bogus: 1\n");
-        let e = decode_body(bad.as_bytes(), "request").err().unwrap().to_string();
+        let e = decode_body(bad.as_bytes(), "request")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.starts_with("request:8:"), "{e}");
     }
 
