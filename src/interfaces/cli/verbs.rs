@@ -20,6 +20,7 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
     let ok = Ok(ExitCode::SUCCESS);
     match cmd {
         Command::Apply(a) => apply(a).and(ok),
+        Command::Get(g) if super::sources::is_sources(&g.kind) => super::sources::run(g).and(ok),
         Command::Get(g) => get(g).and(ok),
         Command::Describe { kind, name } => describe(&kind, &name).and(ok),
         Command::Diff(f) => diff(f),
@@ -34,6 +35,14 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
         Command::Plan(p) => super::plan::run(p),
         Command::Hardware(h) => super::hardware::run(h).and(ok),
         Command::Model(m) => super::model::run(m).and(ok),
+        Command::Events {
+            object,
+            limit,
+            watch: true,
+        } => super::events::watch(object.as_deref(), limit).and(ok),
+        Command::Events { object, limit, .. } => events(object.as_deref(), limit).and(ok),
+        Command::Wait(a) => super::wait::run(a).and(ok),
+        Command::Logs(a) => super::logs::run(a).and(ok),
         Command::Version => {
             println!(
                 "lasctl {} (apiVersion {API_VERSION}, built-in engine: {})",
