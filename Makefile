@@ -24,6 +24,7 @@ build: deps
 	$(CARGO) build --all-targets
 
 test: deps venv
+	@bash deps/ensure-docker.sh
 	LAS_PYTHON=$(CURDIR)/$(VENV)/bin/python $(CARGO) test --all-targets -- --test-threads=2
 	@echo "make test: all tests passed"
 

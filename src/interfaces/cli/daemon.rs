@@ -232,7 +232,7 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
     let (changes_tx, changes_rx) = watch::channel(0u64);
     let changes_tx = Arc::new(changes_tx);
     let (t2, c2) = (tx.clone(), changes_tx.clone());
-    let _store_watch = watch_store(home.root(), move || {
+    let store_watch = watch_store(home.root(), move || {
         // A pending StoreChanged covers this one: dropping on a full channel is fine.
         let _ = t2.try_send(Trigger::StoreChanged);
         c2.send_modify(|v| *v += 1);
@@ -269,9 +269,10 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
         config,
         metrics.clone() as Arc<dyn MetricsSink>,
     ));
+    let mut sources_task = None;
     if !args.watch.is_empty() {
         let (s, dirs, t) = (store.clone(), args.watch.clone(), tx.clone());
-        tokio::spawn(async move {
+        sources_task = Some(tokio::spawn(async move {
             if let Err(e) = watch_sources(
                 s,
                 dirs,
@@ -283,7 +284,7 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
             {
                 tracing::error!(error = %e, "watching directories failed");
             }
-        });
+        }));
     }
     // Workloads by state, for /metrics.
     {
@@ -326,6 +327,12 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
     });
     // Stop accepting, then let in-flight reconciles and writes finish.
     let _ = stop_http_tx.send(());
+    // The scheduler ends once every trigger sender is gone and in-flight reconciles finish.
+    if let Some(t) = sources_task {
+        t.abort();
+        let _ = t.await;
+    }
+    drop(store_watch);
     drop(tx);
     let _ = scheduler.await;
     let _ = http.await;

@@ -1,0 +1,220 @@
+//! The real daemon end to end: a real SQLite file, real native processes, the real Docker engine and
+//! the real llama.cpp engine. Every test sweeps what it started (see support_daemon.rs).
+
+mod support;
+mod support_daemon;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::FreshEnv;
+use support_daemon::{Daemon, free_port, get_json, is_ready, wait_ready, wait_until};
+
+fn httpd_module(name: &str, port: u16, depends_on: &[&str]) -> String {
+    let deps = if depends_on.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "  dependsOn:\n{}",
+            depends_on
+                .iter()
+                .map(|d| format!("  - {{kind: Module, name: {d}}}\n"))
+                .collect::<String>()
+        )
+    };
+    format!(
+        "apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata:\n  name: {name}\nspec:\n  native:\n    command: [/bin/busybox, httpd, -f, -p, '127.0.0.1:{port}', -h, /etc]\n  health: {{http: {{path: /hostname, port: {port}}}}}\n{deps}"
+    )
+}
+
+fn pid_of(o: &Value) -> u32 {
+    o["status"]["pid"]
+        .as_u64()
+        .expect("a native module reports its pid") as u32
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'))
+}
+
+fn event_reasons(env: &FreshEnv, obj: &str) -> Vec<String> {
+    env.run(&["events", obj])
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(2).unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn native_stack_converges_orders_heals_replaces_prunes_and_survives_a_typo() {
+    let env = FreshEnv::new();
+    let dir = env.work.path().join("stack");
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    env.write("stack/db.yaml", &httpd_module("db", p1, &[]));
+    env.write("stack/api.yaml", &httpd_module("api", p2, &["db"]));
+    let d = Daemon::start(&env, &[&dir], &[]);
+
+    // dependsOn: api starts only after db is Ready.
+    let api = wait_ready(&env, &d, "module", "api", Duration::from_secs(60));
+    let db = wait_ready(&env, &d, "module", "db", Duration::from_secs(10));
+    let all = env.run(&["events", "--limit", "200"]).stdout;
+    let line_of = |reason: &str, obj: &str| {
+        all.lines()
+            .position(|l| l.contains(reason) && l.contains(obj))
+            .unwrap_or_else(|| panic!("no {reason} event of {obj} in\n{all}"))
+    };
+    assert!(
+        line_of("Ready", "module/db") < line_of("Started", "module/api"),
+        "db must be Ready before api starts:\n{all}"
+    );
+    assert_eq!(api["status"]["endpoint"], format!("http://127.0.0.1:{p2}"));
+    let body = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{p1}/")])
+        .status();
+    assert!(body.is_ok());
+
+    // Drift: the process is killed behind the daemon's back; it is healed and reported.
+    let old = pid_of(&db);
+    std::process::Command::new("kill")
+        .args(["-KILL", &old.to_string()])
+        .status()
+        .unwrap();
+    wait_until("db to be restarted", Duration::from_secs(30), || {
+        get_json(&env, "module", "db").is_some_and(|o| is_ready(&o) && pid_of(&o) != old)
+    });
+    let db = get_json(&env, "module", "db").unwrap();
+    assert!(db["status"]["restarts"].as_u64().unwrap() >= 1, "{db}");
+
+    // Spec change: replaced, at the new generation, the old process gone.
+    let old_api = pid_of(&api);
+    env.write("stack/api.yaml", &httpd_module("api", p3, &["db"]));
+    wait_until("api to be replaced", Duration::from_secs(40), || {
+        get_json(&env, "module", "api")
+            .is_some_and(|o| o["metadata"]["generation"] == 2 && is_ready(&o))
+    });
+    let api = get_json(&env, "module", "api").unwrap();
+    assert_eq!(api["status"]["endpoint"], format!("http://127.0.0.1:{p3}"));
+    assert!(!alive(old_api), "the old api process must be gone");
+    assert!(
+        event_reasons(&env, "module/api")
+            .iter()
+            .any(|r| r == "Replacing"),
+        "{:?}",
+        event_reasons(&env, "module/api")
+    );
+
+    // A typo never tears the stack down: a Warning, the source's error, everything keeps running.
+    env.write("stack/typo.yaml", "apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata: {name: x}\nspec: {nativ: {}}\n");
+    wait_until("the typo to be reported", Duration::from_secs(20), || {
+        env.run(&["events"]).stdout.contains("InvalidSource")
+    });
+    let sources = env.run(&["get", "sources", "-o", "json"]).ok();
+    assert!(sources.stdout.contains("typo.yaml"), "{}", sources.stdout);
+    assert!(is_ready(&get_json(&env, "module", "api").unwrap()));
+    assert!(alive(pid_of(&get_json(&env, "module", "db").unwrap())));
+    std::fs::remove_file(dir.join("typo.yaml")).unwrap();
+
+    // Delete: the file goes, the prune removes the module, its process is gone, nothing is left.
+    let api_pid = pid_of(&api);
+    std::fs::remove_file(dir.join("api.yaml")).unwrap();
+    wait_until("api to be gone", Duration::from_secs(30), || {
+        get_json(&env, "module", "api").is_none()
+    });
+    assert!(!alive(api_pid));
+    drop(d);
+}
+
+#[test]
+fn sigterm_leaves_workloads_running_and_a_restart_adopts_them() {
+    let env = FreshEnv::new();
+    let dir = env.work.path().join("s");
+    env.write("s/web.yaml", &httpd_module("keep", free_port(), &[]));
+    let mut d = Daemon::start(&env, &[&dir], &[]);
+    let o = wait_ready(&env, &d, "module", "keep", Duration::from_secs(60));
+    let pid = pid_of(&o);
+    assert_eq!(d.sigterm_and_wait(Duration::from_secs(30)), 0);
+    assert!(alive(pid), "SIGTERM leaves workloads running");
+    let d2 = Daemon::start(&env, &[&dir], &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    let o = wait_ready(&env, &d2, "module", "keep", Duration::from_secs(30));
+    assert_eq!(
+        pid_of(&o),
+        pid,
+        "the restarted daemon adopts the running process"
+    );
+    assert_eq!(
+        support_daemon::workload_pids_except(env.home_path(), Some(d2.guard.id())),
+        vec![pid]
+    );
+}
+
+#[test]
+fn non_loopback_bind_without_a_token_is_refused() {
+    let env = FreshEnv::new();
+    let r = env.run(&["daemon", "--listen", &format!("0.0.0.0:{}", free_port())]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("token"), "{}", r.stderr);
+}
+
+#[test]
+fn kill_9_at_random_moments_never_duplicates_or_orphans() {
+    let env = FreshEnv::new();
+    let dir = env.work.path().join("ten");
+    for i in 0..10 {
+        env.write(
+            &format!("ten/m{i}.yaml"),
+            &httpd_module(&format!("m{i}"), free_port(), &[]),
+        );
+    }
+    // Deterministic "random" moments (an LCG): the same schedule on every run.
+    let mut x: u64 = 0x5eed;
+    for round in 0..8 {
+        let mut d = Daemon::start(&env, &[&dir], &[]);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let ms = 100 + (x >> 33) % 1500;
+        std::thread::sleep(Duration::from_millis(ms));
+        d.kill9();
+        let _ = round;
+    }
+    let d = Daemon::start(&env, &[&dir], &[]);
+    for i in 0..10 {
+        wait_ready(
+            &env,
+            &d,
+            "module",
+            &format!("m{i}"),
+            Duration::from_secs(90),
+        );
+    }
+    // Exactly one process per module, each the one the status names; nothing else of this home runs.
+    let daemon_pid = d.guard.id();
+    let pids = support_daemon::workload_pids_except(env.home_path(), Some(daemon_pid));
+    let mut owners = Vec::new();
+    for i in 0..10 {
+        let pid = pid_of(&get_json(&env, "module", &format!("m{i}")).unwrap());
+        assert!(pids.contains(&pid), "m{i}'s pid {pid} is not running");
+        owners.push(pid);
+    }
+    let others: Vec<u32> = pids
+        .iter()
+        .copied()
+        .filter(|p| !owners.contains(p))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "orphaned or duplicated processes: {others:?}"
+    );
+    let conn = rusqlite::Connection::open(env.home_path().join("state.db")).unwrap();
+    let ic: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ic, "ok");
+}
