@@ -405,11 +405,13 @@ impl NativeRuntime {
     }
 
     async fn stop_supervisor(sup: Supervisor, grace: Duration) {
+        let Supervisor { cmd, task, .. } = sup;
         let (tx, rx) = oneshot::channel();
-        if sup.cmd.send(Cmd::Stop { grace, done: tx }).await.is_ok() {
+        if cmd.send(Cmd::Stop { grace, done: tx }).await.is_ok() {
             let _ = rx.await;
         }
-        let _ = sup.task.await;
+        drop(cmd);
+        let _ = task.await;
     }
 
     async fn ensure_inner(&self, spec: &WorkloadSpec) -> Result<WorkloadStatus, RuntimeError> {
@@ -816,7 +818,7 @@ async fn supervise(
                         });
                     }
                 }
-                _ = dead_rx.recv() => {
+                Some(()) = dead_rx.recv() => {
                     tracing::warn!("liveness probe failed repeatedly; restarting");
                     liveness_kill = true;
                     break proc.terminate(cfg.replace_grace).await;
@@ -841,8 +843,8 @@ async fn supervise(
                 s.healthy = None;
                 s.message = Some(format!("exited ({}); restart policy {:?}", fmt_code(code), spec.restart));
             });
-            // Stay to answer Stop; exit when the runtime goes.
-            while let Some(Cmd::Stop { done, .. }) = cmds.recv().await {
+            // Stay to answer Stop; exit then, or when the runtime goes.
+            if let Some(Cmd::Stop { done, .. }) = cmds.recv().await {
                 let _ = done.send(());
             }
             return;
