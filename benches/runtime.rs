@@ -134,7 +134,12 @@ async fn native_benches(home: &LasHome) {
     let running = {
         let mut r = 0;
         for k in &keys {
-            if rt.inspect(k).await.unwrap().is_some_and(|s| s.state.is_running()) {
+            if rt
+                .inspect(k)
+                .await
+                .unwrap()
+                .is_some_and(|s| s.state.is_running())
+            {
                 r += 1;
             }
         }
@@ -148,7 +153,10 @@ async fn native_benches(home: &LasHome) {
     for k in &keys {
         rt.remove(k, Duration::from_secs(2)).await.unwrap();
     }
-    println!("stopping {n} processes: {:.1} ms", t0.elapsed().as_secs_f64() * 1000.0);
+    println!(
+        "stopping {n} processes: {:.1} ms",
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
 }
 
 async fn import_image(d: &DockerRuntime) {
@@ -202,7 +210,13 @@ async fn docker_benches() {
         spec.program = Program::Container {
             image: IMAGE.into(),
             command: vec!["/bin/busybox".into(), "httpd".into()],
-            args: vec!["-f".into(), "-p".into(), "80".into(), "-h".into(), "/www".into()],
+            args: vec![
+                "-f".into(),
+                "-p".into(),
+                "80".into(),
+                "-h".into(),
+                "/www".into(),
+            ],
         };
         spec.ports = vec![Port {
             container_port: 80,
@@ -217,7 +231,10 @@ async fn docker_benches() {
         lat.push(t0.elapsed());
         rt.remove(&key, Duration::from_secs(1)).await.unwrap();
     }
-    summary("container start-to-healthy (busybox httpd, image present, http probe)", lat);
+    summary(
+        "container start-to-healthy (busybox httpd, image present, http probe)",
+        lat,
+    );
 }
 
 fn main() {

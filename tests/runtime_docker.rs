@@ -157,7 +157,10 @@ async fn wait_for(
         {
             return s.clone();
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "timed out waiting for {what}: {s:#?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}: {s:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -215,7 +218,13 @@ async fn container_create_health_logs_stop_remove() {
     assert_eq!(b.host_ip.as_deref(), Some("127.0.0.1"));
 
     let mut logs = rt
-        .logs(&key, LogOptions { tail: None, follow: false })
+        .logs(
+            &key,
+            LogOptions {
+                tail: None,
+                follow: false,
+            },
+        )
         .await
         .unwrap();
     let mut text = Vec::new();
@@ -226,7 +235,13 @@ async fn container_create_health_logs_stop_remove() {
 
     // Follow sees new output (httpd -v logs each request).
     let mut follow = rt
-        .logs(&key, LogOptions { tail: Some(0), follow: true })
+        .logs(
+            &key,
+            LogOptions {
+                tail: Some(0),
+                follow: true,
+            },
+        )
         .await
         .unwrap();
     http_get(port);
@@ -272,7 +287,10 @@ async fn adoption_after_restart_and_replacement_on_spec_change() {
     let replaced = rt.ensure(&changed).await.unwrap();
     assert_ne!(replaced.container_id, first.container_id);
     assert_eq!(replaced.spec_hash, changed.spec_hash());
-    assert_eq!(owned_ids(&rt, &key).await, vec![replaced.container_id.clone().unwrap()]);
+    assert_eq!(
+        owned_ids(&rt, &key).await,
+        vec![replaced.container_id.clone().unwrap()]
+    );
     wait_for(&rt, &key, "Ready", |s| s.state == WorkloadState::Ready).await;
     rt.remove(&key, Duration::from_secs(1)).await.unwrap();
 }
@@ -290,7 +308,13 @@ async fn drift_is_reported_and_repaired() {
 
     // Stopped behind our back: reported as Exited with its exit code.
     rt.client()
-        .stop_container(&id, Some(StopContainerOptions { t: Some(1), signal: None }))
+        .stop_container(
+            &id,
+            Some(StopContainerOptions {
+                t: Some(1),
+                signal: None,
+            }),
+        )
         .await
         .unwrap();
     let s = rt.inspect(&key).await.unwrap().unwrap();
@@ -298,7 +322,10 @@ async fn drift_is_reported_and_repaired() {
     assert!(s.last_exit_code.is_some());
     let s = rt.ensure(&spec).await.unwrap();
     assert_eq!(s.container_id.as_deref(), Some(id.as_str()));
-    wait_for(&rt, &key, "Ready again", |s| s.state == WorkloadState::Ready).await;
+    wait_for(&rt, &key, "Ready again", |s| {
+        s.state == WorkloadState::Ready
+    })
+    .await;
 
     // Removed behind our back: reported Missing, recreated by ensure.
     rt.client()
@@ -350,7 +377,10 @@ async fn port_conflict_is_a_clear_error_and_creates_nothing() {
     let key = spec.owner.key();
     let _c = Cleanup(vec![key.clone()]);
     let e = rt.ensure(&spec).await.unwrap_err();
-    assert!(matches!(e, RuntimeError::PortConflict { port: p, .. } if p == port), "{e:?}");
+    assert!(
+        matches!(e, RuntimeError::PortConflict { port: p, .. } if p == port),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("already in use"), "{e}");
     assert!(owned_ids(&rt, &key).await.is_empty());
 }

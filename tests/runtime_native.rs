@@ -93,14 +93,23 @@ async fn wait_for(
         {
             return s.clone();
         }
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}; last status {s:#?}");
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out waiting for {what}; last status {s:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 async fn read_logs(rt: &NativeRuntime, key: &OwnerKey, tail: Option<usize>) -> String {
     let mut s = rt
-        .logs(key, LogOptions { tail, follow: false })
+        .logs(
+            key,
+            LogOptions {
+                tail,
+                follow: false,
+            },
+        )
         .await
         .unwrap();
     let mut out = Vec::new();
@@ -128,12 +137,18 @@ async fn exiting_process_is_restarted_with_growing_delays_and_crash_loop_is_visi
         if s.state == WorkloadState::CrashLoop {
             saw_crash_loop = true;
             assert_eq!(s.last_exit_code, Some(3));
-            assert!(s.message.as_deref().unwrap_or("").contains("restarting in"), "{s:?}");
+            assert!(
+                s.message.as_deref().unwrap_or("").contains("restarting in"),
+                "{s:?}"
+            );
         }
         if s.restarts > seen.last().unwrap().0 {
             seen.push((s.restarts, Instant::now()));
         }
-        assert!(t0.elapsed() < Duration::from_secs(20), "too few restarts: {seen:?}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "too few restarts: {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(saw_crash_loop);
@@ -193,8 +208,14 @@ async fn process_ignoring_sigterm_is_killed_after_the_grace_period() {
     let t0 = Instant::now();
     rt.stop(&key, Duration::from_millis(1500)).await.unwrap();
     let took = t0.elapsed();
-    assert!(took >= Duration::from_millis(1500), "killed before the grace period: {took:?}");
-    assert!(!same_process_alive(pid, start), "process {pid} survived stop");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "killed before the grace period: {took:?}"
+    );
+    assert!(
+        !same_process_alive(pid, start),
+        "process {pid} survived stop"
+    );
     let s = rt.inspect(&key).await.unwrap().unwrap();
     assert_eq!(s.state, WorkloadState::Stopped);
     assert_eq!(s.last_exit_code, Some(128 + 9), "{s:?}");
@@ -281,7 +302,10 @@ async fn missing_executable_is_a_clear_error_and_records_nothing() {
     let e = rt.ensure(&spec).await.unwrap_err();
     assert!(matches!(e, RuntimeError::ProgramNotFound { .. }), "{e:?}");
     let msg = e.to_string();
-    assert!(msg.contains("/nonexistent/bin/ghost") && msg.contains("no such file"), "{msg}");
+    assert!(
+        msg.contains("/nonexistent/bin/ghost") && msg.contains("no such file"),
+        "{msg}"
+    );
 
     let spec = WorkloadSpec::native(owner("ghost2"), vec!["no-such-program-las".into()]);
     let msg = rt.ensure(&spec).await.unwrap_err().to_string();

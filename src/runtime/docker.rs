@@ -295,10 +295,7 @@ impl DockerRuntime {
             entrypoint: (!command.is_empty()).then(|| command.clone()),
             cmd: (!args.is_empty()).then(|| args.clone()),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            working_dir: spec
-                .working_dir
-                .as_ref()
-                .map(|w| w.display().to_string()),
+            working_dir: spec.working_dir.as_ref().map(|w| w.display().to_string()),
             labels: Some(labels),
             exposed_ports: Some(exposed),
             host_config: Some(HostConfig {
@@ -344,7 +341,8 @@ impl DockerRuntime {
             Ok(()) => Ok(()),
             Err(e) => {
                 let msg = server_message(&e);
-                if msg.contains("port is already allocated") || msg.contains("address already in use")
+                if msg.contains("port is already allocated")
+                    || msg.contains("address already in use")
                 {
                     let port = spec
                         .ports
@@ -402,7 +400,13 @@ impl DockerRuntime {
         } else {
             spec.bind_address
         };
-        let run = probe_fn(self.docker.clone(), id.to_string(), probe.action.clone(), host, probe.timeout);
+        let run = probe_fn(
+            self.docker.clone(),
+            id.to_string(),
+            probe.action.clone(),
+            host,
+            probe.timeout,
+        );
         let docker = self.docker.clone();
         let cid = id.to_string();
         let on_dead: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
@@ -411,7 +415,10 @@ impl DockerRuntime {
             tracing::warn!(container = %cid, "liveness probe failed repeatedly; restarting container");
             tokio::spawn(async move {
                 let _ = docker
-                    .restart_container(&cid, None::<bollard::query_parameters::RestartContainerOptions>)
+                    .restart_container(
+                        &cid,
+                        None::<bollard::query_parameters::RestartContainerOptions>,
+                    )
                     .await;
             });
         });
@@ -465,7 +472,8 @@ impl DockerRuntime {
             .and_then(|pb| {
                 let mut tcp: Vec<_> = pb.iter().filter(|(k, _)| k.ends_with("/tcp")).collect();
                 tcp.sort_by_key(|(k, _)| k.split('/').next().and_then(|p| p.parse::<u16>().ok()));
-                tcp.into_iter().find_map(|(_, b)| b.as_ref()?.first().cloned())
+                tcp.into_iter()
+                    .find_map(|(_, b)| b.as_ref()?.first().cloned())
             })
             .and_then(|b| {
                 let ip: IpAddr = b.host_ip.as_deref().unwrap_or("127.0.0.1").parse().ok()?;
@@ -593,7 +601,12 @@ impl DockerRuntime {
         Ok(self.status_of(&c))
     }
 
-    async fn stop_inner(&self, key: &OwnerKey, grace: Duration, forget: bool) -> Result<(), RuntimeError> {
+    async fn stop_inner(
+        &self,
+        key: &OwnerKey,
+        grace: Duration,
+        forget: bool,
+    ) -> Result<(), RuntimeError> {
         let _g = self.lock_owner(key).await;
         lock(&self.monitors).remove(key);
         for c in self.owned(key).await? {
@@ -802,10 +815,11 @@ impl Runtime for DockerRuntime {
                     }),
                 )
                 .map(move |r| {
-                    r.map(|o| o.into_bytes()).map_err(|source| RuntimeError::Docker {
-                        context: format!("logs of {id}"),
-                        source,
-                    })
+                    r.map(|o| o.into_bytes())
+                        .map_err(|source| RuntimeError::Docker {
+                            context: format!("logs of {id}"),
+                            source,
+                        })
                 });
             Ok(stream.boxed())
         }

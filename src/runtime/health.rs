@@ -40,7 +40,11 @@ impl HealthReport {
 pub type ProbeFn = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// Runs one host-side probe: HTTP/TCP against `host`, exec on this machine.
-pub async fn probe_once(action: &ProbeAction, host: IpAddr, timeout: Duration) -> Result<(), String> {
+pub async fn probe_once(
+    action: &ProbeAction,
+    host: IpAddr,
+    timeout: Duration,
+) -> Result<(), String> {
     match tokio::time::timeout(timeout, probe_inner(action, host)).await {
         Ok(r) => r,
         Err(_) => Err(format!("probe timed out after {}s", timeout.as_secs_f64())),
@@ -231,12 +235,26 @@ mod tests {
         });
         let t = Duration::from_secs(2);
         probe_once(&ProbeAction::Tcp { port }, LO, t).await.unwrap();
-        probe_once(&ProbeAction::Http { port, path: "/ok".into() }, LO, t)
-            .await
-            .unwrap();
-        let e = probe_once(&ProbeAction::Http { port, path: "/no".into() }, LO, t)
-            .await
-            .unwrap_err();
+        probe_once(
+            &ProbeAction::Http {
+                port,
+                path: "/ok".into(),
+            },
+            LO,
+            t,
+        )
+        .await
+        .unwrap();
+        let e = probe_once(
+            &ProbeAction::Http {
+                port,
+                path: "/no".into(),
+            },
+            LO,
+            t,
+        )
+        .await
+        .unwrap_err();
         assert!(e.contains("status 503"), "{e}");
     }
 
@@ -247,13 +265,25 @@ mod tests {
         drop(l);
         let t = Duration::from_secs(2);
         assert!(probe_once(&ProbeAction::Tcp { port }, LO, t).await.is_err());
-        probe_once(&ProbeAction::Exec { argv: vec!["true".into()] }, LO, t)
-            .await
-            .unwrap();
+        probe_once(
+            &ProbeAction::Exec {
+                argv: vec!["true".into()],
+            },
+            LO,
+            t,
+        )
+        .await
+        .unwrap();
         assert!(
-            probe_once(&ProbeAction::Exec { argv: vec!["false".into()] }, LO, t)
-                .await
-                .is_err()
+            probe_once(
+                &ProbeAction::Exec {
+                    argv: vec!["false".into()]
+                },
+                LO,
+                t
+            )
+            .await
+            .is_err()
         );
     }
 
@@ -266,7 +296,13 @@ mod tests {
         // Passes on probe 2 only: never ready before, then fails forever.
         let run: ProbeFn = Arc::new(move || {
             let n = c.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async move { if n == 1 { Ok(()) } else { Err(format!("fail {n}")) } })
+            Box::pin(async move {
+                if n == 1 {
+                    Ok(())
+                } else {
+                    Err(format!("fail {n}"))
+                }
+            })
         });
         let f = fired.clone();
         let probe = Probe {
@@ -275,9 +311,13 @@ mod tests {
             timeout: Duration::from_millis(200),
             failure_threshold: 3,
         };
-        let mut m = HealthMonitor::spawn(&probe, run, Some(Arc::new(move || {
-            f.fetch_add(1, Ordering::SeqCst);
-        })));
+        let mut m = HealthMonitor::spawn(
+            &probe,
+            run,
+            Some(Arc::new(move || {
+                f.fetch_add(1, Ordering::SeqCst);
+            })),
+        );
         while m.changed().await {
             if m.report().consecutive_failures >= 5 && m.report().ever_ready {
                 break;

@@ -13,7 +13,10 @@ pub enum Applied {
     /// A cgroup v2 directory with `memory.max` / `cpu.max` written.
     CgroupV2(PathBuf),
     /// `RLIMIT_AS` (memory); CPU limits cannot be expressed as rlimits and are not applied.
-    Rlimit { address_space: Option<u64>, cpus_ignored: bool },
+    Rlimit {
+        address_space: Option<u64>,
+        cpus_ignored: bool,
+    },
 }
 
 impl Applied {

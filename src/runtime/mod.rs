@@ -125,10 +125,17 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ProbeAction {
-    Http { port: u16, path: String },
-    Tcp { port: u16 },
+    Http {
+        port: u16,
+        path: String,
+    },
+    Tcp {
+        port: u16,
+    },
     /// Runs inside the container for containers, on the host for native processes; exit 0 passes.
-    Exec { argv: Vec<String> },
+    Exec {
+        argv: Vec<String>,
+    },
 }
 
 /// A health probe with its timing.
@@ -204,7 +211,10 @@ pub enum SpecError {
     #[error(
         "module {owner} uses `{field}`: resolve it to a container or native workload before handing it to the runtime"
     )]
-    NotRunnable { owner: OwnerKey, field: &'static str },
+    NotRunnable {
+        owner: OwnerKey,
+        field: &'static str,
+    },
     #[error("module {owner} has no container or native workload")]
     Empty { owner: OwnerKey },
 }
@@ -290,7 +300,10 @@ impl WorkloadSpec {
             });
         };
         w.restart = m.restart_policy;
-        w.probe = m.health.as_ref().and_then(|h| Probe::from_health(h, &w.ports));
+        w.probe = m
+            .health
+            .as_ref()
+            .and_then(|h| Probe::from_health(h, &w.ports));
         if let (Program::Native { .. }, Some(p)) = (&w.program, &w.probe)
             && let ProbeAction::Http { port, .. } | ProbeAction::Tcp { port } = p.action
         {
@@ -465,7 +478,10 @@ pub enum RuntimeError {
     #[error("the workload spec of {owner} is invalid: {reason}")]
     InvalidSpec { owner: OwnerKey, reason: String },
     #[error("{owner} is not known to the {runtime} runtime")]
-    NotFound { owner: OwnerKey, runtime: &'static str },
+    NotFound {
+        owner: OwnerKey,
+        runtime: &'static str,
+    },
     #[error("container name {name} is taken by a container this stack does not own; remove it")]
     NameTaken { name: String },
     #[error("docker: {context}: {source}")]
@@ -512,8 +528,10 @@ pub trait Runtime: Send + Sync {
 
     /// Creates the workload, or adopts the one that runs with the same spec hash, or replaces one
     /// with another hash; (re)starts it if it stopped.
-    fn ensure<'a>(&'a self, spec: &'a WorkloadSpec)
-    -> BoxFuture<'a, Result<WorkloadStatus, RuntimeError>>;
+    fn ensure<'a>(
+        &'a self,
+        spec: &'a WorkloadSpec,
+    ) -> BoxFuture<'a, Result<WorkloadStatus, RuntimeError>>;
 
     /// What runs for `owner`, or `None` when nothing does and nothing is known.
     fn inspect<'a>(

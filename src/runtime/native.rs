@@ -214,10 +214,21 @@ pub struct MemoryNativeStore(Mutex<BTreeMap<OwnerKey, NativeRecord>>);
 
 impl NativeStore for MemoryNativeStore {
     fn load(&self, owner: &OwnerKey) -> Result<Option<NativeRecord>, RuntimeError> {
-        Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).get(owner).cloned())
+        Ok(self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(owner)
+            .cloned())
     }
     fn all(&self) -> Result<Vec<NativeRecord>, RuntimeError> {
-        Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect())
+        Ok(self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect())
     }
     fn save(&self, rec: &NativeRecord) -> Result<(), RuntimeError> {
         self.0
@@ -227,7 +238,10 @@ impl NativeStore for MemoryNativeStore {
         Ok(())
     }
     fn delete(&self, owner: &OwnerKey) -> Result<(), RuntimeError> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(owner);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(owner);
         Ok(())
     }
 }
@@ -540,7 +554,12 @@ impl NativeRuntime {
         }
     }
 
-    async fn stop_inner(&self, key: &OwnerKey, grace: Duration, forget: bool) -> Result<(), RuntimeError> {
+    async fn stop_inner(
+        &self,
+        key: &OwnerKey,
+        grace: Duration,
+        forget: bool,
+    ) -> Result<(), RuntimeError> {
         let _g = self.lock(key).await;
         let sup = self.sups().remove(key);
         if let Some(sup) = sup {
@@ -625,11 +644,12 @@ fn spawn(
             reason: "argv is empty".into(),
         });
     };
-    let program = find_program(argv0, &spec.env).map_err(|reason| RuntimeError::ProgramNotFound {
-        owner: key.clone(),
-        program: argv0.clone(),
-        reason,
-    })?;
+    let program =
+        find_program(argv0, &spec.env).map_err(|reason| RuntimeError::ProgramNotFound {
+            owner: key.clone(),
+            program: argv0.clone(),
+            reason,
+        })?;
     if let Some(wd) = &spec.working_dir
         && !wd.is_dir()
     {
@@ -841,7 +861,11 @@ async fn supervise(
                 s.state = WorkloadState::Exited;
                 s.last_exit_code = code;
                 s.healthy = None;
-                s.message = Some(format!("exited ({}); restart policy {:?}", fmt_code(code), spec.restart));
+                s.message = Some(format!(
+                    "exited ({}); restart policy {:?}",
+                    fmt_code(code),
+                    spec.restart
+                ));
             });
             // Stay to answer Stop; exit then, or when the runtime goes.
             if let Some(Cmd::Stop { done, .. }) = cmds.recv().await {
@@ -930,7 +954,10 @@ impl Runtime for NativeRuntime {
             if let Some(s) = self.sups().get(owner) {
                 return Ok(Some(s.status.borrow().clone()));
             }
-            Ok(self.store.load(owner)?.map(|r| Self::status_from_record(&r)))
+            Ok(self
+                .store
+                .load(owner)?
+                .map(|r| Self::status_from_record(&r)))
         }
         .boxed()
     }
