@@ -183,6 +183,9 @@ async fn restart_policy_never_and_on_failure_leave_a_clean_exit_alone() {
         tokio::time::sleep(Duration::from_millis(400)).await;
         let s = rt.inspect(&key).await.unwrap().unwrap();
         assert_eq!((s.state, s.restarts), (WorkloadState::Exited, 0));
+        // A reconcile calling ensure again must not turn the policy into Always.
+        let again = rt.ensure(&spec).await.unwrap();
+        assert_eq!((again.state, again.pid), (WorkloadState::Exited, s.pid));
         rt.remove(&key, Duration::from_secs(1)).await.unwrap();
     }
 }

@@ -61,7 +61,11 @@ impl Default for DockerConfig {
 /// - Restart policies are delegated to the engine (`Always` → `unless-stopped`, `OnFailure` →
 ///   `on-failure`); the engine's own backoff applies and `restarting` is reported as `CrashLoop`.
 /// - Health is probed by this program (HTTP/TCP on the host port, exec through `docker exec`)
-///   for containers it ensured or inspected; a liveness failure restarts the container.
+///   for containers it ensured; a liveness failure restarts the container. A running container
+///   that this program has not ensured yet (e.g. `inspect` right after a restart) has no probe
+///   result and is reported `Ready` with `healthy: None`; `ensure` starts probing it.
+/// - `ensure` of an exited container restarts it (drift), unless its restart policy says it is
+///   finished (`Never`, or `OnFailure` with exit code 0) and it was not stopped on request.
 pub struct DockerRuntime {
     docker: Docker,
     host: String,
@@ -518,7 +522,7 @@ impl DockerRuntime {
         let hash = spec.spec_hash();
         let body = Self::create_body(spec)?;
         let _g = self.lock_owner(&key).await;
-        lock(&self.stopped).remove(&key);
+        let was_stopped = lock(&self.stopped).remove(&key);
 
         // Keep the one container with our hash (a running one first); remove every other.
         let mut owned = self.owned(&key).await?;
@@ -551,7 +555,17 @@ impl DockerRuntime {
                 let id = c.id.clone().unwrap_or_default();
                 let running = c.state.as_ref().and_then(|s| s.running) == Some(true);
                 let restarting = c.state.as_ref().and_then(|s| s.restarting) == Some(true);
-                if !running && !restarting {
+                let exit_code = c.state.as_ref().and_then(|s| s.exit_code);
+                // Finished by its restart policy (not stopped by us): leave it, as the engine would.
+                let finished = !running
+                    && !restarting
+                    && !was_stopped
+                    && match spec.restart {
+                        RestartPolicy::Never => true,
+                        RestartPolicy::OnFailure => exit_code == Some(0),
+                        RestartPolicy::Always => false,
+                    };
+                if !running && !restarting && !finished {
                     tracing::info!(container = %id, "starting an adopted, stopped container");
                     self.start(spec, &id).await?;
                 } else {

@@ -437,7 +437,9 @@ impl NativeRuntime {
         if let Some(sup) = existing {
             let st = sup.status.borrow().clone();
             if sup.spec_hash == hash && !sup.finished() {
-                let keep = !matches!(st.state, WorkloadState::Stopped | WorkloadState::Exited);
+                // Exited means finished by its restart policy: ensure leaves it so (a reconcile
+                // loop must not turn `Never` into `Always`). Stopped on request: start again.
+                let keep = st.state != WorkloadState::Stopped;
                 if keep {
                     self.sups().insert(key, sup);
                     return Ok(st);
