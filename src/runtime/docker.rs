@@ -851,3 +851,61 @@ impl Runtime for DockerRuntime {
         .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Kind, ObjectName};
+    use crate::runtime::{Owner, Port};
+
+    #[test]
+    fn create_body_carries_labels_localhost_ports_and_gpu_requests() {
+        let owner = Owner::new(Kind::Module, ObjectName::new("gpu").unwrap(), "u1");
+        let mut spec = WorkloadSpec::container(owner, "img:1");
+        spec.ports = vec![Port {
+            container_port: 8000,
+            host_port: 18000,
+            protocol: Protocol::Tcp,
+        }];
+        spec.limits.gpus = Some(GpuRequest::All);
+        let body = DockerRuntime::create_body(&spec).unwrap();
+        let labels = body.labels.unwrap();
+        assert_eq!(labels[LABEL_OWNER], "Module/gpu");
+        assert_eq!(labels[LABEL_SPEC_HASH], spec.spec_hash());
+        let hc = body.host_config.unwrap();
+        let b = &hc.port_bindings.unwrap()["8000/tcp"].clone().unwrap()[0];
+        assert_eq!(b.host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(b.host_port.as_deref(), Some("18000"));
+        let dr = &hc.device_requests.unwrap()[0];
+        assert_eq!(dr.driver.as_deref(), Some("nvidia"));
+        assert_eq!(dr.count, Some(-1));
+        assert_eq!(dr.capabilities, Some(vec![vec!["gpu".to_string()]]));
+
+        spec.limits.gpus = Some(GpuRequest::Devices(vec!["GPU-1".into()]));
+        let hc = DockerRuntime::create_body(&spec)
+            .unwrap()
+            .host_config
+            .unwrap();
+        assert_eq!(
+            hc.device_requests.unwrap()[0].device_ids,
+            Some(vec!["GPU-1".to_string()])
+        );
+        assert_eq!(
+            DockerRuntime::container_name(&spec.owner.key()),
+            "las-module-gpu"
+        );
+    }
+
+    #[test]
+    fn relative_volume_paths_are_refused() {
+        let owner = Owner::new(Kind::Module, ObjectName::new("v").unwrap(), "u1");
+        let mut spec = WorkloadSpec::container(owner, "img:1");
+        spec.volumes = vec![crate::api::module::VolumeMount {
+            host_path: "relative".into(),
+            container_path: "/data".into(),
+            read_only: false,
+        }];
+        let e = DockerRuntime::create_body(&spec).unwrap_err();
+        assert!(e.to_string().contains("must be absolute"), "{e}");
+    }
+}

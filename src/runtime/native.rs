@@ -1099,6 +1099,60 @@ mod tests {
     }
 
     #[test]
+    fn rotation_keeps_one_generation_and_empties_the_live_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("module-x.log");
+        std::fs::write(&log, "a\n".repeat(100)).unwrap();
+        rotate_if_big(&log, 1000);
+        assert_eq!(
+            std::fs::metadata(&log).unwrap().len(),
+            200,
+            "below the cap: untouched"
+        );
+        rotate_if_big(&log, 100);
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
+        let old = std::fs::read_to_string(dir.path().join("module-x.log.1")).unwrap();
+        assert_eq!(old.len(), 200);
+    }
+
+    #[tokio::test]
+    async fn log_stream_tails_and_follows_across_rotation() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("module-y.log");
+        std::fs::write(&log, "one\ntwo\nthree\n").unwrap();
+        let tail: Vec<Bytes> = file_log_stream(
+            log.clone(),
+            LogOptions {
+                tail: Some(2),
+                follow: false,
+            },
+        )
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+        .await;
+        assert_eq!(tail.concat(), b"two\nthree\n");
+        let mut follow = file_log_stream(
+            log.clone(),
+            LogOptions {
+                tail: Some(0),
+                follow: true,
+            },
+        )
+        .unwrap();
+        rotate_if_big(&log, 1);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(b"four\n").unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(5), follow.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(&next[..], b"four\n");
+    }
+
+    #[test]
     fn missing_program_is_a_clear_error() {
         let e = find_program("definitely-not-a-program-xyz", &BTreeMap::new()).unwrap_err();
         assert!(e.contains("not found in PATH"), "{e}");
