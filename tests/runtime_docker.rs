@@ -37,7 +37,9 @@ async fn docker(test: &str) -> Option<DockerRuntime> {
         }
         Err(e) => {
             let n = SKIPPED.fetch_add(1, Ordering::SeqCst) + 1;
-            eprintln!(
+            // Straight to fd 2: libtest captures eprintln!, and a skip must never be silent.
+            let _ = writeln!(
+                std::io::stderr(),
                 "\n!!! SKIPPED {test} (Docker skip #{n} in runtime_docker): {e}\n!!! set LAS_REQUIRE_DOCKER=1 to make this a failure\n"
             );
             None
@@ -196,7 +198,15 @@ async fn container_create_health_logs_stop_remove() {
     let Some(rt) = docker("container_create_health_logs_stop_remove").await else {
         return;
     };
-    let (spec, port) = web("life");
+    let (mut spec, port) = web("life");
+    let data = tempfile::tempdir().unwrap();
+    spec.volumes = vec![localaistack::api::module::VolumeMount {
+        host_path: data.path().to_path_buf(),
+        container_path: "/data".into(),
+        read_only: true,
+    }];
+    spec.limits.memory_bytes = Some(256 * 1024 * 1024);
+    spec.limits.cpus = Some(0.5);
     let key = spec.owner.key();
     let _c = Cleanup(vec![key.clone()]);
 
@@ -213,7 +223,15 @@ async fn container_create_health_logs_stop_remove() {
         .inspect_container(s.container_id.as_deref().unwrap(), None)
         .await
         .unwrap();
-    let pb = c.host_config.unwrap().port_bindings.unwrap();
+    let hc = c.host_config.unwrap();
+    assert_eq!(hc.memory, Some(256 * 1024 * 1024));
+    assert_eq!(hc.nano_cpus, Some(500_000_000));
+    assert_eq!(
+        hc.binds.clone().unwrap(),
+        vec![format!("{}:/data:ro", data.path().display())]
+    );
+    assert_eq!(s.limits_applied.as_deref(), Some("docker"));
+    let pb = hc.port_bindings.unwrap();
     let b = pb["80/tcp"].as_ref().unwrap()[0].clone();
     assert_eq!(b.host_ip.as_deref(), Some("127.0.0.1"));
 

@@ -183,6 +183,9 @@ async fn restart_policy_never_and_on_failure_leave_a_clean_exit_alone() {
         tokio::time::sleep(Duration::from_millis(400)).await;
         let s = rt.inspect(&key).await.unwrap().unwrap();
         assert_eq!((s.state, s.restarts), (WorkloadState::Exited, 0));
+        // A reconcile calling ensure again must not turn the policy into Always.
+        let again = rt.ensure(&spec).await.unwrap();
+        assert_eq!((again.state, again.pid), (WorkloadState::Exited, s.pid));
         rt.remove(&key, Duration::from_secs(1)).await.unwrap();
     }
 }
@@ -370,4 +373,29 @@ async fn http_server_becomes_ready_only_after_its_probe_passes() {
     assert_eq!(s.endpoint, Some(format!("http://127.0.0.1:{port}")));
     assert!(s.limits_applied.is_some());
     rt.remove(&key, Duration::from_secs(2)).await.unwrap();
+}
+
+#[tokio::test]
+async fn memory_limit_is_applied_and_reported() {
+    let env = Env::new();
+    let rt = env.runtime();
+    let mut spec = sh(owner("limited"), "ulimit -v; exit 0");
+    spec.restart = RestartPolicy::Never;
+    spec.limits.memory_bytes = Some(512 * 1024 * 1024);
+    let key = spec.owner.key();
+    let st = rt.ensure(&spec).await.unwrap();
+    let applied = st.limits_applied.clone().unwrap();
+    wait_for(&rt, &key, "exit", Duration::from_secs(10), |s| {
+        s.state == WorkloadState::Exited
+    })
+    .await;
+    let out = read_logs(&rt, &key, None).await;
+    if applied.starts_with("rlimit") {
+        assert!(applied.contains("as=536870912"), "{applied}");
+        // `ulimit -v` prints KiB.
+        assert_eq!(out.trim(), "524288", "{applied}");
+    } else {
+        assert!(applied.starts_with("cgroup-v2"), "{applied}");
+    }
+    rt.remove(&key, Duration::from_secs(1)).await.unwrap();
 }

@@ -69,7 +69,11 @@ impl Default for DockerConfig {
 /// - Restart policies are delegated to the engine (`Always` → `unless-stopped`, `OnFailure` →
 ///   `on-failure`); the engine's own backoff applies and `restarting` is reported as `CrashLoop`.
 /// - Health is probed by this program (HTTP/TCP on the host port, exec through `docker exec`)
-///   for containers it ensured or inspected; a liveness failure restarts the container.
+///   for containers it ensured; a liveness failure restarts the container. A running container
+///   that this program has not ensured yet (e.g. `inspect` right after a restart) has no probe
+///   result and is reported `Ready` with `healthy: None`; `ensure` starts probing it.
+/// - `ensure` of an exited container restarts it (drift), unless its restart policy says it is
+///   finished (`Never`, or `OnFailure` with exit code 0) and it was not stopped on request.
 pub struct DockerRuntime {
     docker: Docker,
     host: String,
@@ -546,7 +550,7 @@ impl DockerRuntime {
             .get_or_insert_with(Default::default)
             .insert(LABEL_STACK.to_string(), self.cfg.stack.clone());
         let _g = self.lock_owner(&key).await;
-        lock(&self.stopped).remove(&key);
+        let was_stopped = lock(&self.stopped).remove(&key);
 
         // Keep the one container with our hash (a running one first); remove every other.
         let mut owned = self.owned(&key).await?;
@@ -579,7 +583,17 @@ impl DockerRuntime {
                 let id = c.id.clone().unwrap_or_default();
                 let running = c.state.as_ref().and_then(|s| s.running) == Some(true);
                 let restarting = c.state.as_ref().and_then(|s| s.restarting) == Some(true);
-                if !running && !restarting {
+                let exit_code = c.state.as_ref().and_then(|s| s.exit_code);
+                // Finished by its restart policy (not stopped by us): leave it, as the engine would.
+                let finished = !running
+                    && !restarting
+                    && !was_stopped
+                    && match spec.restart {
+                        RestartPolicy::Never => true,
+                        RestartPolicy::OnFailure => exit_code == Some(0),
+                        RestartPolicy::Always => false,
+                    };
+                if !running && !restarting && !finished {
                     tracing::info!(container = %id, "starting an adopted, stopped container");
                     self.start(spec, &id).await?;
                 } else {
@@ -866,5 +880,63 @@ impl Runtime for DockerRuntime {
             Ok(out)
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Kind, ObjectName};
+    use crate::runtime::{Owner, Port};
+
+    #[test]
+    fn create_body_carries_labels_localhost_ports_and_gpu_requests() {
+        let owner = Owner::new(Kind::Module, ObjectName::new("gpu").unwrap(), "u1");
+        let mut spec = WorkloadSpec::container(owner, "img:1");
+        spec.ports = vec![Port {
+            container_port: 8000,
+            host_port: 18000,
+            protocol: Protocol::Tcp,
+        }];
+        spec.limits.gpus = Some(GpuRequest::All);
+        let body = DockerRuntime::create_body(&spec).unwrap();
+        let labels = body.labels.unwrap();
+        assert_eq!(labels[LABEL_OWNER], "Module/gpu");
+        assert_eq!(labels[LABEL_SPEC_HASH], spec.spec_hash());
+        let hc = body.host_config.unwrap();
+        let b = &hc.port_bindings.unwrap()["8000/tcp"].clone().unwrap()[0];
+        assert_eq!(b.host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(b.host_port.as_deref(), Some("18000"));
+        let dr = &hc.device_requests.unwrap()[0];
+        assert_eq!(dr.driver.as_deref(), Some("nvidia"));
+        assert_eq!(dr.count, Some(-1));
+        assert_eq!(dr.capabilities, Some(vec![vec!["gpu".to_string()]]));
+
+        spec.limits.gpus = Some(GpuRequest::Devices(vec!["GPU-1".into()]));
+        let hc = DockerRuntime::create_body(&spec)
+            .unwrap()
+            .host_config
+            .unwrap();
+        assert_eq!(
+            hc.device_requests.unwrap()[0].device_ids,
+            Some(vec!["GPU-1".to_string()])
+        );
+        assert_eq!(
+            DockerRuntime::container_name(&spec.owner.key()),
+            "las-module-gpu"
+        );
+    }
+
+    #[test]
+    fn relative_volume_paths_are_refused() {
+        let owner = Owner::new(Kind::Module, ObjectName::new("v").unwrap(), "u1");
+        let mut spec = WorkloadSpec::container(owner, "img:1");
+        spec.volumes = vec![crate::api::module::VolumeMount {
+            host_path: "relative".into(),
+            container_path: "/data".into(),
+            read_only: false,
+        }];
+        let e = DockerRuntime::create_body(&spec).unwrap_err();
+        assert!(e.to_string().contains("must be absolute"), "{e}");
     }
 }

@@ -181,7 +181,7 @@ impl HealthMonitor {
                     }
                     // Until the first success probe faster, so Ready is seen soon after start.
                     if !report.ever_ready {
-                        let fast = period.min(Duration::from_millis(100));
+                        let fast = period.min(Duration::from_millis(25));
                         tokio::time::sleep(fast).await;
                         tick.reset_immediately();
                     }

@@ -379,7 +379,8 @@ pub enum WorkloadState {
     Ready,
     /// Running but its probe fails.
     Unhealthy,
-    /// Exited and will not be restarted (policy, or stopped on request).
+    /// Exited and will not be restarted: its restart policy says it is finished (or, for a
+    /// container, it was stopped behind the program's back).
     Exited,
     /// Exited and waiting for a restart with backoff (it failed repeatedly).
     CrashLoop,
@@ -527,7 +528,9 @@ pub trait Runtime: Send + Sync {
     fn kind(&self) -> RuntimeKind;
 
     /// Creates the workload, or adopts the one that runs with the same spec hash, or replaces one
-    /// with another hash; (re)starts it if it stopped.
+    /// with another hash; starts it again if it was stopped on request (or, for a container, stopped
+    /// or removed behind the program's back). A workload its restart policy finished (`Never`, or
+    /// `OnFailure` after exit code 0) is left as it is and reported `Exited`.
     fn ensure<'a>(
         &'a self,
         spec: &'a WorkloadSpec,

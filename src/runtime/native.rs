@@ -419,11 +419,13 @@ impl NativeRuntime {
     }
 
     async fn stop_supervisor(sup: Supervisor, grace: Duration) {
+        let Supervisor { cmd, task, .. } = sup;
         let (tx, rx) = oneshot::channel();
-        if sup.cmd.send(Cmd::Stop { grace, done: tx }).await.is_ok() {
+        if cmd.send(Cmd::Stop { grace, done: tx }).await.is_ok() {
             let _ = rx.await;
         }
-        let _ = sup.task.await;
+        drop(cmd);
+        let _ = task.await;
     }
 
     async fn ensure_inner(&self, spec: &WorkloadSpec) -> Result<WorkloadStatus, RuntimeError> {
@@ -435,7 +437,9 @@ impl NativeRuntime {
         if let Some(sup) = existing {
             let st = sup.status.borrow().clone();
             if sup.spec_hash == hash && !sup.finished() {
-                let keep = !matches!(st.state, WorkloadState::Stopped | WorkloadState::Exited);
+                // Exited means finished by its restart policy: ensure leaves it so (a reconcile
+                // loop must not turn `Never` into `Always`). Stopped on request: start again.
+                let keep = st.state != WorkloadState::Stopped;
                 if keep {
                     self.sups().insert(key, sup);
                     return Ok(st);
@@ -886,7 +890,7 @@ async fn supervise(
                         });
                     }
                 }
-                _ = dead_rx.recv() => {
+                Some(()) = dead_rx.recv() => {
                     tracing::warn!("liveness probe failed repeatedly; restarting");
                     liveness_kill = true;
                     break proc.terminate(cfg.replace_grace).await;
@@ -915,8 +919,8 @@ async fn supervise(
                     spec.restart
                 ));
             });
-            // Stay to answer Stop; exit when the runtime goes.
-            while let Some(Cmd::Stop { done, .. }) = cmds.recv().await {
+            // Stay to answer Stop; exit then, or when the runtime goes.
+            if let Some(Cmd::Stop { done, .. }) = cmds.recv().await {
                 let _ = done.send(());
             }
             return;
@@ -1142,6 +1146,60 @@ mod tests {
         assert!(state == 'R' || state == 'S');
         assert!(same_process_alive(std::process::id(), st));
         assert!(!same_process_alive(std::process::id(), st + 1));
+    }
+
+    #[test]
+    fn rotation_keeps_one_generation_and_empties_the_live_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("module-x.log");
+        std::fs::write(&log, "a\n".repeat(100)).unwrap();
+        rotate_if_big(&log, 1000);
+        assert_eq!(
+            std::fs::metadata(&log).unwrap().len(),
+            200,
+            "below the cap: untouched"
+        );
+        rotate_if_big(&log, 100);
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
+        let old = std::fs::read_to_string(dir.path().join("module-x.log.1")).unwrap();
+        assert_eq!(old.len(), 200);
+    }
+
+    #[tokio::test]
+    async fn log_stream_tails_and_follows_across_rotation() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("module-y.log");
+        std::fs::write(&log, "one\ntwo\nthree\n").unwrap();
+        let tail: Vec<Bytes> = file_log_stream(
+            log.clone(),
+            LogOptions {
+                tail: Some(2),
+                follow: false,
+            },
+        )
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+        .await;
+        assert_eq!(tail.concat(), b"two\nthree\n");
+        let mut follow = file_log_stream(
+            log.clone(),
+            LogOptions {
+                tail: Some(0),
+                follow: true,
+            },
+        )
+        .unwrap();
+        rotate_if_big(&log, 1);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(b"four\n").unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(5), follow.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(&next[..], b"four\n");
     }
 
     #[test]
