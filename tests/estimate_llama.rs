@@ -89,8 +89,18 @@ fn estimate_is_within_ten_percent_of_llama_cpp() {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as i32);
     let dir = tempfile::tempdir().unwrap();
 
+    let wide_vocab = TestModelConfig {
+        n_pieces: 1787,
+        ..TestModelConfig::tiny()
+    };
+    let wide_ffn = TestModelConfig {
+        n_ff: 1024,
+        ..TestModelConfig::tiny()
+    };
     let models = [
         ("tiny", TestModelConfig::tiny()),
+        ("tiny-v2048", wide_vocab),
+        ("tiny-ff1024", wide_ffn),
         (
             "bench-f16",
             TestModelConfig::bench().with_precision(Precision::F16),
