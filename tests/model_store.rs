@@ -203,14 +203,14 @@ async fn redirect(
         .unwrap()
 }
 
-/// Announces an absurd size and sends nothing.
+/// Announces an absurd size, sends one byte and then nothing.
 async fn huge(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
     record(&state, "/huge".into(), &headers);
-    let never: Vec<Result<Bytes, std::io::Error>> =
-        vec![Err(std::io::Error::other("no body, on purpose"))];
+    let one = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b"x"))]);
+    let body = futures_util::StreamExt::chain(one, futures_util::stream::pending());
     Response::builder()
         .header(header::CONTENT_LENGTH, 1u64 << 60)
-        .body(Body::from_stream(futures_util::stream::iter(never)))
+        .body(Body::from_stream(body))
         .unwrap()
 }
 
