@@ -945,3 +945,17 @@ async fn gc_keeps_blobs_of_recent_generations_so_rollback_needs_no_download() {
     assert_eq!(report.removed, vec![(b2.digest.clone(), 350_000)]);
     assert!(b1.path.exists() && !b2.path.exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_ensures_of_one_source_download_once() {
+    let server = TestServer::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let bytes = data(17, 2_500_000);
+    let url = server.put("c.gguf", &bytes);
+    let store = open(home.path(), test_config());
+    let s = spec(&url, None);
+    let o = opts();
+    let (a, b) = tokio::join!(store.ensure(&s, &o), store.ensure(&s, &o));
+    assert_eq!(a.unwrap(), b.unwrap());
+    assert_eq!(server.requests_for("/files/c.gguf"), 1);
+}
