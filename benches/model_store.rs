@@ -47,7 +47,7 @@ fn best_of(runs: usize, mut f: impl FnMut()) -> (Duration, Duration, f64) {
             (w.elapsed(), cpu_seconds() - c)
         })
         .collect();
-    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t.sort_by_key(|x| x.0);
     (t[0].0, t[t.len() / 2].0, t[0].1)
 }
 
