@@ -203,14 +203,14 @@ async fn redirect(
         .unwrap()
 }
 
-/// Announces an absurd size and sends nothing.
+/// Announces an absurd size, sends one byte and then nothing.
 async fn huge(State(state): State<Arc<ServerState>>, headers: HeaderMap) -> Response {
     record(&state, "/huge".into(), &headers);
-    let never: Vec<Result<Bytes, std::io::Error>> =
-        vec![Err(std::io::Error::other("no body, on purpose"))];
+    let one = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(Bytes::from_static(b"x"))]);
+    let body = futures_util::StreamExt::chain(one, futures_util::stream::pending());
     Response::builder()
         .header(header::CONTENT_LENGTH, 1u64 << 60)
-        .body(Body::from_stream(futures_util::stream::iter(never)))
+        .body(Body::from_stream(body))
         .unwrap()
 }
 
@@ -944,4 +944,18 @@ async fn gc_keeps_blobs_of_recent_generations_so_rollback_needs_no_download() {
     let report = collect_model_garbage(&state, &models, 1).unwrap();
     assert_eq!(report.removed, vec![(b2.digest.clone(), 350_000)]);
     assert!(b1.path.exists() && !b2.path.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_ensures_of_one_source_download_once() {
+    let server = TestServer::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let bytes = data(17, 2_500_000);
+    let url = server.put("c.gguf", &bytes);
+    let store = open(home.path(), test_config());
+    let s = spec(&url, None);
+    let o = opts();
+    let (a, b) = tokio::join!(store.ensure(&s, &o), store.ensure(&s, &o));
+    assert_eq!(a.unwrap(), b.unwrap());
+    assert_eq!(server.requests_for("/files/c.gguf"), 1);
 }
