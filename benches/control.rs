@@ -96,11 +96,18 @@ fn main() {
         .collect();
     let r = resolve(&requests, &cat, None, false).expect("the bench catalog resolves");
     assert_eq!(r.modules.len(), 500);
-    println!("catalog: {} modules, {edges} dependency edges, 3 versions each", cat.len());
-    stats("resolve 500 modules / 2000 edges", Duration::from_millis(50), || {
-        let r = resolve(&requests, &cat, None, false).unwrap();
-        std::hint::black_box(r);
-    });
+    println!(
+        "catalog: {} modules, {edges} dependency edges, 3 versions each",
+        cat.len()
+    );
+    stats(
+        "resolve 500 modules / 2000 edges",
+        Duration::from_millis(50),
+        || {
+            let r = resolve(&requests, &cat, None, false).unwrap();
+            std::hint::black_box(r);
+        },
+    );
     stats("live hardware probe", Duration::from_millis(200), || {
         let p = LiveProbe::default().probe().unwrap();
         std::hint::black_box(p);

@@ -19,14 +19,20 @@ fn name(i: usize) -> String {
 /// A catalog of `n` modules with one version each and the given edges (i depends on j).
 fn graph_catalog(n: usize, edges: &[(usize, usize)]) -> Catalog {
     Catalog::from_modules((0..n).map(|i| {
-        let deps: BTreeSet<usize> = edges.iter().filter(|(a, _)| *a == i).map(|(_, b)| *b).collect();
+        let deps: BTreeSet<usize> = edges
+            .iter()
+            .filter(|(a, _)| *a == i)
+            .map(|(_, b)| *b)
+            .collect();
         CatalogModule::new(
             name(i),
             ManifestSpec {
                 description: String::new(),
                 versions: vec![ManifestVersion {
                     version: Version(semver::Version::new(1, 0, 0)),
-                    engine: Some(EngineArtifact { type_: Default::default() }),
+                    engine: Some(EngineArtifact {
+                        type_: Default::default(),
+                    }),
                     dependencies: deps
                         .into_iter()
                         .map(|j| Dependency {
@@ -56,7 +62,11 @@ fn roots(n: usize) -> Vec<Request> {
 /// Nodes reachable from `from` in one or more steps.
 fn reach(n: usize, edges: &[(usize, usize)], from: usize) -> BTreeSet<usize> {
     let mut seen = BTreeSet::new();
-    let mut stack: Vec<usize> = edges.iter().filter(|(a, _)| *a == from).map(|(_, b)| *b).collect();
+    let mut stack: Vec<usize> = edges
+        .iter()
+        .filter(|(a, _)| *a == from)
+        .map(|(_, b)| *b)
+        .collect();
     while let Some(x) = stack.pop() {
         if x < n && seen.insert(x) {
             stack.extend(edges.iter().filter(|(a, _)| *a == x).map(|(_, b)| *b));

@@ -416,13 +416,21 @@ pub fn decode_kind<S: DeserializeOwned>(
             message,
         };
         if doc.text.len() > MAX_DOC_BYTES {
-            errors.push(err_at(1, 1, "", format!("document is over {MAX_DOC_BYTES} bytes")));
+            errors.push(err_at(
+                1,
+                1,
+                "",
+                format!("document is over {MAX_DOC_BYTES} bytes"),
+            ));
             continue;
         }
         let value: serde_yaml::Value = match serde_yaml::from_str(&doc.text) {
             Ok(v) => v,
             Err(e) => {
-                let (l, c) = e.location().map(|l| (l.line(), l.column())).unwrap_or((1, 1));
+                let (l, c) = e
+                    .location()
+                    .map(|l| (l.line(), l.column()))
+                    .unwrap_or((1, 1));
                 errors.push(err_at(l, c, "", clean_message(&e.to_string(), "")));
                 continue;
             }
@@ -431,16 +439,32 @@ pub fn decode_kind<S: DeserializeOwned>(
             continue;
         }
         let start = first_content_line(&doc.text);
-        let got_kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or_default();
-        let got_api = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default();
+        let got_kind = value
+            .get("kind")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let got_api = value
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
         if got_api != API_VERSION {
             let (l, c) = locate(&doc.text, &["apiVersion"]).unwrap_or((start, 1));
-            errors.push(err_at(l, c, "apiVersion", format!("expected apiVersion: {API_VERSION}")));
+            errors.push(err_at(
+                l,
+                c,
+                "apiVersion",
+                format!("expected apiVersion: {API_VERSION}"),
+            ));
             continue;
         }
         if got_kind != kind {
             let (l, c) = locate(&doc.text, &["kind"]).unwrap_or((start, 1));
-            errors.push(err_at(l, c, "kind", format!("expected kind: {kind}, found {got_kind:?}")));
+            errors.push(err_at(
+                l,
+                c,
+                "kind",
+                format!("expected kind: {kind}, found {got_kind:?}"),
+            ));
             continue;
         }
         let (meta, spec) = match parse_typed::<S>(&doc) {

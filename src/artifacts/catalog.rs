@@ -34,21 +34,36 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::api::ObjectName;
 use crate::api::decode::{InputError, InputFile, decode_kind};
 use crate::api::model::Sha256;
 use crate::api::module::{EngineType, HealthSpec, VersionReq};
-use crate::api::ObjectName;
 
 /// The environment variable that replaces the built-in catalog with a directory of manifests.
 pub const CATALOG_ENV: &str = "LAS_CATALOG";
 
 /// The manifests shipped in `manifests/`, compiled in.
 const BUILTIN: &[(&str, &str)] = &[
-    ("manifests/llama-cpp-server.yaml", include_str!("../../manifests/llama-cpp-server.yaml")),
-    ("manifests/llama-engine.yaml", include_str!("../../manifests/llama-engine.yaml")),
-    ("manifests/ollama.yaml", include_str!("../../manifests/ollama.yaml")),
-    ("manifests/open-webui.yaml", include_str!("../../manifests/open-webui.yaml")),
-    ("manifests/qdrant.yaml", include_str!("../../manifests/qdrant.yaml")),
+    (
+        "manifests/llama-cpp-server.yaml",
+        include_str!("../../manifests/llama-cpp-server.yaml"),
+    ),
+    (
+        "manifests/llama-engine.yaml",
+        include_str!("../../manifests/llama-engine.yaml"),
+    ),
+    (
+        "manifests/ollama.yaml",
+        include_str!("../../manifests/ollama.yaml"),
+    ),
+    (
+        "manifests/open-webui.yaml",
+        include_str!("../../manifests/open-webui.yaml"),
+    ),
+    (
+        "manifests/qdrant.yaml",
+        include_str!("../../manifests/qdrant.yaml"),
+    ),
     (
         "manifests/text-embeddings-inference.yaml",
         include_str!("../../manifests/text-embeddings-inference.yaml"),
@@ -267,9 +282,12 @@ pub fn render_template(t: &str, vars: &BTreeMap<&str, String>) -> Result<String,
             .find("}}")
             .ok_or_else(|| format!("template {t:?} has an unclosed {{{{"))?;
         let var = after[..j].trim();
-        let v = vars
-            .get(var)
-            .ok_or_else(|| format!("template {t:?} uses unknown variable {var:?}; known: {}", TEMPLATE_VARS.join(", ")))?;
+        let v = vars.get(var).ok_or_else(|| {
+            format!(
+                "template {t:?} uses unknown variable {var:?}; known: {}",
+                TEMPLATE_VARS.join(", ")
+            )
+        })?;
         out.push_str(v);
         rest = &after[j + 2..];
     }
@@ -295,10 +313,12 @@ pub fn check_pinned_image(image: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err(format!("image {image:?} has no repository"));
     }
-    let hex = digest.strip_prefix("sha256:").ok_or_else(|| {
-        format!("image {image:?}: the digest must be sha256:<64 hex characters>")
-    })?;
-    Sha256::new(hex).map(|_| ()).map_err(|e| format!("image {image:?}: {e}"))
+    let hex = digest
+        .strip_prefix("sha256:")
+        .ok_or_else(|| format!("image {image:?}: the digest must be sha256:<64 hex characters>"))?;
+    Sha256::new(hex)
+        .map(|_| ())
+        .map_err(|e| format!("image {image:?}: {e}"))
 }
 
 impl ManifestVersion {
@@ -309,14 +329,22 @@ impl ManifestVersion {
         } else if let Some(n) = &self.native {
             format!("{}#sha256={}", n.url, n.sha256)
         } else if let Some(e) = &self.engine {
-            format!("builtin:{}", serde_json::to_value(e.type_).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default())
+            format!(
+                "builtin:{}",
+                serde_json::to_value(e.type_)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            )
         } else {
             String::new()
         }
     }
 
     fn validate(&self, at: &str) -> Result<(), (String, String)> {
-        let n = self.container.is_some() as u8 + self.native.is_some() as u8 + self.engine.is_some() as u8;
+        let n = self.container.is_some() as u8
+            + self.native.is_some() as u8
+            + self.engine.is_some() as u8;
         if n != 1 {
             return Err((
                 at.into(),
@@ -328,10 +356,16 @@ impl ManifestVersion {
         }
         if let Some(nat) = &self.native {
             if nat.command.is_empty() {
-                return Err((format!("{at}.native.command"), "command needs at least the program".into()));
+                return Err((
+                    format!("{at}.native.command"),
+                    "command needs at least the program".into(),
+                ));
             }
             if !nat.url.starts_with("https://") {
-                return Err((format!("{at}.native.url"), format!("{:?} must be an https:// URL", nat.url)));
+                return Err((
+                    format!("{at}.native.url"),
+                    format!("{:?} must be an https:// URL", nat.url),
+                ));
             }
         }
         if let Some(m) = &self.model {
@@ -345,26 +379,40 @@ impl ManifestVersion {
         if let Some(h) = &self.health {
             let forms = h.http.is_some() as u8 + h.tcp.is_some() as u8 + h.exec.is_some() as u8;
             if forms != 1 {
-                return Err((format!("{at}.health"), "health needs exactly one of http, tcp, exec".into()));
+                return Err((
+                    format!("{at}.health"),
+                    "health needs exactly one of http, tcp, exec".into(),
+                ));
             }
         }
         if let Some(cc) = &self.requirements.min_compute_capability {
-            let ok = cc.split_once('.').is_some_and(|(a, b)| a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok());
+            let ok = cc
+                .split_once('.')
+                .is_some_and(|(a, b)| a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok());
             if !ok {
-                return Err((format!("{at}.requirements.minComputeCapability"), format!("{cc:?} is not of the form MAJOR.MINOR, e.g. 7.5")));
+                return Err((
+                    format!("{at}.requirements.minComputeCapability"),
+                    format!("{cc:?} is not of the form MAJOR.MINOR, e.g. 7.5"),
+                ));
             }
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, d) in self.dependencies.iter().enumerate() {
             if !seen.insert(d.name.as_str()) {
-                return Err((format!("{at}.dependencies[{i}].name"), format!("{} is listed twice", d.name)));
+                return Err((
+                    format!("{at}.dependencies[{i}].name"),
+                    format!("{} is listed twice", d.name),
+                ));
             }
         }
         let mut ports = std::collections::BTreeSet::new();
         for (i, it) in self.interfaces.iter().enumerate() {
             // Port 0: chosen when the process starts (the built-in engine).
             if it.port != 0 && !ports.insert(it.port) {
-                return Err((format!("{at}.interfaces[{i}].port"), format!("port {} is listed twice", it.port)));
+                return Err((
+                    format!("{at}.interfaces[{i}].port"),
+                    format!("port {} is listed twice", it.port),
+                ));
             }
         }
         Ok(())
@@ -375,13 +423,19 @@ impl ManifestSpec {
     /// Checks what serde cannot (see the module documentation).
     pub fn validate(&self) -> Result<(), (String, String)> {
         if self.versions.is_empty() {
-            return Err(("spec.versions".into(), "a manifest needs at least one version".into()));
+            return Err((
+                "spec.versions".into(),
+                "a manifest needs at least one version".into(),
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, v) in self.versions.iter().enumerate() {
             let at = format!("spec.versions[{i}]");
             if !seen.insert(v.version.clone()) {
-                return Err((format!("{at}.version"), format!("version {} appears twice", v.version)));
+                return Err((
+                    format!("{at}.version"),
+                    format!("version {} appears twice", v.version),
+                ));
             }
             v.validate(&at)?;
         }
@@ -473,7 +527,10 @@ impl Catalog {
                                 line: *line,
                                 column: 1,
                                 path: "metadata.name".into(),
-                                message: format!("module {name} is already defined in {}; file ignored", existing.file),
+                                message: format!(
+                                    "module {name} is already defined in {}; file ignored",
+                                    existing.file
+                                ),
                             });
                         }
                     }
@@ -482,9 +539,10 @@ impl Catalog {
                         continue;
                     }
                     for (name, spec, _) in docs {
-                        out.catalog
-                            .modules
-                            .insert(name.to_string(), CatalogModule::new(name.as_str(), spec, f.name.clone()));
+                        out.catalog.modules.insert(
+                            name.to_string(),
+                            CatalogModule::new(name.as_str(), spec, f.name.clone()),
+                        );
                     }
                 }
                 Err(e) => out.rejected.extend(e.0),
@@ -542,41 +600,76 @@ mod tests {
     fn builtin_manifests_are_valid() {
         let l = Catalog::builtin();
         assert!(l.rejected.is_empty(), "{:?}", l.rejected);
-        for m in ["llama-cpp-server", "llama-engine", "ollama", "open-webui", "qdrant", "text-embeddings-inference"] {
+        for m in [
+            "llama-cpp-server",
+            "llama-engine",
+            "ollama",
+            "open-webui",
+            "qdrant",
+            "text-embeddings-inference",
+        ] {
             assert!(l.catalog.get(m).is_some(), "{m} missing");
         }
     }
 
     #[test]
     fn unpinned_image_is_rejected_with_position() {
-        let l = load(&format!("{HEAD}  - version: 1.0.0\n    container: {{image: \"busybox:1.36\"}}\n"));
+        let l = load(&format!(
+            "{HEAD}  - version: 1.0.0\n    container: {{image: \"busybox:1.36\"}}\n"
+        ));
         assert!(l.catalog.is_empty());
         let e = l.rejected[0].to_string();
         assert!(e.starts_with("m.yaml:8:"), "{e}");
-        assert!(e.contains("spec.versions[0].container.image: image \"busybox:1.36\" is not pinned"), "{e}");
+        assert!(
+            e.contains("spec.versions[0].container.image: image \"busybox:1.36\" is not pinned"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unknown_field_and_template_var_are_rejected() {
-        let l = load(&format!("{HEAD}  - version: 1.0.0\n    engine: {{type: llama}}\n    bogus: 1\n"));
-        assert!(l.rejected[0].to_string().contains("unknown field `bogus`"), "{:?}", l.rejected);
-        let l = load(&format!("{HEAD}  - version: 1.0.0\n    engine: {{type: llama}}\n    model: {{args: [\"{{{{model.file}}}}\"]}}\n"));
-        assert!(l.rejected[0].to_string().contains("unknown variable \"model.file\""), "{:?}", l.rejected);
+        let l = load(&format!(
+            "{HEAD}  - version: 1.0.0\n    engine: {{type: llama}}\n    bogus: 1\n"
+        ));
+        assert!(
+            l.rejected[0].to_string().contains("unknown field `bogus`"),
+            "{:?}",
+            l.rejected
+        );
+        let l = load(&format!(
+            "{HEAD}  - version: 1.0.0\n    engine: {{type: llama}}\n    model: {{args: [\"{{{{model.file}}}}\"]}}\n"
+        ));
+        assert!(
+            l.rejected[0]
+                .to_string()
+                .contains("unknown variable \"model.file\""),
+            "{:?}",
+            l.rejected
+        );
     }
 
     #[test]
     fn a_file_with_one_bad_document_is_ignored_whole() {
         let good = "apiVersion: localaistack.io/v1alpha1\nkind: ModuleManifest\nmetadata: {name: good}\nspec:\n  description: d\n  versions:\n  - version: 1.0.0\n    engine: {type: llama}\n";
-        let l = load(&format!("{good}---\n{HEAD}  - version: nope\n    engine: {{type: llama}}\n"));
+        let l = load(&format!(
+            "{good}---\n{HEAD}  - version: nope\n    engine: {{type: llama}}\n"
+        ));
         assert!(l.catalog.is_empty());
         assert_eq!(l.rejected.len(), 1);
-        assert!(l.rejected[0].message.contains("not a semver version"), "{:?}", l.rejected);
+        assert!(
+            l.rejected[0].message.contains("not a semver version"),
+            "{:?}",
+            l.rejected
+        );
     }
 
     #[test]
     fn templates_render() {
         let vars = BTreeMap::from([("model.path", "/m/x.gguf".to_string())]);
-        assert_eq!(render_template("-m={{ model.path }}", &vars).unwrap(), "-m=/m/x.gguf");
+        assert_eq!(
+            render_template("-m={{ model.path }}", &vars).unwrap(),
+            "-m=/m/x.gguf"
+        );
         assert!(render_template("{{model.path", &vars).is_err());
     }
 }

@@ -208,26 +208,25 @@ impl HardwareProfile {
     /// Parses a profile file's text. The source becomes `file` with `path`; the host is kept.
     pub fn from_yaml(path: &Path, text: &str) -> Result<HardwareProfile, HardwareError> {
         let de = serde_yaml::Deserializer::from_str(text);
-        let mut p: HardwareProfile =
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                let field = e.path().to_string();
-                let inner = e.into_inner();
-                let (line, column) = inner
-                    .location()
-                    .map(|l| (l.line(), l.column()))
-                    .unwrap_or((1, 1));
-                let mut message = inner.to_string();
-                if let Some(i) = message.rfind(" at line ") {
-                    message.truncate(i);
-                }
-                HardwareError::ParseProfile {
-                    path: path.to_path_buf(),
-                    line,
-                    column,
-                    field,
-                    message,
-                }
-            })?;
+        let mut p: HardwareProfile = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let (line, column) = inner
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((1, 1));
+            let mut message = inner.to_string();
+            if let Some(i) = message.rfind(" at line ") {
+                message.truncate(i);
+            }
+            HardwareError::ParseProfile {
+                path: path.to_path_buf(),
+                line,
+                column,
+                field,
+                message,
+            }
+        })?;
         let bad = |field: &str, message: String| HardwareError::ParseProfile {
             path: path.to_path_buf(),
             line: 1,
@@ -291,7 +290,11 @@ impl HardwareProfile {
                 self.cpu.usable_cores
             ));
         }
-        let key = |g: &GpuInfo| g.uuid.clone().unwrap_or_else(|| format!("index {}", g.index));
+        let key = |g: &GpuInfo| {
+            g.uuid
+                .clone()
+                .unwrap_or_else(|| format!("index {}", g.index))
+        };
         for g in &old.gpus {
             if !self.gpus.iter().any(|n| key(n) == key(g)) {
                 out.push(format!("GPU {} ({}, {}) is gone", g.index, g.name, key(g)));
@@ -452,11 +455,12 @@ fn parse_cpu_max(s: &str) -> Option<f64> {
 
 fn probe_cpu(quota: Option<f64>) -> Result<CpuInfo, HardwareError> {
     use sysinfo::{CpuRefreshKind, RefreshKind, System};
-    let sys = System::new_with_specifics(RefreshKind::nothing().with_cpu(CpuRefreshKind::nothing()))
-        .map_err(|e| HardwareError::Detect {
-            what: "the CPU",
-            message: e.to_string(),
-        })?;
+    let sys =
+        System::new_with_specifics(RefreshKind::nothing().with_cpu(CpuRefreshKind::nothing()))
+            .map_err(|e| HardwareError::Detect {
+                what: "the CPU",
+                message: e.to_string(),
+            })?;
     let logical = sys.cpus().len().max(1) as u32;
     let model = sys
         .cpus()
@@ -567,8 +571,12 @@ fn rotational(device: &str) -> Option<bool> {
         real
     };
     let disk_name = disk.file_name()?.to_str()?;
-    let s = std::fs::read_to_string(Path::new("/sys/block").join(disk_name).join("queue/rotational"))
-        .ok()?;
+    let s = std::fs::read_to_string(
+        Path::new("/sys/block")
+            .join(disk_name)
+            .join("queue/rotational"),
+    )
+    .ok()?;
     match s.trim() {
         "1" => Some(true),
         "0" => Some(false),
@@ -662,7 +670,11 @@ fn probe_drm(root: &Path, first_index: u32, notes: &mut Vec<String>) -> Vec<GpuI
         })
         .collect();
     cards.sort();
-    let read = |p: PathBuf| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string());
+    let read = |p: PathBuf| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
     let mut out = Vec::new();
     for card in cards {
         let dev = card.join("device");
@@ -690,7 +702,11 @@ fn probe_drm(root: &Path, first_index: u32, notes: &mut Vec<String>) -> Vec<GpuI
             vendor,
             name: format!(
                 "{} GPU {vendor_id}:{device_id}",
-                if vendor == GpuVendor::Amd { "AMD" } else { "Intel" }
+                if vendor == GpuVendor::Amd {
+                    "AMD"
+                } else {
+                    "Intel"
+                }
             ),
             uuid: read(dev.join("unique_id")),
             memory_total_bytes: total,

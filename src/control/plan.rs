@@ -265,10 +265,13 @@ pub fn model_facts(name: &str, spec: &ModelSpec, stored: Option<&StoredObject>) 
     let status: Option<ModelStatus> = stored
         .filter(|o| o.spec == serde_json::to_value(spec).unwrap_or_default())
         .and_then(|o| serde_json::from_value(o.status.clone()).ok());
-    let size = status.as_ref().and_then(|s| s.size_bytes).or(match &spec.source {
-        ModelSource::File(p) => std::fs::metadata(p).ok().map(|m| m.len()),
-        _ => None,
-    });
+    let size = status
+        .as_ref()
+        .and_then(|s| s.size_bytes)
+        .or(match &spec.source {
+            ModelSource::File(p) => std::fs::metadata(p).ok().map(|m| m.len()),
+            _ => None,
+        });
     ModelFacts {
         name: name.to_string(),
         size_bytes: size,
@@ -315,9 +318,16 @@ pub fn plan(input: &PlanInput<'_>) -> Planned {
     }
     // Models the modules may use: desired ones, else stored ones.
     let mut all_models: BTreeMap<String, ModelFacts> = BTreeMap::new();
-    for o in input.state.iter().filter(|o| o.kind == Kind::Model && o.deleted_at.is_none()) {
+    for o in input
+        .state
+        .iter()
+        .filter(|o| o.kind == Kind::Model && o.deleted_at.is_none())
+    {
         if let Ok(spec) = serde_json::from_value::<ModelSpec>(o.spec.clone()) {
-            all_models.insert(o.name.to_string(), model_facts(o.name.as_str(), &spec, Some(o)));
+            all_models.insert(
+                o.name.to_string(),
+                model_facts(o.name.as_str(), &spec, Some(o)),
+            );
         }
     }
     for (n, m) in &models {
@@ -391,7 +401,9 @@ pub fn plan(input: &PlanInput<'_>) -> Planned {
                     );
                     continue;
                 }
-                let Ok(from) = crate::api::ObjectName::new(&p.name) else { continue };
+                let Ok(from) = crate::api::ObjectName::new(&p.name) else {
+                    continue;
+                };
                 instances.insert(
                     p.name.clone(),
                     Instance {
@@ -519,10 +531,28 @@ pub fn plan(input: &PlanInput<'_>) -> Planned {
     for o in deleting {
         let object = obj(o.kind, o.name.as_str());
         if o.kind == Kind::Module {
-            let s = push(&mut actions, ActionKind::Stop, object.clone(), "deleted".into(), vec![]);
-            push(&mut actions, ActionKind::Remove, object, "deleted".into(), vec![s]);
+            let s = push(
+                &mut actions,
+                ActionKind::Stop,
+                object.clone(),
+                "deleted".into(),
+                vec![],
+            );
+            push(
+                &mut actions,
+                ActionKind::Remove,
+                object,
+                "deleted".into(),
+                vec![s],
+            );
         } else if o.kind == Kind::Model {
-            push(&mut actions, ActionKind::Remove, object, "deleted: the blob is kept while another Model uses it".into(), vec![]);
+            push(
+                &mut actions,
+                ActionKind::Remove,
+                object,
+                "deleted: the blob is kept while another Model uses it".into(),
+                vec![],
+            );
         }
     }
     let mut model_action: BTreeMap<String, u32> = BTreeMap::new();
@@ -573,7 +603,13 @@ pub fn plan(input: &PlanInput<'_>) -> Planned {
             && o.deleted_at.is_none()
             && (o.status.get("pid").is_some() || o.status.get("containerId").is_some())
         {
-            deps.push(push(&mut actions, ActionKind::Stop, object.clone(), "spec changed: replaced".into(), vec![]));
+            deps.push(push(
+                &mut actions,
+                ActionKind::Stop,
+                object.clone(),
+                "spec changed: replaced".into(),
+                vec![],
+            ));
         }
         if let Some(m) = &inst.spec.model
             && let Some(id) = model_action.get(m.as_str())
@@ -593,9 +629,21 @@ pub fn plan(input: &PlanInput<'_>) -> Planned {
         let (runtime, image) = runtime_of(inst);
         let id = match (runtime, image) {
             (RuntimeKind::Container, Some(image)) => {
-                let pull = push(&mut actions, ActionKind::PullImage, object.clone(), image.clone(), vec![]);
+                let pull = push(
+                    &mut actions,
+                    ActionKind::PullImage,
+                    object.clone(),
+                    image.clone(),
+                    vec![],
+                );
                 deps.push(pull);
-                push(&mut actions, ActionKind::CreateContainer, object, format!("{image}{via}"), deps)
+                push(
+                    &mut actions,
+                    ActionKind::CreateContainer,
+                    object,
+                    format!("{image}{via}"),
+                    deps,
+                )
             }
             _ => push(
                 &mut actions,
@@ -666,7 +714,9 @@ fn module_deps(inst: &Instance, all: &BTreeMap<String, Instance>) -> Vec<String>
             }
         }
     }
-    out.into_iter().filter(|n| all.contains_key(n) && n != &inst.name).collect()
+    out.into_iter()
+        .filter(|n| all.contains_key(n) && n != &inst.name)
+        .collect()
 }
 
 /// Instances in dependency order (dependencies first, ties by name). Instances on a `dependsOn`
@@ -682,7 +732,9 @@ fn instance_order(all: &BTreeMap<String, Instance>, _r: Option<&Resolution>) -> 
             .filter(|n| module_deps(&all[*n], all).iter().all(|d| done.contains(d)))
             .cloned()
             .collect();
-        let Some(first) = ready.into_iter().next() else { break };
+        let Some(first) = ready.into_iter().next() else {
+            break;
+        };
         done.insert(first.clone());
         out.push(first);
     }
@@ -706,7 +758,9 @@ fn refused_dependency(
             return Some(format!("it serves {o}, which is refused"));
         }
         if !models.contains_key(m.as_str()) {
-            return Some(format!("it serves {o}, which is neither in this apply nor in the store"));
+            return Some(format!(
+                "it serves {o}, which is neither in this apply nor in the store"
+            ));
         }
     }
     for d in module_deps(inst, all) {
@@ -722,7 +776,12 @@ fn refused_dependency(
 /// features, GPU compute capability.
 fn check_requirements(inst: &Instance, profile: &HardwareProfile) -> Option<String> {
     let m = inst.manifest.as_ref()?;
-    let from = inst.spec.from.as_ref().map(|f| f.to_string()).unwrap_or_default();
+    let from = inst
+        .spec
+        .from
+        .as_ref()
+        .map(|f| f.to_string())
+        .unwrap_or_default();
     let req = &m.requirements;
     if !req.arch.is_empty() && !req.arch.contains(&profile.cpu.arch) {
         return Some(format!(

@@ -189,7 +189,10 @@ impl LockFile {
         if lock.lock_version != 1 {
             return Err(LockError::Parse {
                 path: path.into(),
-                message: format!("lockVersion {} is not supported (expected 1)", lock.lock_version),
+                message: format!(
+                    "lockVersion {} is not supported (expected 1)",
+                    lock.lock_version
+                ),
             });
         }
         Ok(Some(lock))
@@ -418,7 +421,10 @@ fn finish(
     }
     // Conflicts, in name order.
     for (name, v) in chosen {
-        let m = catalog.get(name).and_then(|m| m.version(v)).expect("exists");
+        let m = catalog
+            .get(name)
+            .and_then(|m| m.version(v))
+            .expect("exists");
         for c in &m.conflicts {
             if let Some(other) = chosen.get(c.name.as_str())
                 && c.name.as_str() != name
@@ -626,16 +632,38 @@ mod tests {
     #[test]
     fn picks_highest_satisfying_all_and_orders_dependencies_first() {
         let cat = Catalog::from_modules([
-            module("ui", vec![version("1.2.0", &[("db", ">=1.0, <2.0")]), version("2.0.0", &[("db", "^2")])]),
-            module("db", vec![version("1.0.0", &[]), version("1.5.0", &[]), version("2.1.0", &[])]),
+            module(
+                "ui",
+                vec![
+                    version("1.2.0", &[("db", ">=1.0, <2.0")]),
+                    version("2.0.0", &[("db", "^2")]),
+                ],
+            ),
+            module(
+                "db",
+                vec![
+                    version("1.0.0", &[]),
+                    version("1.5.0", &[]),
+                    version("2.1.0", &[]),
+                ],
+            ),
         ]);
         let r = resolve(&[req("web", "ui", "^1")], &cat, None, false).unwrap();
         assert_eq!(r.modules["ui"].version, "1.2.0");
         assert_eq!(r.modules["db"].version, "1.5.0");
         assert_eq!(r.order, vec!["db", "ui"]);
-        assert_eq!(r.modules["db"].chain, vec!["module/web", "ui@1.2.0", "db@1.5.0"]);
+        assert_eq!(
+            r.modules["db"].chain,
+            vec!["module/web", "ui@1.2.0", "db@1.5.0"]
+        );
         // A second root narrows db further.
-        let r = resolve(&[req("web", "ui", "^1"), req("store", "db", "<1.2")], &cat, None, false).unwrap();
+        let r = resolve(
+            &[req("web", "ui", "^1"), req("store", "db", "<1.2")],
+            &cat,
+            None,
+            false,
+        )
+        .unwrap();
         assert_eq!(r.modules["db"].version, "1.0.0");
     }
 
@@ -689,7 +717,10 @@ mod tests {
         let cat1 = Catalog::from_modules([module("db", vec![version("1.0.0", &[])])]);
         let r1 = resolve(&[req("s", "db", "^1")], &cat1, None, false).unwrap();
         let lock = LockFile::from_resolution(&r1);
-        let cat2 = Catalog::from_modules([module("db", vec![version("1.0.0", &[]), version("1.1.0", &[])])]);
+        let cat2 = Catalog::from_modules([module(
+            "db",
+            vec![version("1.0.0", &[]), version("1.1.0", &[])],
+        )]);
         let r2 = resolve(&[req("s", "db", "^1")], &cat2, Some(&lock), false).unwrap();
         assert_eq!(r2.modules["db"].version, "1.0.0");
         let r3 = resolve(&[req("s", "db", "^1")], &cat2, Some(&lock), true).unwrap();

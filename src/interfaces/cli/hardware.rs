@@ -7,9 +7,9 @@ use std::io::Write;
 
 use serde_json::json;
 
+use super::CliError;
 use super::output::{OutputFormat, human_bytes};
 use super::verbs::open_store;
-use super::CliError;
 use crate::api::{Kind, Spec};
 use crate::control::hardware::{HardwareProfile, probe_from_env};
 use crate::control::policy::{NamedPolicy, TierChoice, default_policies, select_tier};
@@ -54,9 +54,18 @@ pub(crate) fn record_profile(store: &mut Store, profile: &HardwareProfile) -> Re
         .and_then(|v| v.get("profile").cloned())
         .and_then(|v| serde_json::from_value(v).ok());
     match previous {
-        Some(old) if old.source.type_ == profile.source.type_ && old.source.path == profile.source.path => {
+        Some(old)
+            if old.source.type_ == profile.source.type_
+                && old.source.path == profile.source.path =>
+        {
             for change in profile.changes_since(&old) {
-                store.record_event("Hardware", "local", EventType::Warning, "HardwareChanged", &change)?;
+                store.record_event(
+                    "Hardware",
+                    "local",
+                    EventType::Warning,
+                    "HardwareChanged",
+                    &change,
+                )?;
             }
         }
         Some(_) | None => {
@@ -85,20 +94,24 @@ pub(crate) fn record_profile(store: &mut Store, profile: &HardwareProfile) -> Re
     Ok(())
 }
 
-/// Probes (or reads `LAS_HARDWARE_PROFILE`), records, and selects the tier.
+/// Probes (or reads `LAS_HARDWARE_PROFILE`), records when `record` (plan and dry runs record
+/// nothing), and selects the tier.
 pub(crate) fn profile_and_tier(
     store: &mut Store,
     extra: &[NamedPolicy],
+    record: bool,
 ) -> Result<(HardwareProfile, TierChoice), CliError> {
     let profile = probe_from_env().probe()?;
-    record_profile(store, &profile)?;
+    if record {
+        record_profile(store, &profile)?;
+    }
     let tier = select_tier(&policies(store, extra)?, &profile)?;
     Ok((profile, tier))
 }
 
 pub fn run(a: HardwareArgs) -> Result<(), CliError> {
     let mut store = open_store()?;
-    let (mut profile, tier) = profile_and_tier(&mut store, &[])?;
+    let (mut profile, tier) = profile_and_tier(&mut store, &[], true)?;
     profile.tier = Some(json!({"policy": tier.policy, "name": tier.tier, "reason": tier.reason}));
     let mut out = std::io::stdout().lock();
     match a.output {
@@ -131,7 +144,11 @@ fn summary(p: &HardwareProfile, t: &TierChoice) -> String {
             .cgroup_quota_cores
             .map(|q| format!(" (cgroup quota {q})"))
             .unwrap_or_default(),
-        if p.cpu.features.is_empty() { "-".into() } else { p.cpu.features.join(", ") }
+        if p.cpu.features.is_empty() {
+            "-".into()
+        } else {
+            p.cpu.features.join(", ")
+        }
     );
     s += &format!(
         "Memory:   {} total, {} available, {} usable{}\n",
@@ -143,7 +160,10 @@ fn summary(p: &HardwareProfile, t: &TierChoice) -> String {
             .map(|l| format!(" (cgroup limit {})", human_bytes(l)))
             .unwrap_or_default()
     );
-    s += &format!("OS:       {} {} (kernel {})\n", p.os.name, p.os.version, p.os.kernel);
+    s += &format!(
+        "OS:       {} {} (kernel {})\n",
+        p.os.name, p.os.version, p.os.kernel
+    );
     if p.gpus.is_empty() {
         s += "GPUs:     none\n";
     }
@@ -177,6 +197,9 @@ fn summary(p: &HardwareProfile, t: &TierChoice) -> String {
     for n in &p.notes {
         s += &format!("Note:     {n}\n");
     }
-    s += &format!("Tier:     {} (policy {})\n  {}\n", t.tier, t.policy, t.reason);
+    s += &format!(
+        "Tier:     {} (policy {})\n  {}\n",
+        t.tier, t.policy, t.reason
+    );
     s
 }

@@ -46,7 +46,7 @@ pub(crate) fn compute(
             _ => None,
         })
         .collect();
-    let (profile, tier) = super::hardware::profile_and_tier(&mut store, &extra)?;
+    let (profile, tier) = super::hardware::profile_and_tier(&mut store, &extra, false)?;
     let loaded = Catalog::from_env()?;
     for e in &loaded.rejected {
         eprintln!("warning: manifest ignored: {e}");
