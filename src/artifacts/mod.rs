@@ -1,3 +1,7 @@
 //! Artifacts: model blobs, GGUF metadata and the module catalog.
 
 pub mod catalog;
+pub mod estimate;
+pub mod gguf;
+pub mod testmodel;
+pub mod models;

@@ -1,7 +1,12 @@
-//! The control layer: state, hardware, policy, resolution and planning (controllers come later).
+//! The control layer: state, hardware, policy, resolution, planning and the controllers.
 
+pub mod admission;
+pub mod apply;
+pub mod controllers;
 pub mod hardware;
 pub mod plan;
 pub mod policy;
 pub mod resolver;
+pub mod sources;
+pub mod model_gc;
 pub mod store;
