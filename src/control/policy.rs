@@ -280,6 +280,8 @@ pub struct ModelFacts {
     /// `spec.sha256` is set.
     pub pinned_digest: bool,
     pub gguf: Option<GgufInfo>,
+    /// The weights file, when it is on this machine (the stored blob or a local source).
+    pub path: Option<std::path::PathBuf>,
 }
 
 /// A model's memory needs at one context size.
@@ -347,6 +349,44 @@ impl MemoryEstimator for FileSizeEstimator {
             overhead_bytes: OVERHEAD_BYTES,
             layers,
             layers_assumed: assumed,
+        })
+    }
+}
+
+/// The GGUF-based estimate (`artifacts::estimate`, llama.cpp's allocation rules) for models whose
+/// file is readable here; [`FileSizeEstimator`] for the others (not downloaded yet, not GGUF).
+///
+/// # Caveats
+/// Reads the GGUF header (bounded by the reader's limits) on every call; the planner calls it
+/// once per served model.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GgufEstimator;
+
+impl MemoryEstimator for GgufEstimator {
+    fn estimate(&self, model: &ModelFacts, context_size: u32) -> Option<MemoryEstimate> {
+        use crate::artifacts::estimate as est;
+        let header = model
+            .path
+            .as_deref()
+            .and_then(|p| crate::artifacts::gguf::read_header(p).ok());
+        let Some(facts) = header.and_then(|h| est::ModelFacts::from_header(&h).ok()) else {
+            return FileSizeEstimator.estimate(model, context_size);
+        };
+        // Everything offloaded: the split between devices is decided by admission per layer.
+        let mut p = est::Placement::cpu(context_size.max(1));
+        p.has_gpu = true;
+        p.n_gpu_layers = u32::try_from(facts.n_layer + 1).unwrap_or(u32::MAX);
+        let e = est::estimate(&facts, &p);
+        let layers = u32::try_from(facts.n_layer.max(1)).unwrap_or(u32::MAX);
+        Some(MemoryEstimate {
+            weights_bytes: e.weights_ram.saturating_add(e.weights_vram),
+            kv_cache_bytes: e.kv_ram.saturating_add(e.kv_vram),
+            overhead_bytes: e
+                .compute_ram
+                .saturating_add(e.compute_vram)
+                .saturating_add(e.output_ram),
+            layers,
+            layers_assumed: false,
         })
     }
 }
@@ -955,6 +995,7 @@ mod tests {
                     size_bytes: Some(size),
                     pinned_digest: digest,
                     gguf: None,
+                    path: None,
                 },
                 context_size: 4096,
                 gpu_layers: -1,
@@ -1001,7 +1042,8 @@ mod tests {
                 name: "m".into(),
                 size_bytes: Some(G),
                 pinned_digest: false,
-                gguf: None
+                gguf: None,
+                path: None
             }),
             Verdict::Refused { .. }
         ));
