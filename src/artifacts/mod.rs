@@ -3,5 +3,5 @@
 pub mod catalog;
 pub mod estimate;
 pub mod gguf;
-pub mod testmodel;
 pub mod models;
+pub mod testmodel;

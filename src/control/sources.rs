@@ -198,10 +198,10 @@ pub async fn watch_sources(
     }
 }
 
-/// Wakes the controllers whenever `state.db` (or its WAL) is written, by any process.
+/// Calls `on_change` whenever `state.db` (or its WAL) is written, by any process.
 pub fn watch_store(
     home_root: &Path,
-    triggers: mpsc::Sender<Trigger>,
+    on_change: impl Fn() + Send + 'static,
 ) -> Result<notify::RecommendedWatcher, WatchError> {
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res
@@ -215,8 +215,7 @@ pub fn watch_store(
                     .is_some_and(|n| n == "state.db" || n == "state.db-wal")
             })
         {
-            // A pending StoreChanged covers this one: dropping on a full channel is fine.
-            let _ = triggers.try_send(Trigger::StoreChanged);
+            on_change();
         }
     })
     .map_err(|source| WatchError::Watch {

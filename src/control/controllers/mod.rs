@@ -7,6 +7,7 @@
 //! - Every object is resynced periodically, so a missed trigger is healed.
 //! - Each reconcile runs in a tracing span with `kind`, `name` and `generation`.
 
+pub mod model;
 pub mod module;
 pub mod queue;
 pub mod status;
@@ -113,12 +114,30 @@ pub trait Reconciler: Send + Sync + 'static {
     }
 }
 
-/// Counters the daemon exports on /metrics.
+/// Where the scheduler reports what it does (the daemon's /metrics).
+pub trait MetricsSink: Send + Sync {
+    fn reconciled(&self, kind: Kind, ok: bool);
+    fn queue_depth(&self, n: usize);
+}
+
+/// Plain counters, for tests and for running without an HTTP server.
 #[derive(Debug, Default)]
 pub struct ControllerMetrics {
     pub reconciles: AtomicU64,
     pub errors: AtomicU64,
     pub queue_depth: AtomicU64,
+}
+
+impl MetricsSink for ControllerMetrics {
+    fn reconciled(&self, _kind: Kind, ok: bool) {
+        self.reconciles.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn queue_depth(&self, n: usize) {
+        self.queue_depth.store(n as u64, Ordering::Relaxed);
+    }
 }
 
 /// What wakes the scheduler.
@@ -154,7 +173,7 @@ pub async fn run(
     reconcilers: Vec<Arc<dyn Reconciler>>,
     mut triggers: mpsc::Receiver<Trigger>,
     config: SchedulerConfig,
-    metrics: Arc<ControllerMetrics>,
+    metrics: Arc<dyn MetricsSink>,
 ) {
     let by_kind: HashMap<Kind, Arc<dyn Reconciler>> =
         reconcilers.iter().map(|r| (r.kind(), r.clone())).collect();
@@ -182,13 +201,11 @@ pub async fn run(
             let store = store.clone();
             let metrics = metrics.clone();
             tasks.spawn(async move {
-                let finish = reconcile_one(&store, r.as_ref(), key.clone(), &metrics).await;
+                let finish = reconcile_one(&store, r.as_ref(), key.clone(), metrics.as_ref()).await;
                 (key, finish)
             });
         }
-        metrics
-            .queue_depth
-            .store(queue.depth() as u64, Ordering::Relaxed);
+        metrics.queue_depth(queue.depth());
         if !open && tasks.is_empty() {
             return;
         }
@@ -258,7 +275,7 @@ async fn reconcile_one(
     store: &SharedStore,
     r: &dyn Reconciler,
     key: Key,
-    metrics: &ControllerMetrics,
+    metrics: &dyn MetricsSink,
 ) -> Finish {
     let k = key.clone();
     let obj = store.with(move |s| s.get(k.0, &k.1)).await;
@@ -276,16 +293,15 @@ async fn reconcile_one(
         name = %key.1,
         generation = obj.as_ref().map(|o| o.generation).unwrap_or(0)
     );
-    metrics.reconciles.fetch_add(1, Ordering::Relaxed);
     let result = r
         .reconcile(key.clone(), obj.clone())
         .instrument(span.clone())
         .await;
+    metrics.reconciled(key.0, result.is_ok());
     match result {
         Ok(Action::Requeue(d)) => Finish::Ok(Some(d)),
         Ok(Action::AwaitChange) => Finish::Ok(None),
         Err(e) => {
-            metrics.errors.fetch_add(1, Ordering::Relaxed);
             span.in_scope(|| tracing::warn!(reason = %e.reason, message = %e.message, permanent = e.permanent, "reconcile failed"));
             if let Some(o) = obj {
                 let e2 = e.clone();
@@ -421,7 +437,7 @@ mod tests {
             vec![r as Arc<dyn Reconciler>],
             rx,
             cfg,
-            Arc::default(),
+            Arc::new(ControllerMetrics::default()),
         ));
         for _ in 0..triggers {
             tx.send(Trigger::Object((Kind::Model, "m".into())))

@@ -1,12 +1,12 @@
 //! `lasctl`: parse, resolve arguments, call the library, map errors to exit codes.
 
+mod daemon;
+mod events;
 mod hardware;
+mod logs;
 mod model;
 mod output;
 mod plan;
-mod events;
-mod logs;
-mod output;
 mod sources;
 mod verbs;
 mod wait;
@@ -46,6 +46,10 @@ pub enum CliError {
     Catalog(#[from] crate::artifacts::catalog::CatalogError),
     #[error(transparent)]
     Lock(#[from] crate::control::resolver::LockError),
+    #[error(transparent)]
+    Client(#[from] crate::interfaces::http::client::ClientError),
+    #[error("{0}")]
+    Timeout(String),
 }
 
 impl From<crate::control::apply::ApplyError> for CliError {
@@ -55,9 +59,6 @@ impl From<crate::control::apply::ApplyError> for CliError {
             crate::control::apply::ApplyError::Store(s) => CliError::Store(s),
         }
     }
-    Client(#[from] crate::interfaces::http::client::ClientError),
-    #[error("{0}")]
-    Timeout(String),
 }
 
 #[derive(Debug, Parser)]
@@ -125,6 +126,8 @@ pub enum Command {
     Wait(WaitArgs),
     /// Output of a Module, from the daemon.
     Logs(LogsArgs),
+    /// Run the controllers, the watched directories and the HTTP API.
+    Daemon(daemon::DaemonArgs),
     /// Print version information.
     Version,
     /// Print a shell completion script.

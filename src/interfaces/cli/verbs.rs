@@ -31,7 +31,6 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
         }
         Command::History { output } => history(output).and(ok),
         Command::Rollback { generation } => rollback(generation).and(ok),
-        Command::Events { object, limit } => events(object.as_deref(), limit).and(ok),
         Command::Plan(p) => super::plan::run(p),
         Command::Hardware(h) => super::hardware::run(h).and(ok),
         Command::Model(m) => super::model::run(m).and(ok),
@@ -42,6 +41,7 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
         } => super::events::watch(object.as_deref(), limit).and(ok),
         Command::Events { object, limit, .. } => events(object.as_deref(), limit).and(ok),
         Command::Wait(a) => super::wait::run(a).and(ok),
+        Command::Daemon(a) => super::daemon::run(a).and(ok),
         Command::Logs(a) => super::logs::run(a).and(ok),
         Command::Version => {
             println!(

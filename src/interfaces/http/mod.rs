@@ -34,8 +34,8 @@ use tokio::sync::watch;
 
 pub use auth::{TOKEN_FILE, ensure_token, read_token};
 pub use info::{
-    BackendsInfo, BoxFuture, ByteStream, DaemonInfo, EngineInfo, LogOptions, LogsError,
-    RuntimeInfo, StaticDaemonInfo,
+    BackendsInfo, BoxFuture, ByteStream, DaemonInfo, DockerInfo, EngineInfo, LogOptions, LogsError,
+    RuntimeInfo, StaticDaemonInfo, built_in_engines,
 };
 pub use metrics::Metrics;
 
