@@ -260,7 +260,7 @@ pub struct Planned {
 }
 
 /// The facts admission needs about a Model: size from the store (when its spec is unchanged) or
-/// from the local file; the GGUF shape from the store.
+/// from the local file; the GGUF shape from the store; the path for the GGUF estimate.
 pub fn model_facts(name: &str, spec: &ModelSpec, stored: Option<&StoredObject>) -> ModelFacts {
     let status: Option<ModelStatus> = stored
         .filter(|o| o.spec == serde_json::to_value(spec).unwrap_or_default())
@@ -272,11 +272,21 @@ pub fn model_facts(name: &str, spec: &ModelSpec, stored: Option<&StoredObject>) 
             ModelSource::File(p) => std::fs::metadata(p).ok().map(|m| m.len()),
             _ => None,
         });
+    // The stored blob when the store has one, else the local source file.
+    let path = status
+        .as_ref()
+        .and_then(|s| s.path.clone())
+        .map(std::path::PathBuf::from)
+        .or(match &spec.source {
+            ModelSource::File(p) => Some(p.clone()),
+            _ => None,
+        });
     ModelFacts {
         name: name.to_string(),
         size_bytes: size,
         pinned_digest: spec.sha256.is_some(),
         gguf: status.and_then(|s| s.gguf),
+        path,
     }
 }
 

@@ -280,6 +280,8 @@ pub struct ModelFacts {
     /// `spec.sha256` is set.
     pub pinned_digest: bool,
     pub gguf: Option<GgufInfo>,
+    /// The weights file, when it is on this machine (the stored blob or a local source).
+    pub path: Option<std::path::PathBuf>,
 }
 
 /// A model's memory needs at one context size.
@@ -347,6 +349,44 @@ impl MemoryEstimator for FileSizeEstimator {
             overhead_bytes: OVERHEAD_BYTES,
             layers,
             layers_assumed: assumed,
+        })
+    }
+}
+
+/// The GGUF-based estimate (`artifacts::estimate`, llama.cpp's allocation rules) for models whose
+/// file is readable here; [`FileSizeEstimator`] for the others (not downloaded yet, not GGUF).
+///
+/// # Caveats
+/// Reads the GGUF header (bounded by the reader's limits) on every call; the planner calls it
+/// once per served model.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GgufEstimator;
+
+impl MemoryEstimator for GgufEstimator {
+    fn estimate(&self, model: &ModelFacts, context_size: u32) -> Option<MemoryEstimate> {
+        use crate::artifacts::estimate as est;
+        let header = model
+            .path
+            .as_deref()
+            .and_then(|p| crate::artifacts::gguf::read_header(p).ok());
+        let Some(facts) = header.and_then(|h| est::ModelFacts::from_header(&h).ok()) else {
+            return FileSizeEstimator.estimate(model, context_size);
+        };
+        // Everything offloaded: the split between devices is decided by admission per layer.
+        let mut p = est::Placement::cpu(context_size.max(1));
+        p.has_gpu = true;
+        p.n_gpu_layers = u32::try_from(facts.n_layer + 1).unwrap_or(u32::MAX);
+        let e = est::estimate(&facts, &p);
+        let layers = u32::try_from(facts.n_layer.max(1)).unwrap_or(u32::MAX);
+        Some(MemoryEstimate {
+            weights_bytes: e.weights_ram.saturating_add(e.weights_vram),
+            kv_cache_bytes: e.kv_ram.saturating_add(e.kv_vram),
+            overhead_bytes: e
+                .compute_ram
+                .saturating_add(e.compute_vram)
+                .saturating_add(e.output_ram),
+            layers,
+            layers_assumed: false,
         })
     }
 }
@@ -919,6 +959,122 @@ mod tests {
             ..Default::default()
         };
         assert!(evaluate(&any, &v).0);
+    }
+
+    fn profile(gpus: &[(u64, u64)], ram_total: u64, ram_avail: u64) -> HardwareProfile {
+        let text = format!(
+            "apiVersion: localaistack.io/v1alpha1\nkind: HardwareProfile\nsource: {{type: live}}\ncpu: {{model: x, arch: x86_64, physicalCores: 4, logicalCores: 8, usableCores: 8}}\nmemory: {{totalBytes: {ram_total}, availableBytes: {ram_avail}, usableBytes: {ram_total}}}\nos: {{name: l, kernel: k}}\ngpus: [{}]\n",
+            gpus.iter()
+                .enumerate()
+                .map(|(i, (t, f))| format!("{{index: {i}, vendor: nvidia, name: g{i}, memoryTotalBytes: {t}, memoryFreeBytes: {f}}}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        HardwareProfile::from_yaml(std::path::Path::new("p.yaml"), &text).unwrap()
+    }
+
+    fn tier(caps: Capabilities) -> TierChoice {
+        TierChoice {
+            policy: "p".into(),
+            tier: "t".into(),
+            reason: String::new(),
+            capabilities: caps,
+        }
+    }
+
+    fn served(name: &str, size: u64, digest: bool) -> Workload {
+        Workload {
+            object: format!("module/{name}"),
+            runtime: RuntimeKind::Native,
+            engine: Some("llama".into()),
+            memory_bytes: 0,
+            gpu: GpuNeed::Optional,
+            model: Some(ServedModel {
+                facts: ModelFacts {
+                    name: name.into(),
+                    size_bytes: Some(size),
+                    pinned_digest: digest,
+                    gguf: None,
+                    path: None,
+                },
+                context_size: 4096,
+                gpu_layers: -1,
+            }),
+        }
+    }
+
+    const G: u64 = 1 << 30;
+
+    #[test]
+    fn admission_checks_runtimes_engines_counts_and_digests() {
+        let p = profile(&[], 64 * G, 60 * G);
+        let t = tier(Capabilities {
+            allowed_runtimes: Some(vec![RuntimeKind::Native]),
+            allowed_engines: Some(vec!["llama".into()]),
+            max_running_models: Some(1),
+            require_digest: Some(true),
+            ..Default::default()
+        });
+        let mut a = Admission::new(&p, &t, &FileSizeEstimator, 0);
+        let mut c = served("c", G, true);
+        c.runtime = RuntimeKind::Container;
+        assert_eq!(
+            a.admit(&c),
+            Verdict::Refused {
+                object: "module/c".into(),
+                reason: "module/c runs as a container workload; tier t allows only native".into()
+            }
+        );
+        let mut e = served("e", G, true);
+        e.engine = Some("vllm".into());
+        assert!(
+            matches!(a.admit(&e), Verdict::Refused { reason, .. } if reason == "module/e uses engine vllm; tier t allows engines [llama]")
+        );
+        assert!(
+            matches!(a.admit(&served("u", G, false)), Verdict::Refused { reason, .. } if reason == "module/u serves model u, which has no spec.sha256; tier t requires a pinned digest")
+        );
+        assert!(a.admit(&served("ok", G, true)).is_admitted());
+        assert!(
+            matches!(a.admit(&served("two", G, true)), Verdict::Refused { reason, .. } if reason == "module/two would be model number 2 to run; tier t allows at most 1 running models")
+        );
+        assert!(matches!(
+            a.admit_model(&ModelFacts {
+                name: "m".into(),
+                size_bytes: Some(G),
+                pinned_digest: false,
+                gguf: None,
+                path: None
+            }),
+            Verdict::Refused { .. }
+        ));
+    }
+
+    #[test]
+    fn admitted_workloads_use_up_vram_and_headroom_is_kept() {
+        let p = profile(&[(24 * G, 24 * G)], 64 * G, 64 * G);
+        let t = tier(Capabilities {
+            vram_headroom_percent: Some(50),
+            allow_cpu_fallback: Some(false),
+            ..Default::default()
+        });
+        let mut a = Admission::new(&p, &t, &FileSizeEstimator, 0);
+        // 12 GiB free after headroom; each model needs 5 GiB + 0.5 GiB KV + 0.25 GiB.
+        assert!(a.admit(&served("a", 5 * G, false)).is_admitted());
+        assert!(a.admit(&served("b", 5 * G, false)).is_admitted());
+        let v = a.admit(&served("c", 5 * G, false));
+        assert_eq!(
+            v,
+            Verdict::Refused {
+                object: "module/c".into(),
+                reason: "model c needs 5.8 GiB of VRAM at contextSize 4096; GPU 0 has 0.5 GiB free after headroom; tier t does not allow CPU fallback".into()
+            }
+        );
+        let l = &a.ledgers()[1];
+        assert_eq!(
+            l.planned_bytes,
+            2 * (5 * G + 512 * (1 << 20) + 256 * (1 << 20))
+        );
+        assert_eq!(l.headroom_bytes, 12 * G);
     }
 
     #[test]

@@ -235,66 +235,76 @@ pub fn resolve(
     let mut chosen: BTreeMap<String, semver::Version> = BTreeMap::new();
     let limit = catalog.len() * 2 + 10;
     for _ in 0..limit {
-        let walk = walk(&roots, catalog, &chosen)?;
+        // The walk picks provisional versions for modules it meets for the first time, so a
+        // consistent catalog settles in one or two rounds instead of one round per level.
+        let mut provisional = chosen.clone();
+        let walk = walk(&roots, catalog, &mut provisional, lock)?;
         let mut next = BTreeMap::new();
         for (name, reqs) in &walk.requirements {
-            let module = catalog.get(name).expect("walk checked existence");
-            let ok = |v: &semver::Version| reqs.iter().all(|(r, _)| r.matches(v));
-            let locked = lock.and_then(|l| l.entry(name)).and_then(|e| {
-                let v = semver::Version::parse(&e.version).ok()?;
-                ok(&v).then_some((v, e))
-            });
-            let pick = match locked {
-                Some((v, e)) => match module.version(&v) {
-                    Some(m) if m.artifact() == e.artifact => Some(v),
-                    Some(m) => {
-                        return Err(ResolveError::LockMismatch {
-                            name: name.clone(),
-                            version: e.version.clone(),
-                            locked: e.artifact.clone(),
-                            found: m.artifact(),
-                        });
-                    }
-                    // The locked version left the catalog: re-resolve this module.
-                    None => module
-                        .spec
-                        .versions
-                        .iter()
-                        .map(|m| &m.version.0)
-                        .find(|v| ok(v))
-                        .cloned(),
-                },
-                None => module
-                    .spec
-                    .versions
-                    .iter()
-                    .map(|m| &m.version.0)
-                    .find(|v| ok(v))
-                    .cloned(),
-            };
-            let Some(v) = pick else {
-                return Err(ResolveError::Unsatisfiable {
-                    name: name.clone(),
-                    requirements: reqs
-                        .iter()
-                        .map(|(r, by)| (r.to_string(), by.clone()))
-                        .collect(),
-                    available: module
-                        .spec
-                        .versions
-                        .iter()
-                        .map(|m| m.version.to_string())
-                        .collect(),
-                });
-            };
-            next.insert(name.clone(), v);
+            next.insert(name.clone(), pick(name, reqs, catalog, lock)?);
         }
-        if next == chosen {
-            return finish(catalog, &chosen, &walk.chains);
+        // The walk followed the provisional versions: when the final picks equal them, the
+        // requirements they induce are exactly those just checked, a fixed point.
+        if next == provisional {
+            return finish(catalog, &next, &walk.chains);
         }
         chosen = next;
     }
     Err(ResolveError::NoFixedPoint(limit))
+}
+
+/// The version of `name` to use under `reqs`: the locked one while it satisfies them, else the
+/// highest that does.
+fn pick(
+    name: &str,
+    reqs: &[(semver::VersionReq, String)],
+    catalog: &Catalog,
+    lock: Option<&LockFile>,
+) -> Result<semver::Version, ResolveError> {
+    let module = catalog.get(name).expect("walk checked existence");
+    let ok = |v: &semver::Version| reqs.iter().all(|(r, _)| r.matches(v));
+    let highest = || {
+        module
+            .spec
+            .versions
+            .iter()
+            .map(|m| &m.version.0)
+            .find(|v| ok(v))
+            .cloned()
+    };
+    let locked = lock.and_then(|l| l.entry(name)).and_then(|e| {
+        let v = semver::Version::parse(&e.version).ok()?;
+        ok(&v).then_some((v, e))
+    });
+    let picked = match locked {
+        Some((v, e)) => match module.version(&v) {
+            Some(m) if m.artifact() == e.artifact => Some(v),
+            Some(m) => {
+                return Err(ResolveError::LockMismatch {
+                    name: name.to_string(),
+                    version: e.version.clone(),
+                    locked: e.artifact.clone(),
+                    found: m.artifact(),
+                });
+            }
+            // The locked version left the catalog: re-resolve this module.
+            None => highest(),
+        },
+        None => highest(),
+    };
+    picked.ok_or_else(|| ResolveError::Unsatisfiable {
+        name: name.to_string(),
+        requirements: reqs
+            .iter()
+            .map(|(r, by)| (r.to_string(), by.clone()))
+            .collect(),
+        available: module
+            .spec
+            .versions
+            .iter()
+            .map(|m| m.version.to_string())
+            .collect(),
+    })
 }
 
 struct Walk {
@@ -306,7 +316,8 @@ struct Walk {
 fn walk(
     roots: &[&Request],
     catalog: &Catalog,
-    chosen: &BTreeMap<String, semver::Version>,
+    chosen: &mut BTreeMap<String, semver::Version>,
+    lock: Option<&LockFile>,
 ) -> Result<Walk, ResolveError> {
     let mut requirements: BTreeMap<String, Vec<(semver::VersionReq, String)>> = BTreeMap::new();
     let mut chains: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -329,8 +340,18 @@ fn walk(
         }
     }
     while let Some(name) = queue.pop_front() {
-        let Some(v) = chosen.get(&name) else { continue };
-        let Some(m) = catalog.get(&name).and_then(|m| m.version(v)) else {
+        if !chosen.contains_key(&name) {
+            // Unsatisfiable so far is not final: the end of the round reports it with every
+            // requirement.
+            match pick(&name, &requirements[&name], catalog, lock) {
+                Ok(v) => {
+                    chosen.insert(name.clone(), v);
+                }
+                Err(_) => continue,
+            }
+        }
+        let v = chosen[&name].clone();
+        let Some(m) = catalog.get(&name).and_then(|m| m.version(&v)) else {
             continue;
         };
         let label = format!("{name}@{v}");

@@ -94,20 +94,24 @@ pub(crate) fn record_profile(store: &mut Store, profile: &HardwareProfile) -> Re
     Ok(())
 }
 
-/// Probes (or reads `LAS_HARDWARE_PROFILE`), records, and selects the tier.
+/// Probes (or reads `LAS_HARDWARE_PROFILE`), records when `record` (plan and dry runs record
+/// nothing), and selects the tier.
 pub(crate) fn profile_and_tier(
     store: &mut Store,
     extra: &[NamedPolicy],
+    record: bool,
 ) -> Result<(HardwareProfile, TierChoice), CliError> {
     let profile = probe_from_env().probe()?;
-    record_profile(store, &profile)?;
+    if record {
+        record_profile(store, &profile)?;
+    }
     let tier = select_tier(&policies(store, extra)?, &profile)?;
     Ok((profile, tier))
 }
 
 pub fn run(a: HardwareArgs) -> Result<(), CliError> {
     let mut store = open_store()?;
-    let (mut profile, tier) = profile_and_tier(&mut store, &[])?;
+    let (mut profile, tier) = profile_and_tier(&mut store, &[], true)?;
     profile.tier = Some(json!({"policy": tier.policy, "name": tier.tier, "reason": tier.reason}));
     let mut out = std::io::stdout().lock();
     match a.output {

@@ -13,7 +13,7 @@ use super::{CliError, FileArgs};
 use crate::api::{Desired, Spec};
 use crate::artifacts::catalog::Catalog;
 use crate::control::plan::{Plan, PlanInput, plan};
-use crate::control::policy::{FileSizeEstimator, NamedPolicy};
+use crate::control::policy::{GgufEstimator, NamedPolicy};
 use crate::control::resolver::{LockFile, lock_path_for};
 
 #[derive(Debug, clap::Args)]
@@ -46,7 +46,7 @@ pub(crate) fn compute(
             _ => None,
         })
         .collect();
-    let (profile, tier) = super::hardware::profile_and_tier(&mut store, &extra)?;
+    let (profile, tier) = super::hardware::profile_and_tier(&mut store, &extra, false)?;
     let loaded = Catalog::from_env()?;
     for e in &loaded.rejected {
         eprintln!("warning: manifest ignored: {e}");
@@ -65,7 +65,7 @@ pub(crate) fn compute(
         catalog: &loaded.catalog,
         lock: lock.as_ref(),
         update,
-        estimator: &FileSizeEstimator,
+        estimator: &GgufEstimator,
     });
     if write_lock
         && let (Some(path), Ok(r)) = (&lock_path, &planned.resolution)
