@@ -1,5 +1,6 @@
 //! `lasctl`: parse, resolve arguments, call the library, map errors to exit codes.
 
+mod engine;
 mod output;
 mod verbs;
 
@@ -26,6 +27,8 @@ pub enum CliError {
     Home(#[from] HomeError),
     #[error(transparent)]
     Explain(#[from] ExplainError),
+    #[error(transparent)]
+    Engine(#[from] crate::runtime::engine::EngineError),
     #[error("{0}")]
     Usage(String),
     #[error("cannot write output: {0}")]
@@ -83,6 +86,8 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// Run a built-in inference engine: engine llama --model PATH [--port N] ...
+    Engine(engine::EngineArgs),
     /// Print version information.
     Version,
     /// Print a shell completion script.

@@ -31,6 +31,7 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
         Command::History { output } => history(output).and(ok),
         Command::Rollback { generation } => rollback(generation).and(ok),
         Command::Events { object, limit } => events(object.as_deref(), limit).and(ok),
+        Command::Engine(e) => super::engine::run(e),
         Command::Version => {
             println!(
                 "lasctl {} (apiVersion {API_VERSION}, built-in engine: {})",
