@@ -108,13 +108,8 @@ pub struct ChatMessage {
     pub content: Option<Content>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct StreamOptions {
-    #[serde(default)]
-    pub include_usage: bool,
-}
-
-/// The sampling and length fields shared by both endpoints.
+/// The sampling and length fields shared by both endpoints. Unknown fields are ignored, as clients
+/// send many; `stream_options` among them: the last chunk of a stream always carries `usage`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct CommonParams {
     #[serde(default)]
@@ -137,8 +132,6 @@ pub struct CommonParams {
     pub stop: Option<OneOrMany>,
     #[serde(default)]
     pub stream: bool,
-    #[serde(default)]
-    pub stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub repeat_penalty: Option<f32>,
     #[serde(default)]

@@ -2,6 +2,7 @@
 //! the OpenAI endpoints and `/metrics`, and shuts down gracefully on SIGTERM or SIGINT.
 
 use std::convert::Infallible;
+use std::future::IntoFuture;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -422,7 +423,7 @@ async fn generate(
         sampling,
         stops,
         events: tx,
-        admission,
+        _admission: admission,
     };
     let sent = state
         .jobs

@@ -114,7 +114,8 @@ pub struct Job {
     pub sampling: Sampling,
     pub stops: Vec<String>,
     pub events: UnboundedSender<Event>,
-    pub admission: AdmissionGuard,
+    /// Held until the request is done: its place in slots + queue is released on drop.
+    pub _admission: AdmissionGuard,
 }
 
 /// What the HTTP side needs once the model is loaded.
@@ -218,7 +219,7 @@ pub fn run(
         batch.clear();
         let mut batch_ok = true;
         for (seq, slot) in slots.iter_mut().enumerate() {
-            let Some(s) = slot else { continue };
+            let Some(s) = slot.as_mut() else { continue };
             if cancelling || s.job.events.is_closed() {
                 s.cancelled = true;
                 continue;
@@ -263,7 +264,7 @@ pub fn run(
         }
 
         for (seq, slot) in slots.iter_mut().enumerate() {
-            let Some(s) = slot else { continue };
+            let Some(s) = slot.as_mut() else { continue };
             let finish = if s.cancelled {
                 Some(FinishReason::Length)
             } else if s.failed {
@@ -331,10 +332,10 @@ fn place(slots: &mut [Option<Slot>], job: Job, n_vocab: i32) {
 /// The sampler chain: penalties, then greedy (temperature 0) or top-k → top-p → min-p →
 /// temperature → a seeded draw. The same settings and seed give the same tokens.
 pub fn build_sampler(s: &Sampling, n_vocab: i32) -> LlamaSampler {
-    let _ = n_vocab;
     let mut chain = Vec::new();
     if s.repeat_penalty != 1.0 || s.frequency_penalty != 0.0 || s.presence_penalty != 0.0 {
         chain.push(LlamaSampler::penalties(
+            n_vocab,
             PENALTY_LAST_N,
             s.repeat_penalty,
             s.frequency_penalty,
