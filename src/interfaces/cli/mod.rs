@@ -1,6 +1,7 @@
 //! `lasctl`: parse, resolve arguments, call the library, map errors to exit codes.
 
 mod engine;
+mod model;
 mod output;
 mod verbs;
 
@@ -88,6 +89,9 @@ pub enum Command {
     },
     /// Run a built-in inference engine: engine llama --model PATH [--port N] ...
     Engine(engine::EngineArgs),
+    /// Local model-file tools: generate-test, inspect.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
     /// Print version information.
     Version,
     /// Print a shell completion script.

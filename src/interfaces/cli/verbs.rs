@@ -32,6 +32,7 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
         Command::Rollback { generation } => rollback(generation).and(ok),
         Command::Events { object, limit } => events(object.as_deref(), limit).and(ok),
         Command::Engine(e) => super::engine::run(e),
+        Command::Model(m) => super::model::run(m).and(ok),
         Command::Version => {
             println!(
                 "lasctl {} (apiVersion {API_VERSION}, built-in engine: {})",
