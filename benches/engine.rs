@@ -40,7 +40,14 @@ fn main() {
     );
     let threads_arg = threads.to_string();
     let ctx_arg = CTX.to_string();
-    let args = ["--threads", &threads_arg, "--ctx", &ctx_arg, "--parallel", "1"];
+    let args = [
+        "--threads",
+        &threads_arg,
+        "--ctx",
+        &ctx_arg,
+        "--parallel",
+        "1",
+    ];
 
     // 1. Model load to /health 200, from process start.
     let mut loads = Vec::new();
@@ -79,7 +86,11 @@ fn main() {
         let c = reqwest::Client::new();
         let body = json!({"prompt": PROMPT, "temperature": 0, "max_tokens": MAX_TOKENS});
         // Warm-up.
-        let _ = c.post(engine.url("/v1/completions")).json(&body).send().await;
+        let _ = c
+            .post(engine.url("/v1/completions"))
+            .json(&body)
+            .send()
+            .await;
         for _ in 0..RUNS {
             let t = Instant::now();
             let v: Value = c

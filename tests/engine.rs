@@ -35,7 +35,10 @@ async fn post_raw(url: &str, body: &str) -> (u16, Value) {
         .expect("send");
     let status = r.status().as_u16();
     let text = r.text().await.expect("body");
-    (status, serde_json::from_str(&text).expect("JSON error body"))
+    (
+        status,
+        serde_json::from_str(&text).expect("JSON error body"),
+    )
 }
 
 /// Posts a streaming request and returns the parsed `data:` payloads (the last one `[DONE]`).
@@ -89,11 +92,7 @@ fn health_is_never_200_before_the_model_is_loaded() {
         let mut saw_503 = false;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let r = c
-                .get(engine.url("/health"))
-                .send()
-                .await
-                .expect("health");
+            let r = c.get(engine.url("/health")).send().await.expect("health");
             match r.status().as_u16() {
                 503 => {
                     saw_503 = true;
@@ -133,9 +132,14 @@ fn greedy_output_is_repeatable_and_fixed_seed_too() {
         assert_eq!((s1, s2), (200, 200), "{a} {b}");
         assert_eq!(a["object"], "chat.completion");
         assert_eq!(a["model"], "tiny");
-        let text = a["choices"][0]["message"]["content"].as_str().expect("content");
+        let text = a["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content");
         assert_eq!(a["choices"][0]["message"]["role"], "assistant");
-        assert_eq!(text, b["choices"][0]["message"]["content"].as_str().unwrap());
+        assert_eq!(
+            text,
+            b["choices"][0]["message"]["content"].as_str().unwrap()
+        );
         let usage = &a["usage"];
         let completion = usage["completion_tokens"].as_u64().unwrap();
         assert!(completion >= 1 && completion <= 24, "{usage}");
@@ -221,7 +225,10 @@ fn streaming_equals_non_streaming() {
 #[test]
 fn two_parallel_requests_both_complete() {
     let (_dir, model) = tiny();
-    let engine = Engine::start_ready(&model, &["--threads", "1", "--ctx", "256", "--parallel", "2"]);
+    let engine = Engine::start_ready(
+        &model,
+        &["--threads", "1", "--ctx", "256", "--parallel", "2"],
+    );
     rt().block_on(async {
         let url = engine.url("/v1/chat/completions");
         let mut streamed = chat_body(48);
@@ -326,7 +333,16 @@ fn full_queue_answers_503_with_an_openai_error() {
     let (_dir, model) = tiny();
     let engine = Engine::start_ready(
         &model,
-        &["--threads", "1", "--ctx", "1024", "--parallel", "1", "--queue", "1"],
+        &[
+            "--threads",
+            "1",
+            "--ctx",
+            "1024",
+            "--parallel",
+            "1",
+            "--queue",
+            "1",
+        ],
     );
     rt().block_on(async {
         // Six requests at once for one slot and one queue place: some must be refused.
@@ -446,7 +462,15 @@ fn broken_gguf_exits_nonzero_with_one_line() {
         let path = dir.path().join(format!("{name}.gguf"));
         std::fs::write(&path, content).unwrap();
         let out = std::process::Command::new(support_engine::lasctl())
-            .args(["engine", "llama", "--threads", "1", "--port", "0", "--model"])
+            .args([
+                "engine",
+                "llama",
+                "--threads",
+                "1",
+                "--port",
+                "0",
+                "--model",
+            ])
             .arg(&path)
             .env("LAS_LOG", "warn")
             .output()
@@ -455,7 +479,10 @@ fn broken_gguf_exits_nonzero_with_one_line() {
         assert_eq!(out.status.code(), Some(1), "{name}: stderr {stderr}");
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         assert_eq!(lines.len(), 1, "{name}: one line expected, got:\n{stderr}");
-        assert!(lines[0].starts_with("error: cannot load model"), "{name}: {stderr}");
+        assert!(
+            lines[0].starts_with("error: cannot load model"),
+            "{name}: {stderr}"
+        );
     }
     let missing = std::process::Command::new(support_engine::lasctl())
         .args(["engine", "llama", "--model", "/nonexistent/model.gguf"])

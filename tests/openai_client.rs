@@ -127,7 +127,10 @@ fn official_openai_client_chats_and_streams() {
     );
 
     let stream = &v["stream"];
-    assert_eq!(stream["objects"], serde_json::json!(["chat.completion.chunk"]));
+    assert_eq!(
+        stream["objects"],
+        serde_json::json!(["chat.completion.chunk"])
+    );
     assert_eq!(stream["roles"], serde_json::json!(["assistant"]));
     // Greedy: the streamed answer is the same as the whole one.
     assert_eq!(stream["content"], chat["content"]);

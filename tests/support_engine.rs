@@ -81,10 +81,7 @@ impl Engine {
             stdout: Vec::new(),
         };
         let line = e.wait_line("listening on ", Duration::from_secs(60));
-        e.base = line
-            .trim_start_matches("listening on ")
-            .trim()
-            .to_owned();
+        e.base = line.trim_start_matches("listening on ").trim().to_owned();
         e
     }
 

@@ -159,7 +159,10 @@ pub struct CompletionRequest {
 /// Parses a JSON body into `T`, answering OpenAI's 400 body for malformed JSON or a wrong shape.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     if body.is_empty() {
-        return Err(ApiError::invalid("the request body is empty; expected JSON", None));
+        return Err(ApiError::invalid(
+            "the request body is empty; expected JSON",
+            None,
+        ));
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("could not parse the JSON body: {e}"), None))
@@ -206,7 +209,10 @@ impl CommonParams {
         }
         let top_k = self.top_k.unwrap_or(0);
         if top_k < 0 {
-            return Err(ApiError::invalid("top_k must not be negative", Some("top_k")));
+            return Err(ApiError::invalid(
+                "top_k must not be negative",
+                Some("top_k"),
+            ));
         }
         let repeat_penalty = self.repeat_penalty.unwrap_or(1.0);
         if !(repeat_penalty.is_finite() && repeat_penalty > 0.0) {
@@ -267,7 +273,11 @@ impl CommonParams {
     }
 
     pub fn stops(&self) -> Result<Vec<String>, ApiError> {
-        let stops = self.stop.clone().map(OneOrMany::into_vec).unwrap_or_default();
+        let stops = self
+            .stop
+            .clone()
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default();
         if stops.len() > 4 {
             return Err(ApiError::invalid(
                 "at most 4 stop sequences are allowed",
@@ -366,7 +376,10 @@ mod tests {
             parse_body(br#"{"prompt":"x","seed":7,"temperature":0.5}"#).unwrap();
         assert_eq!(r.common.sampling().unwrap().seed, 7);
         let bad: CompletionRequest = parse_body(br#"{"prompt":"x","temperature":3}"#).unwrap();
-        assert_eq!(bad.common.sampling().unwrap_err().param, Some("temperature"));
+        assert_eq!(
+            bad.common.sampling().unwrap_err().param,
+            Some("temperature")
+        );
         let zero: CompletionRequest = parse_body(br#"{"prompt":"x","max_tokens":0}"#).unwrap();
         assert!(zero.common.max_tokens().is_err());
     }

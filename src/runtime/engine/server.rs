@@ -124,7 +124,11 @@ async fn serve_async(config: EngineConfig, threads: u32) -> Result<(), EngineErr
     let loaded = load_rx.await;
     match loaded {
         Ok(Ok(l)) => {
-            tracing::info!(load_ms = l.load_ms as u64, threads = l.threads, "model loaded");
+            tracing::info!(
+                load_ms = l.load_ms as u64,
+                threads = l.threads,
+                "model loaded"
+            );
             writeln!(
                 out,
                 "ready: model {} loaded in {} ms (context {} per slot, {} slots, {} threads)",
@@ -231,10 +235,7 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let busy = state.metrics.slots_busy.load(Ordering::Relaxed) as usize;
     let queued = state.admission.inflight().saturating_sub(busy);
-    state
-        .metrics
-        .queued
-        .store(queued as u64, Ordering::Relaxed);
+    state.metrics.queued.store(queued as u64, Ordering::Relaxed);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(&state.model_id),
@@ -302,7 +303,9 @@ fn finish(
 ) -> Response {
     match r {
         Ok(Reply::Done(resp)) => {
-            state.metrics.request(endpoint.name(), 200, started.elapsed());
+            state
+                .metrics
+                .request(endpoint.name(), 200, started.elapsed());
             resp
         }
         // Counted when the stream ends.
@@ -371,10 +374,7 @@ async fn generate(
     let stops = common.stops()?;
 
     let text = prompt(loaded);
-    let tokens = loaded
-        .model
-        .vocab()
-        .tokenize(text.as_bytes(), true, true);
+    let tokens = loaded.model.vocab().tokenize(text.as_bytes(), true, true);
     let prompt_param = if endpoint == Endpoint::Chat {
         "messages"
     } else {
@@ -558,20 +558,30 @@ fn stream_reply(
         }),
     };
     let first = if endpoint == Endpoint::Chat {
-        vec![sse(&meta.body(true, delta_choice(Some(""), true, None), None))]
+        vec![sse(&meta.body(
+            true,
+            delta_choice(Some(""), true, None),
+            None,
+        ))]
     } else {
         Vec::new()
     };
     let m = Arc::clone(&meta);
     let events = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).flat_map(move |ev| {
         let out: Vec<SseEvent> = match ev {
-            Event::Delta(d) => vec![sse(&m.body(true, delta_choice(Some(&d), false, None), None))],
+            Event::Delta(d) => vec![sse(&m.body(
+                true,
+                delta_choice(Some(&d), false, None),
+                None,
+            ))],
             Event::Done {
                 finish,
                 prompt_tokens,
                 completion_tokens,
             } => {
-                state.metrics.request(endpoint.name(), 200, started.elapsed());
+                state
+                    .metrics
+                    .request(endpoint.name(), 200, started.elapsed());
                 vec![
                     sse(&m.body(
                         true,
@@ -582,7 +592,9 @@ fn stream_reply(
                 ]
             }
             Event::Failed(msg) => {
-                state.metrics.request(endpoint.name(), 500, started.elapsed());
+                state
+                    .metrics
+                    .request(endpoint.name(), 500, started.elapsed());
                 vec![
                     sse(&ApiError::internal(msg).body()),
                     SseEvent::default().data("[DONE]"),
@@ -591,7 +603,8 @@ fn stream_reply(
         };
         futures_util::stream::iter(out.into_iter().map(Ok::<_, Infallible>))
     });
-    let stream = futures_util::stream::iter(first.into_iter().map(Ok::<_, Infallible>)).chain(events);
+    let stream =
+        futures_util::stream::iter(first.into_iter().map(Ok::<_, Infallible>)).chain(events);
     Sse::new(stream).into_response()
 }
 

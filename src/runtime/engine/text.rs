@@ -181,7 +181,13 @@ mod tests {
         let b = m.push("N");
         assert_eq!(b.emit, "");
         let c = m.push("Dtrailing");
-        assert_eq!(c, StopStep { emit: String::new(), stopped: true });
+        assert_eq!(
+            c,
+            StopStep {
+                emit: String::new(),
+                stopped: true
+            }
+        );
     }
 
     #[test]

@@ -251,7 +251,10 @@ pub fn run(
         }
 
         if !batch_ok {
-            fail_all(&mut slots, "the batch overflowed; this is a bug in the engine");
+            fail_all(
+                &mut slots,
+                "the batch overflowed; this is a bug in the engine",
+            );
         } else if batch.n_tokens() > 0 {
             let t = Instant::now();
             let decoded = ctx.decode(&mut batch);
