@@ -1,14 +1,13 @@
 //! The real daemon end to end: a real SQLite file, real native processes, the real Docker engine and
-//! the real llama.cpp engine. Every test sweeps what it started (see support_daemon.rs).
+//! the real llama.cpp engine. Every test sweeps what it started (see support/daemon.rs).
 
 mod support;
-mod support_daemon;
 
 use std::time::Duration;
 
 use serde_json::Value;
 use support::FreshEnv;
-use support_daemon::{Daemon, free_port, get_json, is_ready, wait_ready, wait_until};
+use support::daemon::{Daemon, free_port, get_json, is_ready, wait_ready, wait_until};
 
 fn httpd_module(name: &str, port: u16, depends_on: &[&str]) -> String {
     let deps = if depends_on.is_empty() {
@@ -149,7 +148,7 @@ fn sigterm_leaves_workloads_running_and_a_restart_adopts_them() {
         "the restarted daemon adopts the running process"
     );
     assert_eq!(
-        support_daemon::workload_pids_except(env.home_path(), Some(d2.guard.id())),
+        support::daemon::workload_pids_except(env.home_path(), Some(d2.guard.id())),
         vec![pid]
     );
 }
@@ -196,7 +195,7 @@ fn kill_9_at_random_moments_never_duplicates_or_orphans() {
     }
     // Exactly one process per module, each the one the status names; nothing else of this home runs.
     let daemon_pid = d.guard.id();
-    let pids = support_daemon::workload_pids_except(env.home_path(), Some(daemon_pid));
+    let pids = support::daemon::workload_pids_except(env.home_path(), Some(daemon_pid));
     let mut owners = Vec::new();
     for i in 0..10 {
         let pid = pid_of(&get_json(&env, "module", &format!("m{i}")).unwrap());

@@ -6,6 +6,7 @@
 //! finds what it started before, adopts what still matches and replaces what does not.
 
 pub mod docker;
+pub mod engine;
 pub mod health;
 pub mod limits;
 pub mod native;

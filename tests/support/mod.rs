@@ -166,10 +166,14 @@ fn read_all<R: std::io::Read>(r: Option<R>) -> String {
 }
 
 pub fn kill_group(pid: u32) {
-    // SAFETY-free: use the kill command to avoid unsafe in tests.
-    let _ = Command::new("kill")
-        .args(["-KILL", &format!("-{pid}")])
-        .status();
+    // Never `kill -KILL -PID`: procps 4 misreads it as kill(-1), which signals every process.
+    if pid == 0 {
+        return;
+    }
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }
 
 impl Drop for ChildGuard {
@@ -196,3 +200,5 @@ pub fn model_doc(name: &str, source: &str) -> String {
         "apiVersion: localaistack.io/v1alpha1\nkind: Model\nmetadata:\n  name: {name}\nspec:\n  source: {source}\n"
     )
 }
+
+pub mod daemon;

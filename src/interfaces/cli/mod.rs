@@ -1,6 +1,7 @@
 //! `lasctl`: parse, resolve arguments, call the library, map errors to exit codes.
 
 mod daemon;
+mod engine;
 mod events;
 mod hardware;
 mod logs;
@@ -34,6 +35,8 @@ pub enum CliError {
     Home(#[from] HomeError),
     #[error(transparent)]
     Explain(#[from] ExplainError),
+    #[error(transparent)]
+    Engine(#[from] crate::runtime::engine::EngineError),
     #[error("{0}")]
     Usage(String),
     #[error("cannot write output: {0}")]
@@ -119,6 +122,8 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// The detected hardware profile and the tier it falls in.
     Hardware(hardware::HardwareArgs),
+    /// Run a built-in inference engine: engine llama --model PATH [--port N] ...
+    Engine(engine::EngineArgs),
     /// Local model-file tools: generate-test, inspect.
     #[command(subcommand)]
     Model(model::ModelCommand),

@@ -33,6 +33,7 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
         Command::Rollback { generation } => rollback(generation).and(ok),
         Command::Plan(p) => super::plan::run(p),
         Command::Hardware(h) => super::hardware::run(h).and(ok),
+        Command::Engine(e) => super::engine::run(e),
         Command::Model(m) => super::model::run(m).and(ok),
         Command::Events {
             object,

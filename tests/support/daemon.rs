@@ -1,6 +1,5 @@
 //! Helpers for tests that run the real daemon: start it, wait for objects, and leave nothing behind
 //! (the daemon's process group, every native workload it started, every container of the test).
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -8,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::{ChildGuard, FreshEnv};
+use super::{ChildGuard, FreshEnv};
 
 /// A running `lasctl daemon` in a FreshEnv; on drop it is killed and everything it started is swept.
 pub struct Daemon {
