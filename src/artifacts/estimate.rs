@@ -238,8 +238,10 @@ pub fn estimate(m: &ModelFacts, p: &Placement) -> MemoryEstimate {
     };
     // Layers i >= n_layer + 1 - ngl are on the GPU; "layer" n_layer is the output.
     let gpu_start = (m.n_layer + 1).saturating_sub(ngl);
-    let mut e = MemoryEstimate::default();
-    e.weights_ram = m.input_bytes;
+    let mut e = MemoryEstimate {
+        weights_ram: m.input_bytes,
+        ..MemoryEstimate::default()
+    };
     if ngl > 0 && gpu_start <= m.n_layer {
         e.weights_vram = m.output_bytes;
     } else {
