@@ -90,7 +90,7 @@ impl TestModelConfig {
         }
     }
 
-    /// About 30M parameters: large enough that decoding is real work, for benchmarks.
+    /// About 27M parameters (109 MB as F32): large enough that decoding is real work, for benchmarks.
     pub fn bench() -> Self {
         TestModelConfig {
             name: "bench".into(),
