@@ -359,3 +359,32 @@ fn read_header_names_the_file() {
         "{missing}"
     );
 }
+
+/// In a huge file the bytes left do not bound a length; the limits must. A sparse 64 GiB file
+/// whose header claims a 32 GiB key, or a 2^31-element array, is refused before any allocation.
+#[test]
+fn lengths_are_capped_even_when_the_file_is_huge() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = small();
+    for (name, at, value, expected) in [
+        ("key", FIRST_KEY_LEN, 32u64 << 30, "metadata key"),
+        (
+            "array",
+            ARRAY_LEN,
+            1 << 31,
+            "value of key \"tokenizer.ggml.tokens\"",
+        ),
+        ("tensors", 8, 1 << 30, "tensor count"),
+    ] {
+        let path = dir.path().join(format!("{name}.gguf"));
+        std::fs::write(&path, patch(good.clone(), at, &value.to_le_bytes())).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(64 << 30).unwrap();
+        drop(f);
+        let err = read_header(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("more than the limit") && err.contains(expected),
+            "{name}: {err}"
+        );
+    }
+}

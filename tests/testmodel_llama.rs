@@ -42,14 +42,13 @@ fn greedy(
     ctx.decode(&mut batch).expect("decode prompt");
     let mut sampler = LlamaSampler::greedy();
     let mut out = Vec::new();
-    let mut pos = prompt_tokens.len() as i32;
-    for _ in 0..n {
+    let start = prompt_tokens.len() as i32;
+    for pos in start..start + n as i32 {
         let t = sampler.sample(&ctx, batch.n_tokens() - 1);
         sampler.accept(t);
         out.push(t);
         batch.clear();
         batch.add(t, pos, &[0], true).expect("batch");
-        pos += 1;
         ctx.decode(&mut batch).expect("decode");
     }
     (prompt_tokens, out)

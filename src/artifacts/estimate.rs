@@ -232,14 +232,16 @@ fn prod(xs: &[u64]) -> u64 {
 /// Estimates what llama.cpp allocates for `model` served with `p`.
 pub fn estimate(m: &ModelFacts, p: &Placement) -> MemoryEstimate {
     let ngl = if p.has_gpu {
-        u64::from(p.n_gpu_layers).min(m.n_layer + 1)
+        u64::from(p.n_gpu_layers).min(m.n_layer.saturating_add(1))
     } else {
         0
     };
     // Layers i >= n_layer + 1 - ngl are on the GPU; "layer" n_layer is the output.
-    let gpu_start = (m.n_layer + 1).saturating_sub(ngl);
-    let mut e = MemoryEstimate::default();
-    e.weights_ram = m.input_bytes;
+    let gpu_start = (m.n_layer.saturating_add(1)).saturating_sub(ngl);
+    let mut e = MemoryEstimate {
+        weights_ram: m.input_bytes,
+        ..MemoryEstimate::default()
+    };
     if ngl > 0 && gpu_start <= m.n_layer {
         e.weights_vram = m.output_bytes;
     } else {
@@ -326,5 +328,26 @@ mod tests {
         );
         p.has_gpu = false;
         assert_eq!(estimate(&m, &p), none, "without a GPU nothing is offloaded");
+    }
+
+    #[test]
+    fn absurd_header_values_saturate_instead_of_overflowing() {
+        let m = ModelFacts {
+            n_layer: u64::MAX,
+            n_embd: u64::MAX,
+            n_head: u64::MAX,
+            n_head_kv: u64::MAX,
+            head_dim_k: u64::MAX,
+            head_dim_v: u64::MAX,
+            n_vocab: u64::MAX,
+            n_ff: u64::MAX,
+            layer_bytes: vec![u64::MAX; 3],
+            input_bytes: u64::MAX,
+            output_bytes: u64::MAX,
+        };
+        let mut p = Placement::cpu(u32::MAX);
+        p.has_gpu = true;
+        p.n_gpu_layers = u32::MAX;
+        assert_eq!(estimate(&m, &p).total(), u64::MAX);
     }
 }

@@ -90,7 +90,7 @@ impl TestModelConfig {
         }
     }
 
-    /// About 30M parameters: large enough that decoding is real work, for benchmarks.
+    /// About 27M parameters (109 MB as F32): large enough that decoding is real work, for benchmarks.
     pub fn bench() -> Self {
         TestModelConfig {
             name: "bench".into(),
@@ -138,19 +138,19 @@ impl TestModelConfig {
         if self.n_embd == 0 || self.n_layer == 0 || self.n_ff == 0 || self.n_ctx_train == 0 {
             return bad("n_embd, n_layer, n_ff and n_ctx_train must be positive".into());
         }
-        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!(
                 "n_embd {} must be a positive multiple of n_head {}",
                 self.n_embd, self.n_head
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad(format!(
                 "head dimension {} must be even (RoPE)",
                 self.head_dim()
             ));
         }
-        if self.n_head_kv == 0 || self.n_head % self.n_head_kv != 0 {
+        if self.n_head_kv == 0 || !self.n_head.is_multiple_of(self.n_head_kv) {
             return bad(format!(
                 "n_head {} must be a multiple of n_head_kv {}",
                 self.n_head, self.n_head_kv

@@ -260,7 +260,7 @@ impl<R: Read> Cursor<'_, R> {
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
             .filter(|&e| e <= i64::MAX as u64)
             .ok_or_else(|| bad(format!("shape {dims:?} has too many elements")))?;
-        if dims[0] % block != 0 {
+        if !dims[0].is_multiple_of(block) {
             return Err(bad(format!(
                 "row length {} is not a multiple of the {ggml_type} block size {block}",
                 dims[0]
@@ -348,7 +348,7 @@ pub fn read_from<R: Read + Seek>(r: &mut R, limits: &Limits) -> Result<GgufHeade
     let data_offset = c.pos.div_ceil(alignment).saturating_mul(alignment);
     let data_len = len.saturating_sub(data_offset);
     for t in &tensors {
-        if t.offset % alignment != 0 {
+        if !t.offset.is_multiple_of(alignment) {
             return Err(GgufError::BadTensor {
                 name: t.name.clone(),
                 reason: format!(

@@ -144,7 +144,7 @@ impl GgmlType {
     /// is not a whole number of blocks, or an overflow.
     pub fn bytes_for(self, elements: u64) -> Option<u64> {
         let &(_, _, block, size) = self.traits()?;
-        if elements % block != 0 {
+        if !elements.is_multiple_of(block) {
             return None;
         }
         (elements / block).checked_mul(size)

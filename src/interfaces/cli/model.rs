@@ -18,7 +18,7 @@ pub enum ModelCommand {
 pub struct GenerateTestArgs {
     /// Where to write the .gguf file (replaced if it exists).
     pub path: PathBuf,
-    /// tiny: ~400k parameters, for tests; bench: ~30M parameters, for benchmarks.
+    /// tiny: ~400k parameters, for tests; bench: ~27M parameters, for benchmarks.
     #[arg(long, default_value = "tiny", value_parser = ["tiny", "bench"])]
     pub preset: String,
     /// Seed of the random weights; the same seed gives the same file.
