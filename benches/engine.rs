@@ -23,8 +23,8 @@ use support_engine::{Engine, generate_model, rt};
 
 const CTX: u32 = 512;
 const PROMPT: &str = "The history of the llama begins";
-const MAX_TOKENS: u32 = 128;
-const RUNS: usize = 5;
+const MAX_TOKENS: u32 = 64;
+const RUNS: usize = 3;
 
 fn main() {
     let threads = localaistack::runtime::engine::default_threads();
@@ -78,20 +78,22 @@ fn main() {
         loads.len()
     );
 
-    // 2. Through HTTP: greedy completions, whole request timed (prompt + decode).
+    // 2. Engine through HTTP and the plain loop, alternating run by run so that a busy machine
+    // slows both alike; they never decode at the same time (the idle engine's threads sleep).
     let engine = Engine::start_ready(&model, &args);
+    let backend = LlamaBackend::init().expect("backend");
+    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(false));
+    let m = LlamaModel::load_from_file(&backend, &model, &LlamaModelParams::default())
+        .expect("load model");
+    let runtime = rt();
+    let c = reqwest::Client::new();
+    let body = json!({"prompt": PROMPT, "temperature": 0, "max_tokens": MAX_TOKENS});
     let mut http = Vec::new();
-    let mut http_tokens = 0;
-    rt().block_on(async {
-        let c = reqwest::Client::new();
-        let body = json!({"prompt": PROMPT, "temperature": 0, "max_tokens": MAX_TOKENS});
-        // Warm-up.
-        let _ = c
-            .post(engine.url("/v1/completions"))
-            .json(&body)
-            .send()
-            .await;
-        for _ in 0..RUNS {
+    let mut plain = Vec::new();
+    let (mut http_tokens, mut plain_tokens) = (0, 0);
+    // Run 0 warms both up and is not counted.
+    for run in 0..=RUNS {
+        let (n, secs) = runtime.block_on(async {
             let t = Instant::now();
             let v: Value = c
                 .post(engine.url("/v1/completions"))
@@ -102,64 +104,18 @@ fn main() {
                 .json()
                 .await
                 .expect("json");
-            let took = t.elapsed();
-            http_tokens = v["usage"]["completion_tokens"].as_u64().expect("usage") as u32;
-            http.push(http_tokens as f64 / took.as_secs_f64());
-        }
-    });
-    drop(engine);
-
-    // 3. The plain loop, same model, context, threads, prompt and greedy sampling.
-    let backend = LlamaBackend::init().expect("backend");
-    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default().with_logs_enabled(false));
-    let m = LlamaModel::load_from_file(&backend, &model, &LlamaModelParams::default())
-        .expect("load model");
-    let mut plain = Vec::new();
-    let mut plain_tokens = 0;
-    for run in 0..=RUNS {
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(CTX))
-            .with_n_batch(CTX)
-            .with_n_ubatch(CTX.min(512))
-            .with_n_seq_max(1)
-            .with_n_threads(threads as i32)
-            .with_n_threads_batch(threads as i32);
-        let mut ctx = m.new_context(&backend, params).expect("context");
-        let vocab = m.vocab();
-        let t = Instant::now();
-        let prompt = vocab.tokenize(PROMPT.as_bytes(), true, true);
-        let mut batch = LlamaBatch::new(CTX as usize, 1);
-        let last = prompt.len() - 1;
-        for (i, tok) in prompt.iter().enumerate() {
-            batch.add(*tok, i as i32, &[0], i == last).expect("batch");
-        }
-        ctx.decode(&mut batch).expect("decode prompt");
-        let mut sampler = LlamaSampler::chain_simple([LlamaSampler::greedy()]);
-        let mut pos = prompt.len() as i32;
-        let mut n = 0u32;
-        let mut piece = Vec::new();
-        while n < MAX_TOKENS {
-            let tok = sampler.sample(&ctx, batch.n_tokens() - 1);
-            if vocab.is_eog(tok) {
-                break;
-            }
-            n += 1;
-            piece.clear();
-            vocab.token_to_piece_into(tok, &mut piece, false, None);
-            if n == MAX_TOKENS {
-                break;
-            }
-            batch.clear();
-            batch.add(tok, pos, &[0], true).expect("batch");
-            pos += 1;
-            ctx.decode(&mut batch).expect("decode");
-        }
-        let took = t.elapsed();
-        plain_tokens = n;
+            let n = v["usage"]["completion_tokens"].as_u64().expect("usage") as u32;
+            (n, t.elapsed().as_secs_f64())
+        });
+        http_tokens = n;
+        let (pn, psecs) = plain_run(&backend, &m, threads);
+        plain_tokens = pn;
         if run > 0 {
-            plain.push(n as f64 / took.as_secs_f64());
+            http.push(n as f64 / secs);
+            plain.push(pn as f64 / psecs);
         }
     }
+    drop(engine);
     drop(m);
     drop(backend);
 
@@ -181,4 +137,47 @@ fn main() {
             "engine bench: note: token counts differ ({plain_tokens} vs {http_tokens}); rates are still per token"
         );
     }
+}
+
+/// One greedy completion with a plain llama-cpp-2 loop: same model, context, threads, prompt and
+/// sampler as the engine. Returns (tokens, seconds), prompt evaluation included as in the engine.
+fn plain_run(backend: &LlamaBackend, m: &LlamaModel, threads: u32) -> (u32, f64) {
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(CTX))
+        .with_n_batch(CTX)
+        .with_n_ubatch(CTX.min(512))
+        .with_n_seq_max(1)
+        .with_n_threads(threads as i32)
+        .with_n_threads_batch(threads as i32);
+    let mut ctx = m.new_context(backend, params).expect("context");
+    let vocab = m.vocab();
+    let t = Instant::now();
+    let prompt = vocab.tokenize(PROMPT.as_bytes(), true, true);
+    let mut batch = LlamaBatch::new(CTX as usize, 1);
+    let last = prompt.len() - 1;
+    for (i, tok) in prompt.iter().enumerate() {
+        batch.add(*tok, i as i32, &[0], i == last).expect("batch");
+    }
+    ctx.decode(&mut batch).expect("decode prompt");
+    let mut sampler = LlamaSampler::chain_simple([LlamaSampler::greedy()]);
+    let mut pos = prompt.len() as i32;
+    let mut n = 0u32;
+    let mut piece = Vec::new();
+    while n < MAX_TOKENS {
+        let tok = sampler.sample(&ctx, batch.n_tokens() - 1);
+        if vocab.is_eog(tok) {
+            break;
+        }
+        n += 1;
+        piece.clear();
+        vocab.token_to_piece_into(tok, &mut piece, false, None);
+        if n == MAX_TOKENS {
+            break;
+        }
+        batch.clear();
+        batch.add(tok, pos, &[0], true).expect("batch");
+        pos += 1;
+        ctx.decode(&mut batch).expect("decode");
+    }
+    (n, t.elapsed().as_secs_f64())
 }

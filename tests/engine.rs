@@ -142,7 +142,7 @@ fn greedy_output_is_repeatable_and_fixed_seed_too() {
         );
         let usage = &a["usage"];
         let completion = usage["completion_tokens"].as_u64().unwrap();
-        assert!(completion >= 1 && completion <= 24, "{usage}");
+        assert!((1..=24).contains(&completion), "{usage}");
         assert!(usage["prompt_tokens"].as_u64().unwrap() > 5, "{usage}");
         assert_eq!(
             usage["total_tokens"].as_u64().unwrap(),
@@ -253,6 +253,9 @@ fn two_parallel_requests_both_complete() {
     });
 }
 
+/// (name, url, body, expected `param`, expected `code`)
+type BadCase<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, Option<&'a str>);
+
 #[test]
 fn bad_requests_get_openai_error_bodies() {
     let (_dir, model) = tiny();
@@ -262,7 +265,7 @@ fn bad_requests_get_openai_error_bodies() {
     let long_prompt = format!(r#"{{"prompt":"{}"}}"#, "word ".repeat(400));
     rt().block_on(async {
         // (name, url, body, expected param, expected code)
-        let cases: Vec<(&str, &str, &str, Option<&str>, Option<&str>)> = vec![
+        let cases: Vec<BadCase> = vec![
             ("malformed JSON", &chat, "{\"messages\": [", None, None),
             ("not an object", &chat, "[1,2,3]", None, None),
             ("empty body", &chat, "", None, None),

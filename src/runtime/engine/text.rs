@@ -159,7 +159,7 @@ mod tests {
         let mut d = Utf8Decoder::new();
         assert_eq!(d.push(&[b'a', 0xff, b'b']), "a\u{fffd}b");
         assert_eq!(d.push(&[0xe2, 0x82]), "");
-        assert_eq!(d.push(&[b'x']), "\u{fffd}x");
+        assert_eq!(d.push(b"x"), "\u{fffd}x");
         assert_eq!(d.push(&[0xf0, 0x9f]), "");
         assert_eq!(d.finish(), "\u{fffd}");
         // Every byte value, alone and in pairs.
