@@ -39,7 +39,7 @@ crds:
 	LAS_UPDATE_CRDS=1 $(CARGO) test --test crds
 
 bench: deps venv
-	LAS_PYTHON=$(CURDIR)/$(VENV)/bin/python $(CARGO) bench
+	LAS_PYTHON=$(CURDIR)/$(VENV)/bin/python $(CARGO) bench --profile dev
 
 run: deps
 	$(CARGO) build

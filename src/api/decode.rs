@@ -394,6 +394,106 @@ fn decode_doc(doc: &RawDoc<'_>) -> Result<Option<Desired>, InputError> {
     }))
 }
 
+/// Decodes every document of one file as `kind` — for formats outside desired state, such as the
+/// module catalog's manifests — with the same strictness and the same `file:line:col: path: message`
+/// errors. `validate` checks what serde cannot and returns a field path and a message. Returns the
+/// name, the spec and the line of `metadata.name` of each document, or every error.
+pub fn decode_kind<S: DeserializeOwned>(
+    file: &InputFile,
+    kind: &str,
+    validate: impl Fn(&S) -> Result<(), (String, String)>,
+) -> Result<Vec<(super::ObjectName, S, usize)>, InputErrors> {
+    let text = std::str::from_utf8(&file.bytes)
+        .map_err(|_| whole_file_error(&file.name, "invalid UTF-8: expected UTF-8 text".into()))?;
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for doc in split_documents(&file.name, text) {
+        let err_at = |line: usize, column: usize, path: &str, message: String| InputError {
+            file: doc.file.to_string(),
+            line: doc.first_line + line.saturating_sub(1),
+            column,
+            path: path.to_string(),
+            message,
+        };
+        if doc.text.len() > MAX_DOC_BYTES {
+            errors.push(err_at(
+                1,
+                1,
+                "",
+                format!("document is over {MAX_DOC_BYTES} bytes"),
+            ));
+            continue;
+        }
+        let value: serde_yaml::Value = match serde_yaml::from_str(&doc.text) {
+            Ok(v) => v,
+            Err(e) => {
+                let (l, c) = e
+                    .location()
+                    .map(|l| (l.line(), l.column()))
+                    .unwrap_or((1, 1));
+                errors.push(err_at(l, c, "", clean_message(&e.to_string(), "")));
+                continue;
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        let start = first_content_line(&doc.text);
+        let got_kind = value
+            .get("kind")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let got_api = value
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        if got_api != API_VERSION {
+            let (l, c) = locate(&doc.text, &["apiVersion"]).unwrap_or((start, 1));
+            errors.push(err_at(
+                l,
+                c,
+                "apiVersion",
+                format!("expected apiVersion: {API_VERSION}"),
+            ));
+            continue;
+        }
+        if got_kind != kind {
+            let (l, c) = locate(&doc.text, &["kind"]).unwrap_or((start, 1));
+            errors.push(err_at(
+                l,
+                c,
+                "kind",
+                format!("expected kind: {kind}, found {got_kind:?}"),
+            ));
+            continue;
+        }
+        let (meta, spec) = match parse_typed::<S>(&doc) {
+            Ok(x) => x,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        if let Err((path, message)) = validate(&spec) {
+            // The deepest key that can be found (flow mappings hide the last ones).
+            let keys = path_keys(&path);
+            let (l, c) = (1..=keys.len())
+                .rev()
+                .find_map(|n| locate(&doc.text, &keys[..n]))
+                .unwrap_or((start, 1));
+            errors.push(err_at(l, c, &path, message));
+            continue;
+        }
+        let line = locate(&doc.text, &["metadata", "name"]).map_or(start, |(l, _)| l);
+        out.push((meta.name, spec, doc.first_line + line - 1));
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(InputErrors(errors))
+    }
+}
+
 fn validate_spec(spec: &Spec) -> Result<(), (String, String)> {
     match spec {
         Spec::Module(m) => m.validate(),

@@ -1,3 +1,12 @@
-//! The control layer: state, and (in later modules) hardware, policy, resolution and controllers.
+//! The control layer: state, hardware, policy, resolution, planning and the controllers.
 
+pub mod admission;
+pub mod apply;
+pub mod controllers;
+pub mod hardware;
+pub mod model_gc;
+pub mod plan;
+pub mod policy;
+pub mod resolver;
+pub mod sources;
 pub mod store;

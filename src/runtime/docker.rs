@@ -36,13 +36,21 @@ pub struct DockerConfig {
     pub pull_timeout: Duration,
     /// How long connecting and pinging the engine may take.
     pub connect_timeout: Duration,
+    /// The stack these containers belong to (the daemon uses its `LAS_HOME`): the value of the
+    /// `localaistack.io/stack` label, so that two state directories on one engine never touch each
+    /// other's containers.
+    pub stack: String,
 }
+
+/// The label that separates stacks (state directories) sharing one Docker engine.
+pub const LABEL_STACK: &str = "localaistack.io/stack";
 
 impl Default for DockerConfig {
     fn default() -> Self {
         Self {
             pull_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(5),
+            stack: "default".into(),
         }
     }
 }
@@ -131,9 +139,23 @@ impl DockerRuntime {
         &self.host
     }
 
-    /// The container name of an owner.
+    /// The container name of an owner in the default stack.
     pub fn container_name(owner: &OwnerKey) -> String {
         format!("las-{}", owner.slug())
+    }
+
+    /// The container name of an owner in this runtime's stack (unique per stack on the engine).
+    pub fn name_for(&self, owner: &OwnerKey) -> String {
+        if self.cfg.stack == "default" {
+            return Self::container_name(owner);
+        }
+        use sha2::Digest;
+        let h = hex::encode(sha2::Sha256::digest(self.cfg.stack.as_bytes()));
+        format!("las-{}-{}", owner.slug(), &h[..8])
+    }
+
+    fn stack_filter(&self) -> String {
+        format!("{LABEL_STACK}={}", self.cfg.stack)
     }
 
     async fn lock_owner(&self, key: &OwnerKey) -> tokio::sync::OwnedMutexGuard<()> {
@@ -150,7 +172,10 @@ impl DockerRuntime {
     async fn owned(&self, key: &OwnerKey) -> Result<Vec<ContainerInspectResponse>, RuntimeError> {
         let filters = HashMap::from([(
             "label".to_string(),
-            vec![format!("{LABEL_OWNER}={}", key.as_str())],
+            vec![
+                format!("{LABEL_OWNER}={}", key.as_str()),
+                self.stack_filter(),
+            ],
         )]);
         self.inspect_listed(filters).await
     }
@@ -520,7 +545,10 @@ impl DockerRuntime {
     async fn ensure_inner(&self, spec: &WorkloadSpec) -> Result<WorkloadStatus, RuntimeError> {
         let key = spec.owner.key();
         let hash = spec.spec_hash();
-        let body = Self::create_body(spec)?;
+        let mut body = Self::create_body(spec)?;
+        body.labels
+            .get_or_insert_with(Default::default)
+            .insert(LABEL_STACK.to_string(), self.cfg.stack.clone());
         let _g = self.lock_owner(&key).await;
         let was_stopped = lock(&self.stopped).remove(&key);
 
@@ -579,7 +607,7 @@ impl DockerRuntime {
                 };
                 Self::check_ports(spec)?;
                 self.ensure_image(image).await?;
-                let name = Self::container_name(&key);
+                let name = self.name_for(&key);
                 let created = match self
                     .docker
                     .create_container(
@@ -842,7 +870,10 @@ impl Runtime for DockerRuntime {
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<WorkloadStatus>, RuntimeError>> {
         async move {
-            let filters = HashMap::from([("label".to_string(), vec![LABEL_OWNER.to_string()])]);
+            let filters = HashMap::from([(
+                "label".to_string(),
+                vec![LABEL_OWNER.to_string(), self.stack_filter()],
+            )]);
             let all = self.inspect_listed(filters).await?;
             let mut out: Vec<WorkloadStatus> = all.iter().map(|c| self.status_of(c)).collect();
             out.sort_by(|a, b| a.owner.cmp(&b.owner));

@@ -476,6 +476,9 @@ impl NativeRuntime {
             self.store.delete(&key)?;
         }
 
+        // A crash between a spawn and its record leaves a process nobody knows: end it first, so
+        // that exactly one process runs per owner.
+        sweep_orphans(&self.cfg, &key).await;
         let (proc, rec) = spawn(&self.cfg, spec, restarts)?;
         self.store.save(&rec)?;
         Ok(self.start_supervisor(spec, proc, rec, restarts))
@@ -627,6 +630,51 @@ fn find_program(argv0: &str, env: &BTreeMap<String, String>) -> Result<PathBuf, 
         .ok_or_else(|| format!("not found in PATH ({path})"))
 }
 
+/// Marks every process the native runtime spawns with its owner, so a process whose record was never
+/// written (the program died between spawn and save) can still be found.
+pub const ENV_OWNER: &str = "LAS_WORKLOAD_OWNER";
+/// Marks the stack (its logs directory, unique per `LAS_HOME`) a process belongs to.
+pub const ENV_STACK: &str = "LAS_WORKLOAD_STACK";
+
+/// Pids of live processes marked with `owner` of this stack.
+pub fn marked_processes(cfg: &NativeConfig, owner: &OwnerKey) -> Vec<u32> {
+    let want_owner = format!("{ENV_OWNER}={}", owner.as_str());
+    let want_stack = format!("{ENV_STACK}={}", cfg.logs_dir.display());
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                return false;
+            };
+            let mut vars = env.split(|b| *b == 0);
+            let (mut o, mut s) = (false, false);
+            for v in &mut vars {
+                o |= v == want_owner.as_bytes();
+                s |= v == want_stack.as_bytes();
+            }
+            o && s && proc_stat(*pid).is_some_and(|(_, _, state)| state != 'Z')
+        })
+        .collect()
+}
+
+/// Kills (SIGKILL, whole process group) every unrecorded process of `owner`.
+async fn sweep_orphans(cfg: &NativeConfig, owner: &OwnerKey) {
+    for pid in marked_processes(cfg, owner) {
+        tracing::warn!(owner = %owner, pid, "killing an unrecorded process of this owner (left by a crash)");
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// Spawns the program of `spec` (a fresh process) and builds its record.
 fn spawn(
     cfg: &NativeConfig,
@@ -676,6 +724,8 @@ fn spawn(
     cmd.arg0(argv0)
         .args(args)
         .envs(&spec.env)
+        .env(ENV_OWNER, key.as_str())
+        .env(ENV_STACK, &cfg.logs_dir)
         .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(err)

@@ -1,7 +1,15 @@
 //! `lasctl`: parse, resolve arguments, call the library, map errors to exit codes.
 
+mod daemon;
+mod events;
+mod hardware;
+mod logs;
+mod model;
 mod output;
+mod plan;
+mod sources;
 mod verbs;
+mod wait;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -30,6 +38,27 @@ pub enum CliError {
     Usage(String),
     #[error("cannot write output: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Hardware(#[from] crate::control::hardware::HardwareError),
+    #[error(transparent)]
+    Policy(#[from] crate::control::policy::PolicyError),
+    #[error(transparent)]
+    Catalog(#[from] crate::artifacts::catalog::CatalogError),
+    #[error(transparent)]
+    Lock(#[from] crate::control::resolver::LockError),
+    #[error(transparent)]
+    Client(#[from] crate::interfaces::http::client::ClientError),
+    #[error("{0}")]
+    Timeout(String),
+}
+
+impl From<crate::control::apply::ApplyError> for CliError {
+    fn from(e: crate::control::apply::ApplyError) -> Self {
+        match e {
+            crate::control::apply::ApplyError::Input(i) => CliError::Input(i),
+            crate::control::apply::ApplyError::Store(s) => CliError::Store(s),
+        }
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -77,12 +106,28 @@ pub enum Command {
     },
     /// Make desired state equal to an earlier generation (default: the previous one).
     Rollback { generation: Option<u64> },
-    /// The durable event log, of one object (KIND/NAME) or all.
+    /// The durable event log, of one object (KIND/NAME) or all; -w follows it from the daemon.
     Events {
         object: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// After the log, print every new event as the daemon records it.
+        #[arg(short = 'w', long = "watch")]
+        watch: bool,
     },
+    /// The ordered actions an apply would cause, projected RAM/VRAM, and every refusal.
+    Plan(plan::PlanArgs),
+    /// The detected hardware profile and the tier it falls in.
+    Hardware(hardware::HardwareArgs),
+    /// Local model-file tools: generate-test, inspect.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Wait until an object's condition holds at its current generation.
+    Wait(WaitArgs),
+    /// Output of a Module, from the daemon.
+    Logs(LogsArgs),
+    /// Run the controllers, the watched directories and the HTTP API.
+    Daemon(daemon::DaemonArgs),
     /// Print version information.
     Version,
     /// Print a shell completion script.
@@ -126,6 +171,30 @@ pub struct GetArgs {
     /// Label selector: k=v[,k=v].
     #[arg(short = 'l', long = "selector")]
     pub selector: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    /// KIND/NAME, e.g. module/chat.
+    pub object: String,
+    /// condition=TYPE[=True|False|Unknown]
+    #[arg(long = "for", default_value = "condition=Ready")]
+    pub for_: String,
+    /// e.g. 60s, 2m, 500ms.
+    #[arg(long, default_value = "60s")]
+    pub timeout: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// KIND/NAME, e.g. module/chat.
+    pub object: String,
+    /// Keep streaming new output.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(long)]
+    pub tail: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -10,16 +10,17 @@ use serde_json::{Value, json};
 
 use super::output::{OutputFormat, age, human_bytes, list_value, print_table, to_yaml};
 use super::{ApplyArgs, CliError, Command, DeleteArgs, FileArgs, GetArgs, parse_selector};
-use crate::api::decode::{InputFile, decode_files, read_paths};
 use crate::api::schema::explain;
 use crate::api::{API_VERSION, Desired, Kind};
-use crate::control::store::{ApplyItem, ApplyRequest, Outcome, Store, StoredObject};
+use crate::control::apply::{ApplyOptions, apply_paths};
+use crate::control::store::{Outcome, Store, StoredObject};
 use crate::home::LasHome;
 
 pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
     let ok = Ok(ExitCode::SUCCESS);
     match cmd {
         Command::Apply(a) => apply(a).and(ok),
+        Command::Get(g) if super::sources::is_sources(&g.kind) => super::sources::run(g).and(ok),
         Command::Get(g) => get(g).and(ok),
         Command::Describe { kind, name } => describe(&kind, &name).and(ok),
         Command::Diff(f) => diff(f),
@@ -30,7 +31,18 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
         }
         Command::History { output } => history(output).and(ok),
         Command::Rollback { generation } => rollback(generation).and(ok),
-        Command::Events { object, limit } => events(object.as_deref(), limit).and(ok),
+        Command::Plan(p) => super::plan::run(p),
+        Command::Hardware(h) => super::hardware::run(h).and(ok),
+        Command::Model(m) => super::model::run(m).and(ok),
+        Command::Events {
+            object,
+            limit,
+            watch: true,
+        } => super::events::watch(object.as_deref(), limit).and(ok),
+        Command::Events { object, limit, .. } => events(object.as_deref(), limit).and(ok),
+        Command::Wait(a) => super::wait::run(a).and(ok),
+        Command::Daemon(a) => super::daemon::run(a).and(ok),
+        Command::Logs(a) => super::logs::run(a).and(ok),
         Command::Version => {
             println!(
                 "lasctl {} (apiVersion {API_VERSION}, built-in engine: {})",
@@ -61,36 +73,8 @@ pub(crate) fn open_store() -> Result<Store, CliError> {
     Ok(Store::open(&home.state_db())?)
 }
 
-/// The key under which an apply of PATH records its objects, for prune.
-fn source_key(p: &std::path::Path) -> String {
-    if p.as_os_str() == "-" {
-        return "<stdin>".into();
-    }
-    std::fs::canonicalize(p)
-        .unwrap_or_else(|_| p.to_path_buf())
-        .display()
-        .to_string()
-}
-
-/// Reads and validates every PATH; returns the objects with their source keys.
-fn load(files: &FileArgs) -> Result<Vec<(Desired, String)>, CliError> {
-    let mut all: Vec<InputFile> = Vec::new();
-    let mut file_source: BTreeMap<String, String> = BTreeMap::new();
-    for p in &files.paths {
-        let key = source_key(p);
-        for f in read_paths(std::slice::from_ref(p), files.recursive)? {
-            file_source.insert(f.name.clone(), key.clone());
-            all.push(f);
-        }
-    }
-    let objects = decode_files(&all)?;
-    Ok(objects
-        .into_iter()
-        .map(|d| {
-            let src = file_source.get(&d.origin.file).cloned().unwrap_or_default();
-            (d, src)
-        })
-        .collect())
+pub(crate) fn load(files: &FileArgs) -> Result<Vec<(Desired, String)>, CliError> {
+    Ok(crate::control::apply::load(&files.paths, files.recursive)?)
 }
 
 fn lower(k: Kind) -> String {
@@ -131,36 +115,22 @@ fn print_outcome(o: &Outcome, dry_run: bool, output: Option<OutputFormat>) -> Re
 }
 
 fn apply(a: ApplyArgs) -> Result<(), CliError> {
-    let objects = load(&a.files)?;
-    let prune_sources = if a.prune {
-        a.files.paths.iter().map(|p| source_key(p)).collect()
-    } else {
-        Vec::new()
-    };
-    let description = a
-        .files
-        .paths
-        .iter()
-        .map(|p| source_key(p))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let req = ApplyRequest {
-        items: objects
-            .into_iter()
-            .map(|(desired, source)| ApplyItem {
-                desired,
-                source,
-                expected_resource_version: None,
-            })
-            .collect(),
-        prune_sources,
+    let opts = ApplyOptions {
+        recursive: a.files.recursive,
+        prune: a.prune,
         allow_empty: a.allow_empty,
         dry_run: a.dry_run,
-        description: format!("apply {description}"),
     };
     let mut store = open_store()?;
-    let outcome = store.apply(&req)?;
-    print_outcome(&outcome, a.dry_run, a.output)
+    let outcome = apply_paths(&mut store, &a.files.paths, &opts)?;
+    drop(store);
+    print_outcome(&outcome, a.dry_run, a.output)?;
+    if a.dry_run && a.output.is_none() {
+        let objects: Vec<Desired> = load(&a.files)?.into_iter().map(|(d, _)| d).collect();
+        let p = super::plan::compute(&a.files, &objects, false, false)?;
+        print!("\nPlan:\n{}", p.to_text());
+    }
+    Ok(())
 }
 
 fn parse_kind(s: &str) -> Result<Kind, CliError> {

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# `make run`: generate the demo model if missing, run the daemon watching examples/quickstart/,
+# wait until everything is Ready, and show how to talk to the local model. Ctrl-C stops it all.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+lasctl=${LASCTL:-target/debug/lasctl}
+export LAS_HOME=${LAS_HOME:-$PWD/target/quickstart-home}
+listen=${LAS_LISTEN:-127.0.0.1:7411}
+model=/tmp/localaistack-demo/tiny-llama.gguf
+
+if [ ! -f "$model" ]; then
+  mkdir -p "$(dirname "$model")"
+  "$lasctl" model generate-test "$model" --preset tiny
+fi
+
+"$lasctl" daemon --watch examples/quickstart --listen "$listen" --stop-workloads-on-exit &
+daemon=$!
+stop() { kill -TERM "$daemon" 2>/dev/null || true; wait "$daemon" 2>/dev/null || true; }
+trap 'echo; echo "stopping..."; stop; exit 0' INT TERM
+trap stop EXIT
+
+echo "waiting for the stack to be Ready (state in $LAS_HOME)..."
+"$lasctl" wait model/tiny --for=condition=Ready --timeout=300s
+"$lasctl" wait module/chat --for=condition=Ready --timeout=300s
+"$lasctl" get all
+echo
+echo "OpenAI-compatible endpoint: http://$listen/v1   (model: tiny)"
+req='{"model":"tiny","messages":[{"role":"user","content":"Hello"}],"max_tokens":16,"temperature":0}'
+echo "try:  curl -s http://$listen/v1/chat/completions -H 'Content-Type: application/json' -d '$req'"
+echo
+curl -s "http://$listen/v1/chat/completions" -H 'Content-Type: application/json' -d "$req"
+echo
+echo
+echo "serving; press Ctrl-C to stop"
+wait "$daemon"

@@ -1,0 +1,97 @@
+//! Admission for the daemon: the control layer's policy verdict on one Module, computed over the
+//! whole desired state the same way `lasctl plan` computes it.
+
+use std::sync::Arc;
+
+use crate::api::{Desired, Origin, Spec};
+use crate::artifacts::catalog::Catalog;
+
+use super::controllers::module::Admission;
+use super::hardware::HardwareProfile;
+use super::plan::{PlanInput, plan};
+use super::policy::{FileSizeEstimator, NamedPolicy, default_policies, select_tier};
+use super::store::StoredObject;
+
+/// Admits Modules with the active tier of the policies in the store (the shipped defaults when
+/// there are none) against one hardware profile.
+///
+/// # Guarantees
+/// - The verdict for a Module is the one `lasctl plan` gives for the same state and profile:
+///   objects are admitted in the plan's deterministic order, so verdicts do not flap.
+pub struct PolicyAdmission {
+    pub profile: HardwareProfile,
+    pub catalog: Catalog,
+}
+
+fn desired_of(o: &StoredObject) -> Option<Desired> {
+    Some(Desired {
+        name: o.name.clone(),
+        labels: o.labels.clone(),
+        annotations: o.annotations.clone(),
+        spec: o.typed_spec().ok()?,
+        origin: Origin {
+            file: "<store>".into(),
+            line: 0,
+        },
+    })
+}
+
+impl Admission for PolicyAdmission {
+    fn admit(&self, module: &StoredObject, all: &[StoredObject]) -> Result<(), String> {
+        let live: Vec<&StoredObject> = all.iter().filter(|o| o.deleted_at.is_none()).collect();
+        let mut policies: Vec<NamedPolicy> = live
+            .iter()
+            .filter_map(|o| match o.typed_spec() {
+                Ok(Spec::Policy(spec)) => Some(NamedPolicy {
+                    name: o.name.to_string(),
+                    spec,
+                }),
+                _ => None,
+            })
+            .collect();
+        if policies.is_empty() {
+            policies = default_policies().map_err(|e| e.to_string())?;
+        }
+        let tier = select_tier(&policies, &self.profile).map_err(|e| e.to_string())?;
+        let desired: Vec<Desired> = live.iter().filter_map(|o| desired_of(o)).collect();
+        let planned = plan(&PlanInput {
+            desired: &desired,
+            state: all,
+            profile: &self.profile,
+            tier: &tier,
+            catalog: &self.catalog,
+            lock: None,
+            update: false,
+            estimator: &FileSizeEstimator,
+        });
+        let me = format!("module/{}", module.name);
+        let model = match module.typed_spec() {
+            Ok(Spec::Module(m)) => m.model.map(|n| format!("model/{n}")),
+            _ => None,
+        };
+        match planned
+            .plan
+            .refusals
+            .iter()
+            .find(|r| r.object == me || Some(&r.object) == model.as_ref())
+        {
+            Some(r) => Err(format!("tier {}: {}", tier.tier, r.reason)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The daemon's admission: the live (or `LAS_HARDWARE_PROFILE`) profile and the catalog.
+pub fn for_daemon() -> Result<Arc<dyn Admission>, String> {
+    let profile = super::hardware::probe_from_env()
+        .probe()
+        .map_err(|e| e.to_string())?;
+    let loaded = Catalog::from_env().map_err(|e| e.to_string())?;
+    for e in &loaded.rejected {
+        tracing::warn!(error = %e, "manifest ignored");
+    }
+    Ok(Arc::new(PolicyAdmission {
+        profile,
+        catalog: loaded.catalog,
+    }))
+}

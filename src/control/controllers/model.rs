@@ -1,0 +1,191 @@
+//! The Model controller: makes a Model verified bytes on disk and reports what they are.
+//!
+//! Ready=True (`Verified`) once the blob is in the store with the expected digest and its GGUF
+//! header reads. A digest mismatch or an unreadable GGUF stalls the Model until its spec changes; an
+//! unavailable source is retried with backoff. Every `integrity` interval the blob is re-hashed: a
+//! blob changed on disk is drift — reported, moved away, and fetched again from the source.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use serde_json::json;
+
+use super::queue::Key;
+use super::status::{cond, event, write_status};
+use super::{Action, ReconcileError, Reconciler, SharedStore};
+use crate::api::{ConditionStatus, Kind, Spec};
+use crate::artifacts::gguf;
+use crate::artifacts::models::{EnsureOptions, ModelError, ModelStore};
+use crate::control::store::{EventType, StoredObject};
+
+pub struct ModelReconciler {
+    store: SharedStore,
+    models: ModelStore,
+    integrity: Duration,
+    last_verified: Mutex<HashMap<Key, Instant>>,
+}
+
+impl ModelReconciler {
+    pub fn new(store: SharedStore, models: ModelStore, integrity: Duration) -> Self {
+        ModelReconciler {
+            store,
+            models,
+            integrity,
+            last_verified: Mutex::default(),
+        }
+    }
+
+    async fn converge(&self, key: Key, obj: StoredObject) -> Result<Action, ReconcileError> {
+        let Spec::Model(spec) = obj.typed_spec()? else {
+            return Ok(Action::AwaitChange);
+        };
+        let was_ready = super::status::is_ready(&obj);
+        let stored_digest = obj
+            .status
+            .get("digest")
+            .and_then(|d| d.as_str())
+            .map(String::from);
+        let due = self
+            .last_verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .is_none_or(|t| t.elapsed() >= self.integrity);
+        if was_ready && !due {
+            return Ok(Action::Requeue(self.integrity));
+        }
+        // Integrity of a blob we already serve: re-hash it.
+        if was_ready
+            && let Some(d) = stored_digest
+                .as_deref()
+                .and_then(|d| crate::api::model::Sha256::new(d).ok())
+        {
+            let models = self.models.clone();
+            let verdict = tokio::task::spawn_blocking(move || models.verify_blocking(&d))
+                .await
+                .map_err(|e| ReconcileError::retry("Verifying", e.to_string()))?;
+            match verdict {
+                Ok(_) => {
+                    self.mark_verified(&key);
+                    return Ok(Action::Requeue(self.integrity));
+                }
+                Err(e) => {
+                    let o = obj.clone();
+                    let msg = format!("model file changed on disk; fetching it again: {e}");
+                    self.store
+                        .with(move |s| event(s, &o, EventType::Warning, "DriftDetected", &msg))
+                        .await;
+                }
+            }
+        } else {
+            let o = obj.clone();
+            self.store
+                .with(move |s| {
+                    write_status(
+                        s,
+                        &o,
+                        &json!({}),
+                        vec![cond(
+                            "Reconciling",
+                            ConditionStatus::True,
+                            "Downloading",
+                            "fetching and verifying the weights",
+                        )],
+                    )
+                })
+                .await?;
+        }
+        let blob = self
+            .models
+            .ensure(&spec, &EnsureOptions::default())
+            .await
+            .map_err(|e| match e {
+                ModelError::DigestMismatch { .. } | ModelError::UnpinnedRevision { .. } => {
+                    ReconcileError::stalled(e.reason(), e.to_string())
+                }
+                _ => ReconcileError::retry(e.reason(), e.to_string()),
+            })?;
+        let path = blob.path.clone();
+        let info = tokio::task::spawn_blocking(move || gguf::read_header(&path).map(|h| h.info()))
+            .await
+            .map_err(|e| ReconcileError::retry("Verifying", e.to_string()))?
+            .map_err(|e| {
+                ReconcileError::stalled(
+                    "InvalidModel",
+                    format!("{}: not a readable GGUF: {e}", blob.path.display()),
+                )
+            })?;
+        let fields = json!({
+            "digest": blob.digest.as_str(),
+            "sizeBytes": blob.size_bytes,
+            "path": blob.path.display().to_string(),
+            "gguf": info,
+        });
+        let o = obj.clone();
+        let msg = format!(
+            "sha256 {} verified ({} bytes)",
+            blob.digest, blob.size_bytes
+        );
+        self.store
+            .with(move |s| {
+                let ok = write_status(
+                    s,
+                    &o,
+                    &fields,
+                    vec![
+                        cond("Ready", ConditionStatus::True, "Verified", msg.clone()),
+                        cond(
+                            "Reconciling",
+                            ConditionStatus::False,
+                            "Verified",
+                            "converged",
+                        ),
+                        cond("Stalled", ConditionStatus::False, "Verified", ""),
+                    ],
+                )?;
+                if ok && !was_ready {
+                    event(s, &o, EventType::Normal, "Verified", &msg);
+                }
+                Ok::<_, crate::control::store::StoreError>(())
+            })
+            .await?;
+        self.mark_verified(&key);
+        Ok(Action::Requeue(self.integrity))
+    }
+
+    fn mark_verified(&self, key: &Key) {
+        self.last_verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), Instant::now());
+    }
+}
+
+impl Reconciler for ModelReconciler {
+    fn kind(&self) -> Kind {
+        Kind::Model
+    }
+
+    fn reconcile(
+        &self,
+        key: Key,
+        obj: Option<StoredObject>,
+    ) -> BoxFuture<'_, Result<Action, ReconcileError>> {
+        Box::pin(async move {
+            match obj {
+                // Deleted: its blob is left to the store's garbage collection by reachability.
+                None => {
+                    self.last_verified
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&key);
+                    Ok(Action::AwaitChange)
+                }
+                Some(o) if o.deleted_at.is_some() => Ok(Action::AwaitChange),
+                Some(o) => self.converge(key, o).await,
+            }
+        })
+    }
+}

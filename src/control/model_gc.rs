@@ -1,0 +1,94 @@
+//! Garbage collection of model blobs by reachability over recent generations.
+//!
+//! A blob stays while any Model in the last N recorded generations (or any Model object still in
+//! the store, such as one waiting for its finalizers) reaches it, so `lasctl rollback` within that
+//! window finds its bytes without fetching them again.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::api::Kind;
+use crate::api::model::{ModelSource, ModelSpec, Sha256};
+use crate::artifacts::models::{GcReport, ModelError, ModelStore};
+use crate::control::store::{Store, StoreError};
+
+/// Generations whose Models keep their blobs, unless configured otherwise.
+pub const DEFAULT_GC_GENERATIONS: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelGcError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Models(#[from] ModelError),
+    /// A recorded spec that no longer decodes: collecting now could remove a blob it needs, so
+    /// nothing is collected.
+    #[error(
+        "Model/{name} in {place} has a spec this lasctl cannot read ({message}); no blob was collected"
+    )]
+    BadSpec {
+        name: String,
+        place: String,
+        message: String,
+    },
+}
+
+/// The sources and digests of every Model in the newest `generations` generations and in the
+/// store now, without duplicates.
+pub fn referenced_models(
+    store: &Store,
+    generations: usize,
+) -> Result<Vec<(ModelSource, Option<Sha256>)>, ModelGcError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let mut add = |name: &str, place: String, spec: &serde_json::Value| {
+        let spec: ModelSpec =
+            serde_json::from_value(spec.clone()).map_err(|e| ModelGcError::BadSpec {
+                name: name.to_string(),
+                place,
+                message: e.to_string(),
+            })?;
+        let r = (spec.source, spec.sha256);
+        if seen.insert(r.clone()) {
+            out.push(r);
+        }
+        Ok::<_, ModelGcError>(())
+    };
+    for (i, state) in store
+        .recent_generation_states(generations.max(1))?
+        .iter()
+        .enumerate()
+    {
+        for o in state.iter().filter(|o| o.kind == Kind::Model) {
+            add(
+                &o.name,
+                format!("the {}th newest generation", i + 1),
+                &o.spec,
+            )?;
+        }
+    }
+    for o in store.list(Some(Kind::Model), &BTreeMap::new())? {
+        add(o.name.as_str(), "the store".to_string(), &o.spec)?;
+    }
+    Ok(out)
+}
+
+/// Removes the blobs that no Model of the newest `generations` generations reaches.
+///
+/// Blocking (SQLite reads, then file removals): call it from the task that owns the store or from
+/// `spawn_blocking`.
+pub fn collect_model_garbage(
+    store: &Store,
+    models: &ModelStore,
+    generations: usize,
+) -> Result<GcReport, ModelGcError> {
+    let refs = referenced_models(store, generations)?;
+    let report = models.gc_blocking(&refs)?;
+    tracing::info!(
+        generations,
+        referenced = refs.len(),
+        removed = report.removed.len(),
+        freed_bytes = report.freed_bytes,
+        "model garbage collected"
+    );
+    Ok(report)
+}

@@ -1,0 +1,360 @@
+//! `lasctl daemon`: the controllers, the watched directories and the HTTP API in one process.
+//!
+//! # Guarantees
+//! - One daemon per `LAS_HOME` (an exclusive lock on `run/lasd.lock`).
+//! - SIGTERM/SIGINT: stop accepting work, finish in-flight reconciles and writes, leave workloads
+//!   running (the next start adopts them) unless `--stop-workloads-on-exit`. A second signal exits
+//!   at once.
+//! - Binding anything but loopback needs the bearer token in `run/token`; without it the daemon
+//!   refuses to start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::{StreamExt, TryStreamExt};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+
+use super::CliError;
+use crate::api::Kind;
+use crate::artifacts::models::ModelStore;
+use crate::control::controllers::model::ModelReconciler;
+use crate::control::controllers::module::ModuleReconciler;
+use crate::control::controllers::{
+    self, MetricsSink, Reconciler, SchedulerConfig, SharedStore, Trigger,
+};
+use crate::control::hardware::HardwareProfile;
+use crate::control::sources::{watch_sources, watch_store};
+use crate::control::store::Store;
+use crate::home::LasHome;
+use crate::interfaces::http::{
+    ApiContext, BackendsInfo, ByteStream, DaemonInfo, DockerInfo, LogOptions, LogsError, Metrics,
+    RuntimeInfo, Server, TOKEN_FILE, built_in_engines, ensure_token, read_token, socket_path,
+};
+use crate::runtime::docker::{DockerConfig, DockerRuntime};
+use crate::runtime::native::NativeRuntime;
+use crate::runtime::{OwnerKey, Runtime};
+
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// A directory of desired state to keep applied (with prune scoped to it). Repeatable.
+    #[arg(long = "watch")]
+    pub watch: Vec<PathBuf>,
+    /// Address of the management API and the OpenAI endpoint.
+    #[arg(long, env = "LAS_LISTEN", default_value = "127.0.0.1:7411")]
+    pub listen: SocketAddr,
+    /// Stop every workload when the daemon exits (default: leave them running, adopted next start).
+    #[arg(long)]
+    pub stop_workloads_on_exit: bool,
+    /// Seconds between full resyncs of every object.
+    #[arg(long, env = "LAS_RESYNC_SECONDS", default_value_t = 30)]
+    pub resync_seconds: u64,
+    /// Create the bearer token ($LAS_HOME/run/token, mode 0600) if there is none. A non-loopback
+    /// --listen requires a token; without one the daemon refuses to start.
+    #[arg(long)]
+    pub generate_token: bool,
+}
+
+impl MetricsSink for Metrics {
+    fn reconciled(&self, kind: Kind, ok: bool) {
+        self.record_reconcile(kind.as_str(), ok);
+    }
+    fn queue_depth(&self, n: usize) {
+        self.set_queue_depth(n as i64);
+    }
+}
+
+/// What only the daemon knows, for `/api/v1/runtime`, `/api/v1/backends` and module logs.
+struct Info {
+    profile: HardwareProfile,
+    store: SharedStore,
+    native: Arc<dyn Runtime>,
+    docker: Option<Arc<dyn Runtime>>,
+    docker_error: Option<String>,
+}
+
+impl DaemonInfo for Info {
+    fn runtime(&self) -> BoxFuture<'_, RuntimeInfo> {
+        Box::pin(async move {
+            let profile = self.profile.clone();
+            let tier = self
+                .store
+                .with(move |s| {
+                    let mut policies: Vec<crate::control::policy::NamedPolicy> = s
+                        .list(Some(Kind::Policy), &Default::default())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|o| match o.typed_spec() {
+                            Ok(crate::api::Spec::Policy(spec)) => {
+                                Some(crate::control::policy::NamedPolicy {
+                                    name: o.name.to_string(),
+                                    spec,
+                                })
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    if policies.is_empty() {
+                        policies = crate::control::policy::default_policies().unwrap_or_default();
+                    }
+                    crate::control::policy::select_tier(&policies, &profile).ok()
+                })
+                .await;
+            RuntimeInfo {
+                version: env!("CARGO_PKG_VERSION").into(),
+                hardware: self.profile.to_json(),
+                tier: tier.as_ref().map(|t| t.tier.clone()),
+                tier_reason: tier.map(|t| t.reason),
+            }
+        })
+    }
+
+    fn backends(&self) -> BoxFuture<'_, BackendsInfo> {
+        Box::pin(async move {
+            BackendsInfo {
+                docker: DockerInfo {
+                    reachable: self.docker.is_some(),
+                    version: None,
+                    error: self.docker_error.clone(),
+                },
+                engines: built_in_engines(),
+            }
+        })
+    }
+
+    fn logs(&self, name: &str, opts: LogOptions) -> BoxFuture<'_, Result<ByteStream, LogsError>> {
+        let owner = OwnerKey(format!("Module/{name}"));
+        let name = name.to_string();
+        Box::pin(async move {
+            let o = crate::runtime::LogOptions {
+                tail: opts.tail,
+                follow: opts.follow,
+            };
+            let mut last = None;
+            for rt in std::iter::once(&self.native).chain(self.docker.iter()) {
+                if matches!(rt.inspect(&owner).await, Ok(Some(_))) {
+                    match rt.logs(&owner, o).await {
+                        Ok(s) => {
+                            let s: ByteStream = Box::pin(
+                                s.map_err(|e| std::io::Error::other(e.to_string())).boxed(),
+                            );
+                            return Ok(s);
+                        }
+                        Err(e) => last = Some(e.to_string()),
+                    }
+                }
+            }
+            Err(match last {
+                Some(message) => LogsError::Backend { name, message },
+                None => LogsError::NoLogs(name),
+            })
+        })
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> CliError {
+    CliError::Usage(e.to_string())
+}
+
+pub fn run(args: DaemonArgs) -> Result<(), CliError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(err)?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: DaemonArgs) -> Result<(), CliError> {
+    let home = LasHome::from_env()?;
+    home.ensure()?;
+    let token = if args.generate_token {
+        Some(ensure_token(&home).map_err(err)?)
+    } else {
+        read_token(&home)
+    };
+    if !args.listen.ip().is_loopback() && token.is_none() {
+        return Err(err(format!(
+            "--listen {} is not a loopback address: that needs a bearer token, and {} has none; \
+             run with --generate-token once (clients then send `Authorization: Bearer <token>`)",
+            args.listen,
+            home.run().join(TOKEN_FILE).display()
+        )));
+    }
+    let _lock = lock_home(&home)?;
+    for d in &args.watch {
+        if !d.is_dir() {
+            return Err(err(format!("--watch {}: not a directory", d.display())));
+        }
+    }
+    let store = SharedStore::new(Store::open(&home.state_db())?);
+    let models = ModelStore::open(&home).map_err(err)?;
+    let native: Arc<dyn Runtime> = Arc::new(NativeRuntime::open(&home).map_err(err)?);
+    let docker_cfg = DockerConfig {
+        stack: home.root().display().to_string(),
+        ..Default::default()
+    };
+    let (docker, docker_error): (Option<Arc<dyn Runtime>>, Option<String>) =
+        match DockerRuntime::connect(docker_cfg).await {
+            Ok(d) => (Some(Arc::new(d)), None),
+            Err(e) => {
+                tracing::warn!(error = %e, "no Docker engine: container modules will wait for one");
+                (None, Some(e.to_string()))
+            }
+        };
+    let profile = crate::control::hardware::probe_from_env()
+        .probe()
+        .map_err(err)?;
+    let exe = std::env::current_exe().map_err(err)?;
+    let metrics = Arc::new(Metrics::new());
+    let reconcilers: Vec<Arc<dyn Reconciler>> = vec![
+        Arc::new(ModelReconciler::new(
+            store.clone(),
+            models,
+            Duration::from_secs(600),
+        )),
+        Arc::new(ModuleReconciler {
+            store: store.clone(),
+            native: native.clone(),
+            docker: docker.clone(),
+            admission: crate::control::admission::for_daemon().map_err(err)?,
+            engine_exe: exe,
+            grace: Duration::from_secs(10),
+        }),
+    ];
+
+    // Store changes (from this process, the CLI or the API) wake the controllers and the API's
+    // event streams.
+    let (tx, rx) = mpsc::channel::<Trigger>(256);
+    let (changes_tx, changes_rx) = watch::channel(0u64);
+    let changes_tx = Arc::new(changes_tx);
+    let (t2, c2) = (tx.clone(), changes_tx.clone());
+    let _store_watch = watch_store(home.root(), move || {
+        // A pending StoreChanged covers this one: dropping on a full channel is fine.
+        let _ = t2.try_send(Trigger::StoreChanged);
+        c2.send_modify(|v| *v += 1);
+    })
+    .map_err(err)?;
+
+    let info = Arc::new(Info {
+        profile,
+        store: store.clone(),
+        native: native.clone(),
+        docker: docker.clone(),
+        docker_error,
+    });
+    let mut ctx = ApiContext::new(home.clone(), metrics.clone(), changes_rx, info);
+    if let Some(t) = token.filter(|_| !args.listen.ip().is_loopback()) {
+        ctx = ctx.with_token(t);
+    }
+    let server = Server::bind(ctx, args.listen, socket_path(&home))
+        .await
+        .map_err(err)?;
+    let (stop_http_tx, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
+    let http = tokio::spawn(server.run(async move {
+        let _ = stop_http_rx.await;
+    }));
+
+    let config = SchedulerConfig {
+        resync: Duration::from_secs(args.resync_seconds.max(1)),
+        ..Default::default()
+    };
+    let scheduler = tokio::spawn(controllers::run(
+        store.clone(),
+        reconcilers,
+        rx,
+        config,
+        metrics.clone() as Arc<dyn MetricsSink>,
+    ));
+    if !args.watch.is_empty() {
+        let (s, dirs, t) = (store.clone(), args.watch.clone(), tx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = watch_sources(
+                s,
+                dirs,
+                Duration::from_millis(150),
+                Duration::from_secs(30),
+                t,
+            )
+            .await
+            {
+                tracing::error!(error = %e, "watching directories failed");
+            }
+        });
+    }
+    // Workloads by state, for /metrics.
+    {
+        let (n, d, m) = (native.clone(), docker.clone(), metrics.clone());
+        let period = Duration::from_secs(args.resync_seconds.max(1));
+        tokio::spawn(async move {
+            loop {
+                let mut by: std::collections::BTreeMap<String, i64> = Default::default();
+                for rt in std::iter::once(&n).chain(d.iter()) {
+                    for w in rt.list().await.unwrap_or_default() {
+                        *by.entry(w.state.to_string().to_lowercase()).or_default() += 1;
+                    }
+                }
+                m.set_workloads(by);
+                tokio::time::sleep(period).await;
+            }
+        });
+    }
+    eprintln!(
+        "lasctl daemon: state {}; API on http://{} and {}; watching {} director{}",
+        home.root().display(),
+        args.listen,
+        socket_path(&home).display(),
+        args.watch.len(),
+        if args.watch.len() == 1 { "y" } else { "ies" }
+    );
+
+    let mut term = signal(SignalKind::terminate()).map_err(err)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(err)?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    eprintln!("lasctl daemon: shutting down (a second signal exits at once)");
+    tokio::spawn(async move {
+        let mut term = signal(SignalKind::terminate()).expect("signal");
+        let mut int = signal(SignalKind::interrupt()).expect("signal");
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        std::process::exit(130);
+    });
+    // Stop accepting, then let in-flight reconciles and writes finish.
+    let _ = stop_http_tx.send(());
+    drop(tx);
+    let _ = scheduler.await;
+    let _ = http.await;
+    if args.stop_workloads_on_exit {
+        for rt in std::iter::once(&native).chain(docker.iter()) {
+            if let Ok(all) = rt.list().await {
+                for w in all {
+                    let _ = rt.remove(&w.owner, Duration::from_secs(10)).await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An exclusive lock on `run/lasd.lock`, held for the daemon's life.
+fn lock_home(home: &LasHome) -> Result<nix::fcntl::Flock<std::fs::File>, CliError> {
+    let path = home.run().join("lasd.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(err)?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        err(format!(
+            "another lasctl daemon runs on {} (lock {} is held)",
+            home.root().display(),
+            path.display()
+        ))
+    })
+}

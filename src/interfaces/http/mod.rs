@@ -1,0 +1,326 @@
+//! The daemon's HTTP surface: the management API under `/api/v1/`, `/healthz`, `/metrics`, and the
+//! OpenAI-compatible endpoint under `/v1/`.
+//!
+//! This layer reads and records state through the store ([`crate::control::store`]) only; what only
+//! the running daemon knows (hardware, backends, module logs) comes through [`DaemonInfo`]. It never
+//! talks to Docker or processes itself.
+//!
+//! # Guarantees
+//! - The same router is served on TCP and on the unix socket `$LAS_HOME/run/lasd.sock` (mode 0600).
+//! - A non-loopback TCP bind is refused unless a bearer token is configured; when a token is
+//!   configured, every TCP request but `/healthz` must carry it (the unix socket is protected by its
+//!   file mode instead).
+//! - Streams (server-sent events, followed logs, proxied completions) end when the server shuts
+//!   down, so a graceful shutdown never waits on an idle client.
+
+mod auth;
+pub mod client;
+mod events;
+mod info;
+mod metrics;
+mod openai;
+pub mod openapi;
+mod resources;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tokio::sync::watch;
+
+pub use auth::{TOKEN_FILE, ensure_token, read_token};
+pub use info::{
+    BackendsInfo, BoxFuture, ByteStream, DaemonInfo, DockerInfo, EngineInfo, LogOptions, LogsError,
+    RuntimeInfo, StaticDaemonInfo, built_in_engines,
+};
+pub use metrics::Metrics;
+
+use crate::control::store::{Store, StoreError};
+use crate::home::LasHome;
+
+/// The socket file name under `$LAS_HOME/run/`.
+pub const SOCKET_FILE: &str = "lasd.sock";
+/// The default TCP address of the management API.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7411";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error(
+        "refusing to listen on {addr}: binding anything other than loopback requires a bearer token; \
+         generate one into $LAS_HOME/run/token (the daemon does this with --token) or listen on 127.0.0.1"
+    )]
+    TokenRequired { addr: SocketAddr },
+    #[error("cannot listen on {addr}: {source}")]
+    BindTcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on unix socket {path}: {source}")]
+    BindUnix {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "another daemon already answers on {path}: stop it first (or remove the socket if it is stale)"
+    )]
+    SocketInUse { path: PathBuf },
+    #[error("cannot write token file {path}: {source}")]
+    Token {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Everything the handlers share. Cheap to clone.
+///
+/// The daemon keeps the `watch::Sender<u64>` whose receiver is passed here and bumps it after every
+/// write to the store; server-sent event streams and the OpenAI route table wake on it.
+#[derive(Clone)]
+pub struct ApiContext {
+    pub home: LasHome,
+    pub metrics: Arc<Metrics>,
+    pub changes: watch::Receiver<u64>,
+    pub daemon: Arc<dyn DaemonInfo>,
+    /// The bearer token TCP requests must carry; `None` means no token is required (loopback only).
+    pub token: Option<String>,
+    pub(crate) shutdown: Arc<watch::Sender<bool>>,
+    pub(crate) upstream: reqwest::Client,
+    pub(crate) routes: Arc<openai::RouteCache>,
+}
+
+impl ApiContext {
+    pub fn new(
+        home: LasHome,
+        metrics: Arc<Metrics>,
+        changes: watch::Receiver<u64>,
+        daemon: Arc<dyn DaemonInfo>,
+    ) -> Self {
+        let upstream = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .unwrap_or_default();
+        ApiContext {
+            home,
+            metrics,
+            changes,
+            daemon,
+            token: None,
+            shutdown: Arc::new(watch::channel(false).0),
+            upstream,
+            routes: Arc::new(openai::RouteCache::default()),
+        }
+    }
+
+    /// Requires `token` on every TCP request but `/healthz`.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Runs `f` with a store opened for this call, on the blocking pool (SQLite WAL lets these run
+    /// beside the daemon's own connection).
+    pub(crate) async fn with_store<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = self.home.state_db();
+        tokio::task::spawn_blocking(move || {
+            let mut store = Store::open(&db)?;
+            f(&mut store)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(StoreError::Corrupt {
+                kind: "request".into(),
+                name: "store".into(),
+                message: format!("store task failed: {e}"),
+            })
+        })
+    }
+
+    /// A receiver that turns true when the server shuts down; streams end on it.
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+}
+
+/// The whole HTTP surface as one router (auth applies when `ctx.token` is set).
+pub fn router(ctx: ApiContext) -> Router {
+    let api = Router::new()
+        .route("/api/v1/openapi.json", get(openapi::serve))
+        .route("/api/v1/runtime", get(resources::runtime))
+        .route("/api/v1/backends", get(resources::backends))
+        .route("/api/v1/events", get(events::stream))
+        .route("/api/v1/apply", post(resources::apply))
+        .route(
+            "/api/v1/{kind}",
+            get(resources::list).post(resources::apply_kind),
+        )
+        .route(
+            "/api/v1/{kind}/{name}",
+            get(resources::get_one)
+                .put(resources::put_one)
+                .delete(resources::delete_one),
+        )
+        .route("/api/v1/{kind}/{name}/logs", get(resources::logs))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/chat/completions", post(openai::proxy))
+        .route("/v1/completions", post(openai::proxy))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::serve));
+    api.layer(axum::middleware::from_fn_with_state(
+        ctx.clone(),
+        auth::require_token,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        ctx.clone(),
+        metrics::track,
+    ))
+    .layer(axum::extract::DefaultBodyLimit::max(
+        crate::api::decode::MAX_CALL_BYTES,
+    ))
+    .with_state(ctx)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// The default socket path for a state directory.
+pub fn socket_path(home: &LasHome) -> PathBuf {
+    home.run().join(SOCKET_FILE)
+}
+
+/// A bound server: TCP and unix listeners, not yet serving.
+pub struct Server {
+    ctx: ApiContext,
+    tcp: tokio::net::TcpListener,
+    unix: tokio::net::UnixListener,
+    socket: PathBuf,
+}
+
+impl Server {
+    /// Binds both listeners.
+    ///
+    /// # Caveats
+    /// A socket file left by a dead daemon is removed; one that still answers is an error.
+    pub async fn bind(
+        ctx: ApiContext,
+        listen: SocketAddr,
+        unix_socket: PathBuf,
+    ) -> Result<Server, HttpError> {
+        if !listen.ip().is_loopback() && ctx.token.is_none() {
+            return Err(HttpError::TokenRequired { addr: listen });
+        }
+        let unix = bind_unix(&unix_socket).await?;
+        let tcp = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| HttpError::BindTcp {
+                addr: listen,
+                source,
+            })?;
+        Ok(Server {
+            ctx,
+            tcp,
+            unix,
+            socket: unix_socket,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Serves until `shutdown` completes, then drains: open streams end, in-flight requests finish.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), HttpError> {
+        let Server {
+            ctx,
+            tcp,
+            unix,
+            socket,
+        } = self;
+        let tx = ctx.shutdown.clone();
+        let mut unix_ctx = ctx.clone();
+        // The socket is protected by its file mode (0600 in a 0700 directory), not by the token.
+        unix_ctx.token = None;
+        let tcp_app = router(ctx);
+        let unix_app = router(unix_ctx);
+        let mut rx1 = tx.subscribe();
+        let mut rx2 = tx.subscribe();
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = tx.send(true);
+        });
+        let tcp_server = axum::serve(tcp, tcp_app).with_graceful_shutdown(async move {
+            let _ = rx1.wait_for(|v| *v).await;
+        });
+        let unix_server = axum::serve(unix, unix_app).with_graceful_shutdown(async move {
+            let _ = rx2.wait_for(|v| *v).await;
+        });
+        let (a, b) = tokio::join!(
+            std::future::IntoFuture::into_future(tcp_server),
+            std::future::IntoFuture::into_future(unix_server)
+        );
+        let _ = std::fs::remove_file(&socket);
+        a.map_err(HttpError::Serve)?;
+        b.map_err(HttpError::Serve)?;
+        Ok(())
+    }
+}
+
+/// Binds the same router on `listen` and on `unix_socket` and serves until `shutdown` completes.
+pub async fn serve(
+    ctx: ApiContext,
+    listen: SocketAddr,
+    unix_socket: PathBuf,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HttpError> {
+    Server::bind(ctx, listen, unix_socket)
+        .await?
+        .run(shutdown)
+        .await
+}
+
+async fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, HttpError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let err = |source| HttpError::BindUnix {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() && tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(HttpError::SocketInUse {
+                path: path.to_path_buf(),
+            });
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    if let Some(parent) = path.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(err)?;
+    }
+    let l = tokio::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(l)
+}

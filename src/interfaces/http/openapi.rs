@@ -1,0 +1,261 @@
+//! The OpenAPI 3.1 description of the HTTP surface, served at `/api/v1/openapi.json` and committed
+//! as `docs/openapi.json` (a test fails when the committed file is stale, and another when a route
+//! of the router is missing here).
+
+use axum::Json;
+use serde_json::{Value, json};
+
+/// Every (method, path) the router serves; the OpenAPI document and the route test use this list.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/metrics"),
+    ("get", "/api/v1/openapi.json"),
+    ("get", "/api/v1/runtime"),
+    ("get", "/api/v1/backends"),
+    ("get", "/api/v1/events"),
+    ("post", "/api/v1/apply"),
+    ("get", "/api/v1/{kind}"),
+    ("post", "/api/v1/{kind}"),
+    ("get", "/api/v1/{kind}/{name}"),
+    ("put", "/api/v1/{kind}/{name}"),
+    ("delete", "/api/v1/{kind}/{name}"),
+    ("get", "/api/v1/{kind}/{name}/logs"),
+    ("get", "/v1/models"),
+    ("post", "/v1/chat/completions"),
+    ("post", "/v1/completions"),
+];
+
+fn op(summary: &str, params: Value, responses: Value) -> Value {
+    json!({"summary": summary, "parameters": params, "responses": responses})
+}
+
+fn path_param(name: &str, desc: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "description": desc, "schema": {"type": "string"}})
+}
+
+fn query_param(name: &str, ty: &str, desc: &str) -> Value {
+    json!({"name": name, "in": "query", "required": false, "description": desc, "schema": {"type": ty}})
+}
+
+fn status_ref(desc: &str) -> Value {
+    json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}})
+}
+
+fn openai_err(desc: &str) -> Value {
+    json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIError"}}}})
+}
+
+fn json_ok(desc: &str, schema: Value) -> Value {
+    json!({"description": desc, "content": {"application/json": {"schema": schema}}})
+}
+
+fn yaml_body() -> Value {
+    json!({
+        "required": true,
+        "description": "One or more YAML or JSON documents, as `lasctl apply -f` reads them. `metadata.resourceVersion` (as GET returns it) makes the write conditional.",
+        "content": {
+            "application/yaml": {"schema": {"type": "string"}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/Object"}},
+        }
+    })
+}
+
+/// The document.
+pub fn document() -> Value {
+    let kind = path_param(
+        "kind",
+        "model, module or policy (singular, plural or capitalized)",
+    );
+    let name = path_param("name", "the object's name");
+    let apply_q = json!([
+        query_param("dryRun", "boolean", "validate and report, record nothing"),
+        query_param(
+            "resourceVersion",
+            "integer",
+            "expected resourceVersion of the one object in the body (0: must not exist)"
+        ),
+        query_param(
+            "filename",
+            "string",
+            "the name used for the body in error messages"
+        ),
+    ]);
+    let apply_responses = json!({
+        "200": json_ok("applied (nothing created)", json!({"$ref": "#/components/schemas/Outcome"})),
+        "201": json_ok("applied, something created", json!({"$ref": "#/components/schemas/Outcome"})),
+        "400": status_ref("malformed request"),
+        "409": status_ref("stale resourceVersion, or the object is being deleted"),
+        "422": status_ref("invalid document: details.errors name file, line, column and field"),
+    });
+    let mut apply_kind = op(
+        "Apply documents of one kind",
+        json!([
+            kind.clone(),
+            apply_q[0].clone(),
+            apply_q[1].clone(),
+            apply_q[2].clone()
+        ]),
+        apply_responses.clone(),
+    );
+    apply_kind["requestBody"] = yaml_body();
+    let mut apply_any = op(
+        "Apply documents of any kind",
+        apply_q.clone(),
+        apply_responses.clone(),
+    );
+    apply_any["requestBody"] = yaml_body();
+    let mut put = op(
+        "Apply one object (its kind and name must match the path)",
+        json!([
+            kind.clone(),
+            name.clone(),
+            apply_q[0].clone(),
+            apply_q[1].clone(),
+            apply_q[2].clone()
+        ]),
+        apply_responses,
+    );
+    put["requestBody"] = yaml_body();
+    let chat = |summary: &str| {
+        json!({
+            "summary": summary,
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["model"],
+                "properties": {"model": {"type": "string"}, "stream": {"type": "boolean"}},
+            }}}},
+            "responses": {
+                "200": {"description": "the upstream engine's answer, passed through (text/event-stream when stream is true)"},
+                "400": openai_err("no model field, or not JSON"),
+                "404": openai_err("the model is not served; the message lists the served ones"),
+                "502": openai_err("the serving module did not answer"),
+            }
+        })
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "LocalAIStack daemon API",
+            "version": "v1alpha1",
+            "description": "The management API of `lasctl daemon` (TCP, default 127.0.0.1:7411, and the unix socket $LAS_HOME/run/lasd.sock) and its OpenAI-compatible endpoint. When the daemon listens beyond loopback, every TCP request but /healthz needs `Authorization: Bearer <token>` (the token is in $LAS_HOME/run/token); a missing or wrong token is 401.",
+        },
+        "paths": {
+            "/healthz": {"get": op("Liveness", json!([]), json!({"200": {"description": "ok", "content": {"text/plain": {"schema": {"type": "string"}}}}}))},
+            "/metrics": {"get": op("Prometheus metrics: reconciles, errors, queue depth, workloads by state, request latency", json!([]), json!({"200": {"description": "text exposition format 0.0.4", "content": {"text/plain": {"schema": {"type": "string"}}}}}))},
+            "/api/v1/openapi.json": {"get": op("This document", json!([]), json!({"200": json_ok("OpenAPI 3.1", json!({"type": "object"}))}))},
+            "/api/v1/runtime": {"get": op("Version, hardware profile and policy tier", json!([]), json!({"200": json_ok("runtime", json!({"$ref": "#/components/schemas/RuntimeInfo"}))}))},
+            "/api/v1/backends": {"get": op("Docker reachability and the built-in engines", json!([]), json!({"200": json_ok("backends", json!({"$ref": "#/components/schemas/BackendsInfo"}))}))},
+            "/api/v1/events": {"get": op(
+                "The durable event log as server-sent events (each with its id; resume with Last-Event-ID)",
+                json!([
+                    query_param("object", "string", "KIND/NAME: only this object's events"),
+                    query_param("after", "integer", "only events with a larger id"),
+                    query_param("limit", "integer", "backlog size without after (default 100)"),
+                    query_param("watch", "boolean", "false: send the backlog and end (default true)"),
+                    {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "string"}},
+                ]),
+                json!({
+                    "200": {"description": "text/event-stream; each data is an Event", "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/Event"}}}},
+                    "400": status_ref("bad object or Last-Event-ID"),
+                    "404": status_ref("unknown kind"),
+                }),
+            )},
+            "/api/v1/apply": {"post": apply_any},
+            "/api/v1/{kind}": {
+                "get": op("List objects of a kind", json!([kind.clone(), query_param("labelSelector", "string", "k=v[,k=v]")]), json!({
+                    "200": json_ok("a List", json!({"$ref": "#/components/schemas/List"})),
+                    "404": status_ref("unknown kind"),
+                })),
+                "post": apply_kind,
+            },
+            "/api/v1/{kind}/{name}": {
+                "get": op("Get one object", json!([kind.clone(), name.clone()]), json!({
+                    "200": json_ok("the object", json!({"$ref": "#/components/schemas/Object"})),
+                    "404": status_ref("no such object or kind"),
+                })),
+                "put": put,
+                "delete": op("Record the deletion of an object (finalizers clean up what runs)", json!([kind.clone(), name.clone()]), json!({
+                    "200": json_ok("deleted", json!({"$ref": "#/components/schemas/Outcome"})),
+                    "404": status_ref("no such object"),
+                })),
+            },
+            "/api/v1/{kind}/{name}/logs": {"get": op(
+                "A Module's output",
+                json!([kind, name, query_param("follow", "boolean", "keep streaming new output"), query_param("tail", "integer", "only the last N lines")]),
+                json!({
+                    "200": {"description": "text, streamed", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "400": status_ref("not a Module"),
+                    "404": status_ref("no such object, or no logs yet"),
+                }),
+            )},
+            "/v1/models": {"get": op("Served models (and the modules serving them, as aliases)", json!([]), json!({"200": json_ok("OpenAI model list", json!({"type": "object"}))}))},
+            "/v1/chat/completions": {"post": chat("OpenAI chat completions, routed by model")},
+            "/v1/completions": {"post": chat("OpenAI completions, routed by model")},
+        },
+        "components": {"schemas": {
+            "Status": {"type": "object", "required": ["kind", "status", "reason", "message", "code"], "properties": {
+                "apiVersion": {"const": "v1"}, "kind": {"const": "Status"}, "status": {"const": "Failure"},
+                "reason": {"type": "string"}, "message": {"type": "string"}, "code": {"type": "integer"},
+                "details": {"type": "object", "properties": {"errors": {"type": "array", "items": {"type": "object", "properties": {
+                    "file": {"type": "string"}, "line": {"type": "integer"}, "column": {"type": "integer"},
+                    "field": {"type": "string"}, "message": {"type": "string"},
+                }}}}},
+            }},
+            "OpenAIError": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                "message": {"type": "string"}, "type": {"type": "string"}, "param": {}, "code": {"type": "string"},
+            }}}},
+            "Object": {"type": "object", "description": "A Model, Module or Policy; see crds/ for each kind's schema", "required": ["apiVersion", "kind", "metadata"]},
+            "List": {"type": "object", "properties": {"apiVersion": {"const": "v1"}, "kind": {"const": "List"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/Object"}}}},
+            "Outcome": {"type": "object", "properties": {
+                "generation": {"type": ["integer", "null"]},
+                "changes": {"type": "array", "items": {"type": "object", "properties": {
+                    "kind": {"type": "string"}, "name": {"type": "string"},
+                    "action": {"enum": ["created", "configured", "unchanged", "pruned", "deleted"]},
+                }}},
+            }},
+            "Event": {"type": "object", "properties": {
+                "id": {"type": "integer"}, "time": {"type": "string"}, "kind": {"type": "string"}, "name": {"type": "string"},
+                "type": {"enum": ["Normal", "Warning"]}, "reason": {"type": "string"}, "message": {"type": "string"},
+            }},
+            "RuntimeInfo": {"type": "object", "properties": {
+                "version": {"type": "string"}, "hardware": {}, "tier": {"type": ["string", "null"]}, "tierReason": {"type": ["string", "null"]},
+            }},
+            "BackendsInfo": {"type": "object", "properties": {
+                "docker": {"type": "object", "properties": {"reachable": {"type": "boolean"}, "version": {"type": ["string", "null"]}, "error": {"type": ["string", "null"]}}},
+                "engines": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "builtIn": {"type": "boolean"}, "features": {"type": "array", "items": {"type": "string"}}}}},
+            }},
+        }},
+    })
+}
+
+/// The committed form: pretty JSON with a trailing newline.
+pub fn document_text() -> String {
+    let mut s = serde_json::to_string_pretty(&document()).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+pub(super) async fn serve() -> Json<Value> {
+    Json(document())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_route_is_documented_and_nothing_else() {
+        let doc = super::document();
+        let paths = doc["paths"].as_object().unwrap();
+        let mut documented = Vec::new();
+        for (p, ops) in paths {
+            for m in ops.as_object().unwrap().keys() {
+                documented.push((m.clone(), p.clone()));
+            }
+        }
+        documented.sort();
+        let mut routes: Vec<(String, String)> = super::ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        routes.sort();
+        assert_eq!(documented, routes);
+    }
+}

@@ -1,0 +1,502 @@
+//! `/api/v1/` resources: list, get, apply (POST/PUT), delete, logs, runtime and backends.
+//!
+//! Bodies go through the same decoder as `lasctl apply` ([`decode_files`]) and the same store call
+//! ([`Store::apply`]), so the API accepts and refuses exactly what the CLI does.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::ApiContext;
+use super::info::{LogOptions, LogsError};
+use crate::api::decode::{InputErrors, InputFile, decode_files};
+use crate::api::{Desired, Kind};
+use crate::control::store::{ApplyItem, ApplyRequest, StoreError, StoredObject};
+
+/// The `source` recorded for objects applied through the API (prune scopes never include it).
+pub const API_SOURCE: &str = "<api>";
+
+/// A Kubernetes-style `Status` body: `{"kind":"Status","status":"Failure","reason",..,"message",..}`.
+pub(crate) fn status_body(
+    code: StatusCode,
+    reason: &str,
+    message: &str,
+    details: Option<Value>,
+) -> (StatusCode, Json<Value>) {
+    let mut v = json!({
+        "apiVersion": "v1",
+        "kind": "Status",
+        "status": "Failure",
+        "reason": reason,
+        "message": message,
+        "code": code.as_u16(),
+    });
+    if let Some(d) = details {
+        v["details"] = d;
+    }
+    (code, Json(v))
+}
+
+/// Every way a management request fails, mapped to one status code.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    #[error("{0}")]
+    Input(#[from] InputErrors),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Logs(#[from] LogsError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let msg = self.to_string();
+        match &self {
+            ApiError::Input(errs) => {
+                let details = json!({"errors": errs.0.iter().map(|e| json!({
+                    "file": e.file, "line": e.line, "column": e.column,
+                    "field": e.path, "message": e.message,
+                })).collect::<Vec<_>>()});
+                status_body(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    &msg,
+                    Some(details),
+                )
+                .into_response()
+            }
+            ApiError::Store(e) => {
+                let (code, reason) = match e {
+                    StoreError::NotFound { .. } => (StatusCode::NOT_FOUND, "NotFound"),
+                    StoreError::Conflict { .. } => (StatusCode::CONFLICT, "Conflict"),
+                    StoreError::Deleting { .. } => (StatusCode::CONFLICT, "Deleting"),
+                    StoreError::PruneEmpty { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+                    StoreError::NoSuchGeneration(_) | StoreError::NothingToRollBack => {
+                        (StatusCode::NOT_FOUND, "NotFound")
+                    }
+                    _ => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+                };
+                status_body(code, reason, &msg, None).into_response()
+            }
+            ApiError::BadRequest(_) => {
+                status_body(StatusCode::BAD_REQUEST, "BadRequest", &msg, None).into_response()
+            }
+            ApiError::NotFound(_) => {
+                status_body(StatusCode::NOT_FOUND, "NotFound", &msg, None).into_response()
+            }
+            ApiError::Logs(LogsError::NoLogs(_)) => {
+                status_body(StatusCode::NOT_FOUND, "NotFound", &msg, None).into_response()
+            }
+            ApiError::Logs(_) => {
+                status_body(StatusCode::BAD_GATEWAY, "BackendError", &msg, None).into_response()
+            }
+        }
+    }
+}
+
+pub(crate) fn parse_kind(s: &str) -> Result<Kind, ApiError> {
+    Kind::parse_loose(s).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "unknown kind {s:?}: known kinds are {}",
+            Kind::known_list()
+        ))
+    })
+}
+
+fn list_value(items: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": "List", "items": items})
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ListQuery {
+    /// `k=v[,k=v]`
+    label_selector: Option<String>,
+}
+
+fn parse_selector(s: Option<&str>) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut m = BTreeMap::new();
+    for part in s.unwrap_or_default().split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "labelSelector {part:?} is not of the form key=value"
+            ))
+        })?;
+        m.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(m)
+}
+
+pub(super) async fn list(
+    State(ctx): State<ApiContext>,
+    Path(kind): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let selector = parse_selector(q.label_selector.as_deref())?;
+    let objects = ctx
+        .with_store(move |s| s.list(Some(kind), &selector))
+        .await?;
+    Ok(Json(list_value(
+        objects.iter().map(StoredObject::to_json).collect(),
+    )))
+}
+
+pub(super) async fn get_one(
+    State(ctx): State<ApiContext>,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let o = ctx.with_store(move |s| s.get(kind, &name)).await?;
+    Ok(Json(o.to_json()))
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ApplyQuery {
+    #[serde(default)]
+    dry_run: bool,
+    /// Expected resourceVersion of the one object in the body (0: it must not exist yet).
+    resource_version: Option<u64>,
+    /// The name used for the body in error messages (default `request`).
+    filename: Option<String>,
+}
+
+/// One document of a body, with the resourceVersion it carried (if any).
+struct Decoded {
+    desired: Desired,
+    expected: Option<u64>,
+}
+
+fn rv_of(v: &serde_yaml::Value) -> Result<Option<u64>, String> {
+    let Some(rv) = v.get("metadata").and_then(|m| m.get("resourceVersion")) else {
+        return Ok(None);
+    };
+    let parsed = match rv {
+        serde_yaml::Value::String(s) => s.trim().parse::<u64>().ok(),
+        serde_yaml::Value::Number(n) => n.as_u64(),
+        _ => None,
+    };
+    parsed.map(Some).ok_or_else(|| {
+        format!("metadata.resourceVersion: {rv:?} is not a resourceVersion (a non-negative integer, as GET returns it)")
+    })
+}
+
+fn kind_name_of(v: &serde_yaml::Value) -> Option<(String, String)> {
+    Some((
+        v.get("kind")?.as_str()?.to_string(),
+        v.get("metadata")?.get("name")?.as_str()?.to_string(),
+    ))
+}
+
+/// Comments out `resourceVersion:` lines of block YAML, keeping every other line where it was so
+/// error positions stay true. Returns `None` if the result does not equal the documents without
+/// their resourceVersion (flow style, JSON), in which case the caller re-serializes.
+fn strip_rv_lines(text: &str, want: &[serde_yaml::Value]) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("resourceVersion:") && trimmed.len() < line.len() {
+            let indent = line.len() - trimmed.len();
+            out.push_str(&line[..indent]);
+            out.push('#');
+            out.push_str(trimmed);
+        } else {
+            out.push_str(line);
+        }
+    }
+    let got = parse_docs(out.as_bytes()).ok()?;
+    (got == want).then_some(out)
+}
+
+fn parse_docs(bytes: &[u8]) -> Result<Vec<serde_yaml::Value>, serde_yaml::Error> {
+    use serde::Deserialize;
+    let mut docs = Vec::new();
+    for d in serde_yaml::Deserializer::from_slice(bytes) {
+        let v = serde_yaml::Value::deserialize(d)?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    Ok(docs)
+}
+
+/// Decodes a body of one or more YAML or JSON documents like `lasctl apply` does, taking
+/// `metadata.resourceVersion` (which files may not carry) as the expected version of that object.
+fn decode_body(bytes: &[u8], filename: &str) -> Result<Vec<Decoded>, ApiError> {
+    let file = |b: Vec<u8>| InputFile {
+        name: filename.to_string(),
+        bytes: b,
+    };
+    let mut expected: HashMap<(String, String), u64> = HashMap::new();
+    let mut body = bytes.to_vec();
+    // Unparseable bodies go straight to the decoder, which reports the position.
+    if let Ok(mut docs) = parse_docs(bytes) {
+        let mut any = false;
+        for d in &mut docs {
+            if let Some(rv) = rv_of(d).map_err(ApiError::BadRequest)? {
+                any = true;
+                if let Some(k) = kind_name_of(d) {
+                    expected.insert(k, rv);
+                }
+                if let Some(m) = d.get_mut("metadata").and_then(|m| m.as_mapping_mut()) {
+                    m.remove("resourceVersion");
+                }
+            }
+        }
+        if any {
+            let text = String::from_utf8_lossy(bytes);
+            body = match strip_rv_lines(&text, &docs) {
+                Some(s) => s.into_bytes(),
+                None => docs
+                    .iter()
+                    .map(|d| serde_yaml::to_string(d).unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join("---\n")
+                    .into_bytes(),
+            };
+        }
+    }
+    let desired = decode_files(&[file(body)])?;
+    Ok(desired
+        .into_iter()
+        .map(|d| {
+            let e = expected
+                .get(&(d.kind().as_str().to_string(), d.name.to_string()))
+                .copied();
+            Decoded {
+                desired: d,
+                expected: e,
+            }
+        })
+        .collect())
+}
+
+async fn apply_decoded(
+    ctx: &ApiContext,
+    mut docs: Vec<Decoded>,
+    q: &ApplyQuery,
+) -> Result<Response, ApiError> {
+    if let Some(rv) = q.resource_version {
+        if docs.len() != 1 {
+            return Err(ApiError::BadRequest(format!(
+                "?resourceVersion applies to exactly one object; the body has {}: put metadata.resourceVersion in each document instead",
+                docs.len()
+            )));
+        }
+        docs[0].expected = Some(rv);
+    }
+    if docs.is_empty() {
+        return Err(ApiError::BadRequest(
+            "the body has no documents: send one or more YAML or JSON objects".into(),
+        ));
+    }
+    let req = ApplyRequest {
+        items: docs
+            .into_iter()
+            .map(|d| ApplyItem {
+                desired: d.desired,
+                source: API_SOURCE.into(),
+                expected_resource_version: d.expected,
+            })
+            .collect(),
+        prune_sources: vec![],
+        allow_empty: false,
+        dry_run: q.dry_run,
+        description: "api".into(),
+    };
+    let outcome = ctx.with_store(move |s| s.apply(&req)).await?;
+    let created = outcome
+        .changes
+        .iter()
+        .any(|c| c.action == crate::control::store::Action::Created);
+    let code = if created && !q.dry_run {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, Json(json!(outcome))).into_response())
+}
+
+/// `POST /api/v1/apply`: any kinds.
+pub(super) async fn apply(
+    State(ctx): State<ApiContext>,
+    Query(q): Query<ApplyQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let name = q.filename.clone().unwrap_or_else(|| "request".into());
+    let docs = decode_body(&body, &name)?;
+    apply_decoded(&ctx, docs, &q).await
+}
+
+/// `POST /api/v1/{kind}`: every document must be of that kind.
+pub(super) async fn apply_kind(
+    State(ctx): State<ApiContext>,
+    Path(kind): Path<String>,
+    Query(q): Query<ApplyQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let name = q.filename.clone().unwrap_or_else(|| "request".into());
+    let docs = decode_body(&body, &name)?;
+    if let Some(d) = docs.iter().find(|d| d.desired.kind() != kind) {
+        return Err(ApiError::BadRequest(format!(
+            "{}/{} posted to /api/v1/{}: post it to /api/v1/{} or /api/v1/apply",
+            d.desired.kind(),
+            d.desired.name,
+            kind.plural(),
+            d.desired.kind().plural()
+        )));
+    }
+    apply_decoded(&ctx, docs, &q).await
+}
+
+/// `PUT /api/v1/{kind}/{name}`: exactly one document, of that kind and name.
+pub(super) async fn put_one(
+    State(ctx): State<ApiContext>,
+    Path((kind, name)): Path<(String, String)>,
+    Query(q): Query<ApplyQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let fname = q.filename.clone().unwrap_or_else(|| "request".into());
+    let docs = decode_body(&body, &fname)?;
+    match docs.as_slice() {
+        [d] if d.desired.kind() == kind && d.desired.name.as_str() == name => {}
+        [d] => {
+            return Err(ApiError::BadRequest(format!(
+                "the body is {}/{} but the path names {kind}/{name}",
+                d.desired.kind(),
+                d.desired.name
+            )));
+        }
+        _ => {
+            return Err(ApiError::BadRequest(format!(
+                "PUT takes exactly one object; the body has {}",
+                docs.len()
+            )));
+        }
+    }
+    apply_decoded(&ctx, docs, &q).await
+}
+
+pub(super) async fn delete_one(
+    State(ctx): State<ApiContext>,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let kind = parse_kind(&kind)?;
+    let outcome = ctx
+        .with_store(move |s| s.delete(&[(kind, name)], "api delete"))
+        .await?;
+    Ok(Json(json!(outcome)))
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub(crate) struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+    tail: Option<usize>,
+}
+
+/// `GET /api/v1/{kind}/{name}/logs?follow=&tail=`: text, streamed as the daemon produces it.
+pub(super) async fn logs(
+    State(ctx): State<ApiContext>,
+    Path((kind, name)): Path<(String, String)>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let kind = parse_kind(&kind)?;
+    if kind != Kind::Module {
+        return Err(ApiError::BadRequest(format!(
+            "only Modules have logs, not {kind}"
+        )));
+    }
+    let n = name.clone();
+    ctx.with_store(move |s| s.get(kind, &n)).await?;
+    let stream = ctx
+        .daemon
+        .logs(
+            &name,
+            LogOptions {
+                follow: q.follow,
+                tail: q.tail,
+            },
+        )
+        .await?;
+    let stop = ctx.shutdown_signal();
+    let stream = futures_util::StreamExt::take_until(stream, wait_true(stop));
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// Completes when the shutdown flag turns true (or its sender is gone).
+pub(crate) async fn wait_true(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+pub(super) async fn runtime(State(ctx): State<ApiContext>) -> Json<Value> {
+    Json(json!(ctx.daemon.runtime().await))
+}
+
+pub(super) async fn backends(State(ctx): State<ApiContext>) -> Json<Value> {
+    Json(json!(ctx.daemon.backends().await))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODEL: &str = "apiVersion: localaistack.io/v1alpha1\nkind: Model\nmetadata:\n  name: tiny\n  resourceVersion: \"7\"\nspec:\n  source: /srv/tiny.gguf\n";
+
+    #[test]
+    fn resource_version_in_yaml_is_taken_and_lines_kept() {
+        let d = decode_body(MODEL.as_bytes(), "request").unwrap();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].expected, Some(7));
+        // An error below the resourceVersion line still names its own line (8).
+        let bad = format!("{MODEL}  bogus: 1\n");
+        let e = decode_body(bad.as_bytes(), "request")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("request:8:"), "{e}");
+    }
+
+    #[test]
+    fn resource_version_in_json_is_taken() {
+        let body = br#"{"apiVersion":"localaistack.io/v1alpha1","kind":"Model","metadata":{"name":"tiny","resourceVersion":"3"},"spec":{"source":"/srv/tiny.gguf"}}"#;
+        let d = decode_body(body, "request").unwrap();
+        assert_eq!(d[0].expected, Some(3));
+    }
+
+    #[test]
+    fn bad_resource_version_is_a_bad_request() {
+        let body = MODEL.replace("\"7\"", "seven");
+        let e = decode_body(body.as_bytes(), "request").err().unwrap();
+        assert!(
+            matches!(e, ApiError::BadRequest(ref m) if m.contains("metadata.resourceVersion")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn other_system_fields_are_still_refused_with_position() {
+        let body = MODEL.replace("resourceVersion: \"7\"", "uid: abc");
+        let e = decode_body(body.as_bytes(), "request").err().unwrap();
+        let m = e.to_string();
+        assert!(m.starts_with("request:5:"), "{m}");
+        assert!(m.contains("metadata.uid"), "{m}");
+    }
+}
