@@ -1,6 +1,6 @@
 //! `lasctl get sources`: the watched directories and how their last apply went. The daemon keeps
 //! one record per directory under the key `source/<path>`:
-//! `{path, lastApplied, generation, error}`.
+//! `{path, lastApplied, generation, objects, error}` (`control::sources::SourceStatus`).
 
 use std::io::Write;
 
@@ -85,6 +85,7 @@ pub fn run(g: GetArgs) -> Result<(), CliError> {
                             "False".into()
                         },
                         s(r, "generation"),
+                        s(r, "objects"),
                         {
                             let t = s(r, "lastApplied");
                             if t.is_empty() {
@@ -99,7 +100,14 @@ pub fn run(g: GetArgs) -> Result<(), CliError> {
                 .collect();
             print_table(
                 &mut out,
-                &["PATH", "OK", "GENERATION", "LAST APPLIED", "ERROR"],
+                &[
+                    "PATH",
+                    "OK",
+                    "GENERATION",
+                    "OBJECTS",
+                    "LAST APPLIED",
+                    "ERROR",
+                ],
                 &rows,
             )?;
         }

@@ -193,8 +193,7 @@ pub(super) async fn proxy(
         }
     }
     let span = tracing::debug_span!("proxy", %model, %module, %url);
-    let _g = span.enter();
-    let resp = match req.send().await {
+    let resp = match tracing::Instrument::instrument(req.send(), span).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(%model, %module, error = %e, "upstream unreachable");
