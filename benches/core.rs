@@ -26,8 +26,7 @@ fn write_objects(dir: &Path, n: usize) {
     for i in 0..n {
         if i % 2 == 0 {
             text += &format!(
-                "apiVersion: localaistack.io/v1alpha1\nkind: Model\nmetadata:\n  name: model-{i}\n  labels: {{bench: core}}\nspec:\n  source: /srv/models/m{i}.gguf\n  sha256: {}\n---\n",
-                format!("{:064x}", i)
+                "apiVersion: localaistack.io/v1alpha1\nkind: Model\nmetadata:\n  name: model-{i}\n  labels: {{bench: core}}\nspec:\n  source: /srv/models/m{i}.gguf\n  sha256: {i:064x}\n---\n"
             );
         } else {
             text += &format!(

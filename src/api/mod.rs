@@ -21,6 +21,8 @@ pub use module::{ModuleSpec, ModuleStatus};
 pub use policy::{PolicySpec, PolicyStatus};
 
 /// A typed spec of one of the known kinds.
+// Specs are few and short-lived; boxing the Module variant would only add noise at every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Spec {
     Model(ModelSpec),
