@@ -217,3 +217,66 @@ fn kill_9_at_random_moments_never_duplicates_or_orphans() {
         .unwrap();
     assert_eq!(ic, "ok");
 }
+
+fn curl_json(url: &str, body: Option<&str>) -> (u16, Value) {
+    let mut c = std::process::Command::new("curl");
+    c.args(["-s", "-m", "60", "-o", "-", "-w", "\n%{http_code}", url]);
+    if let Some(b) = body {
+        c.args(["-H", "Content-Type: application/json", "-d", b]);
+    }
+    let out = String::from_utf8(c.output().unwrap().stdout).unwrap();
+    let (body, code) = out.rsplit_once('\n').unwrap();
+    (code.parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::String(body.into())))
+}
+
+fn engine_module(parallel: u32) -> String {
+    format!(
+        "apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata: {{name: chat}}\nspec:\n  model: tiny\n  engine: {{type: llama, contextSize: 256, parallel: {parallel}}}\n"
+    )
+}
+
+#[test]
+fn engine_module_serves_the_model_through_the_openai_endpoint_and_is_replaced_and_removed() {
+    let env = FreshEnv::new();
+    let gguf = env.work.path().join("tiny.gguf");
+    env.run(&["model", "generate-test", gguf.to_str().unwrap(), "--preset", "tiny"]).ok();
+    env.write("ai/model.yaml", &support::model_doc("tiny", gguf.to_str().unwrap()));
+    env.write("ai/chat.yaml", &engine_module(1));
+    let dir = env.work.path().join("ai");
+    let d = Daemon::start(&env, &[&dir], &[]);
+    let model = wait_ready(&env, &d, "model", "tiny", Duration::from_secs(60));
+    assert_eq!(model["status"]["gguf"]["architecture"], "llama", "{model}");
+    assert!(model["status"]["digest"].as_str().unwrap().len() == 64);
+    let chat = wait_ready(&env, &d, "module", "chat", Duration::from_secs(120));
+    let first_pid = pid_of(&chat);
+
+    let (code, models) = curl_json(&d.url("/v1/models"), None);
+    assert_eq!(code, 200, "{models}");
+    assert!(models.to_string().contains("\"tiny\""), "{models}");
+    let req = r#"{"model":"tiny","messages":[{"role":"user","content":"Hello"}],"max_tokens":8,"temperature":0}"#;
+    let (code, a) = curl_json(&d.url("/v1/chat/completions"), Some(req));
+    assert_eq!(code, 200, "{a}\n{}", d.log());
+    assert_eq!(a["object"], "chat.completion");
+    assert!(a["usage"]["completion_tokens"].as_u64().unwrap() >= 1, "{a}");
+    let (_, b) = curl_json(&d.url("/v1/chat/completions"), Some(req));
+    assert_eq!(a["choices"][0]["message"]["content"], b["choices"][0]["message"]["content"], "greedy output repeats");
+    let (code, e) = curl_json(&d.url("/v1/chat/completions"), Some(&req.replace("\"tiny\"", "\"nope\"")));
+    assert_eq!(code, 404, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("tiny"), "the error lists served models: {e}");
+
+    // A spec change replaces the engine process; it serves again at the new generation.
+    env.write("ai/chat.yaml", &engine_module(2));
+    wait_until("chat to be replaced", Duration::from_secs(120), || {
+        get_json(&env, "module", "chat").is_some_and(|o| o["metadata"]["generation"] == 2 && is_ready(&o))
+    });
+    assert!(!alive(first_pid), "the old engine process is gone");
+    let (code, _) = curl_json(&d.url("/v1/chat/completions"), Some(req));
+    assert_eq!(code, 200);
+
+    // Removing the file prunes the module: its process goes, nothing of it is left.
+    let pid = pid_of(&get_json(&env, "module", "chat").unwrap());
+    std::fs::remove_file(dir.join("chat.yaml")).unwrap();
+    wait_until("chat to be gone", Duration::from_secs(60), || get_json(&env, "module", "chat").is_none());
+    assert!(!alive(pid));
+    assert!(support::daemon::workload_pids_except(env.home_path(), Some(d.guard.id())).is_empty());
+}

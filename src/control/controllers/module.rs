@@ -182,7 +182,7 @@ impl ModuleReconciler {
                     },
                     p => p,
                 };
-                engine_workload(owner, &self.engine_exe, &model_path, engine, port, &spec)
+                engine_workload(owner, &self.engine_exe, (model.as_str(), &model_path), engine, port, &spec)
             }
             _ => WorkloadSpec::from_module(owner, &spec)
                 .map_err(|e| ReconcileError::stalled("InvalidWorkload", e.to_string()))?,
@@ -400,7 +400,7 @@ fn free_port() -> std::io::Result<u16> {
 fn engine_workload(
     owner: Owner,
     exe: &std::path::Path,
-    model: &std::path::Path,
+    (model_name, model): (&str, &std::path::Path),
     e: &EngineSpec,
     port: u16,
     spec: &ModuleSpec,
@@ -411,6 +411,9 @@ fn engine_workload(
         "llama".into(),
         "--model".into(),
         model.display().to_string(),
+        // Clients send the Model's name; the OpenAI endpoint routes by it.
+        "--name".into(),
+        model_name.to_string(),
         "--host".into(),
         "127.0.0.1".into(),
         "--port".into(),
