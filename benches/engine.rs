@@ -115,6 +115,31 @@ fn main() {
             plain.push(pn as f64 / psecs);
         }
     }
+    // Where the engine's time went: llama.cpp decode calls against the whole request.
+    let metrics = runtime.block_on(async {
+        c.get(engine.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    });
+    let metric = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    println!(
+        "engine bench: inside the engine (all {} requests): {:.1} s in llama.cpp decode of {:.1} s in requests, {} tokens",
+        RUNS + 1,
+        metric("las_engine_decode_seconds_total"),
+        metric("las_engine_request_duration_seconds_sum"),
+        metric("las_engine_completion_tokens_total"),
+    );
     drop(engine);
     drop(m);
     drop(backend);

@@ -422,6 +422,7 @@ async fn generate(
         max_tokens,
         sampling,
         stops,
+        stream: common.stream,
         events: tx,
         _admission: admission,
     };

@@ -113,6 +113,9 @@ pub struct Job {
     pub max_tokens: u32,
     pub sampling: Sampling,
     pub stops: Vec<String>,
+    /// Deltas are sent as they come; otherwise the text is sent once at the end, so that the
+    /// HTTP thread is not woken per token while the decode threads hold every core.
+    pub stream: bool,
     pub events: UnboundedSender<Event>,
     /// Held until the request is done: its place in slots + queue is released on drop.
     pub _admission: AdmissionGuard,
@@ -303,6 +306,8 @@ struct Slot {
     generated: u32,
     utf8: Utf8Decoder,
     stop: StopMatcher,
+    /// The text so far of a non-streamed request.
+    text: String,
     cancelled: bool,
     failed: bool,
 }
@@ -327,6 +332,7 @@ fn place(slots: &mut [Option<Slot>], job: Job, n_vocab: i32) {
         generated: 0,
         utf8: Utf8Decoder::new(),
         stop,
+        text: String::new(),
         cancelled: false,
         failed: false,
     });
@@ -382,9 +388,7 @@ fn step(
     let text = s.utf8.push(piece);
     if !text.is_empty() {
         let st = s.stop.push(&text);
-        if !st.emit.is_empty() {
-            let _ = s.job.events.send(Event::Delta(st.emit));
-        }
+        emit(s, st.emit);
         if st.stopped {
             return Some(FinishReason::Stop);
         }
@@ -408,14 +412,27 @@ fn finish_slot(s: &mut Slot, mut finish: FinishReason) {
         // Text held back in case it began a stop sequence is output after all.
         out.push_str(&s.stop.finish());
     }
-    if !out.is_empty() {
-        let _ = s.job.events.send(Event::Delta(out));
+    emit(s, out);
+    if !s.text.is_empty() {
+        let _ = s.job.events.send(Event::Delta(std::mem::take(&mut s.text)));
     }
     let _ = s.job.events.send(Event::Done {
         finish,
         prompt_tokens: s.job.prompt.len() as u32,
         completion_tokens: s.generated,
     });
+}
+
+/// Sends text now (streaming) or keeps it for the end.
+fn emit(s: &mut Slot, text: String) {
+    if text.is_empty() {
+        return;
+    }
+    if s.job.stream {
+        let _ = s.job.events.send(Event::Delta(text));
+    } else {
+        s.text.push_str(&text);
+    }
 }
 
 fn fail_all(slots: &mut [Option<Slot>], message: &str) {
