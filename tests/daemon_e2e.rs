@@ -226,7 +226,10 @@ fn curl_json(url: &str, body: Option<&str>) -> (u16, Value) {
     }
     let out = String::from_utf8(c.output().unwrap().stdout).unwrap();
     let (body, code) = out.rsplit_once('\n').unwrap();
-    (code.parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::String(body.into())))
+    (
+        code.parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::String(body.into())),
+    )
 }
 
 fn engine_module(parallel: u32) -> String {
@@ -239,8 +242,18 @@ fn engine_module(parallel: u32) -> String {
 fn engine_module_serves_the_model_through_the_openai_endpoint_and_is_replaced_and_removed() {
     let env = FreshEnv::new();
     let gguf = env.work.path().join("tiny.gguf");
-    env.run(&["model", "generate-test", gguf.to_str().unwrap(), "--preset", "tiny"]).ok();
-    env.write("ai/model.yaml", &support::model_doc("tiny", gguf.to_str().unwrap()));
+    env.run(&[
+        "model",
+        "generate-test",
+        gguf.to_str().unwrap(),
+        "--preset",
+        "tiny",
+    ])
+    .ok();
+    env.write(
+        "ai/model.yaml",
+        &support::model_doc("tiny", gguf.to_str().unwrap()),
+    );
     env.write("ai/chat.yaml", &engine_module(1));
     let dir = env.work.path().join("ai");
     let d = Daemon::start(&env, &[&dir], &[]);
@@ -257,17 +270,30 @@ fn engine_module_serves_the_model_through_the_openai_endpoint_and_is_replaced_an
     let (code, a) = curl_json(&d.url("/v1/chat/completions"), Some(req));
     assert_eq!(code, 200, "{a}\n{}", d.log());
     assert_eq!(a["object"], "chat.completion");
-    assert!(a["usage"]["completion_tokens"].as_u64().unwrap() >= 1, "{a}");
+    assert!(
+        a["usage"]["completion_tokens"].as_u64().unwrap() >= 1,
+        "{a}"
+    );
     let (_, b) = curl_json(&d.url("/v1/chat/completions"), Some(req));
-    assert_eq!(a["choices"][0]["message"]["content"], b["choices"][0]["message"]["content"], "greedy output repeats");
-    let (code, e) = curl_json(&d.url("/v1/chat/completions"), Some(&req.replace("\"tiny\"", "\"nope\"")));
+    assert_eq!(
+        a["choices"][0]["message"]["content"], b["choices"][0]["message"]["content"],
+        "greedy output repeats"
+    );
+    let (code, e) = curl_json(
+        &d.url("/v1/chat/completions"),
+        Some(&req.replace("\"tiny\"", "\"nope\"")),
+    );
     assert_eq!(code, 404, "{e}");
-    assert!(e["error"]["message"].as_str().unwrap().contains("tiny"), "the error lists served models: {e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("tiny"),
+        "the error lists served models: {e}"
+    );
 
     // A spec change replaces the engine process; it serves again at the new generation.
     env.write("ai/chat.yaml", &engine_module(2));
     wait_until("chat to be replaced", Duration::from_secs(120), || {
-        get_json(&env, "module", "chat").is_some_and(|o| o["metadata"]["generation"] == 2 && is_ready(&o))
+        get_json(&env, "module", "chat")
+            .is_some_and(|o| o["metadata"]["generation"] == 2 && is_ready(&o))
     });
     assert!(!alive(first_pid), "the old engine process is gone");
     let (code, _) = curl_json(&d.url("/v1/chat/completions"), Some(req));
@@ -276,7 +302,124 @@ fn engine_module_serves_the_model_through_the_openai_endpoint_and_is_replaced_an
     // Removing the file prunes the module: its process goes, nothing of it is left.
     let pid = pid_of(&get_json(&env, "module", "chat").unwrap());
     std::fs::remove_file(dir.join("chat.yaml")).unwrap();
-    wait_until("chat to be gone", Duration::from_secs(60), || get_json(&env, "module", "chat").is_none());
+    wait_until("chat to be gone", Duration::from_secs(60), || {
+        get_json(&env, "module", "chat").is_none()
+    });
     assert!(!alive(pid));
     assert!(support::daemon::workload_pids_except(env.home_path(), Some(d.guard.id())).is_empty());
+}
+
+const E2E_IMAGE: &str = "localaistack-e2e/busybox:1";
+
+/// Builds the test image from Debian's static busybox (no registry is reachable), or fails loudly
+/// when no Docker engine answers and LAS_REQUIRE_DOCKER=1; otherwise a counted, loud skip.
+fn docker_image() -> bool {
+    let engine = std::process::Command::new("docker")
+        .arg("info")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !engine {
+        assert_ne!(
+            std::env::var("LAS_REQUIRE_DOCKER").as_deref(),
+            Ok("1"),
+            "LAS_REQUIRE_DOCKER=1 but no Docker engine answers"
+        );
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED (loudly): no Docker engine answers; set LAS_REQUIRE_DOCKER=1 to fail instead"
+        );
+        return false;
+    }
+    let present = std::process::Command::new("docker")
+        .args(["image", "inspect", E2E_IMAGE])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if !present {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for d in ["bin", "www", "tmp"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+            .expect("install busybox-static (make deps)");
+        std::fs::write(root.join("www/index.html"), "container-ok\n").unwrap();
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "tar -C {} -cf - . | docker import - {E2E_IMAGE}",
+                root.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    }
+    true
+}
+
+#[test]
+fn container_module_converges_heals_drift_and_is_removed() {
+    if !docker_image() {
+        return;
+    }
+    let env = FreshEnv::new();
+    let port = free_port();
+    env.write(
+        "c/web.yaml",
+        &format!(
+            "apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata: {{name: e2eweb}}\nspec:\n  container:\n    image: {E2E_IMAGE}\n    command: [/bin/busybox, httpd, -f, -p, '8080', -h, /www]\n    ports: [{{containerPort: 8080, hostPort: {port}}}]\n  health: {{http: {{path: /, port: 8080}}}}\n"
+        ),
+    );
+    let dir = env.work.path().join("c");
+    let d = Daemon::start(&env, &[&dir], &[]);
+    let o = wait_ready(&env, &d, "module", "e2eweb", Duration::from_secs(90));
+    assert_eq!(o["status"]["runtime"], "container");
+    let id = o["status"]["containerId"].as_str().unwrap().to_string();
+    let body = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}/")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&body.stdout), "container-ok\n");
+
+    // Drift: the container is removed behind the daemon's back; it is recreated and reported.
+    let rm = std::process::Command::new("docker")
+        .args(["rm", "-f", &id])
+        .output()
+        .unwrap();
+    assert!(rm.status.success());
+    wait_until(
+        "the container to be recreated",
+        Duration::from_secs(60),
+        || {
+            get_json(&env, "module", "e2eweb")
+                .is_some_and(|o| is_ready(&o) && o["status"]["containerId"] != id.as_str())
+        },
+    );
+    assert!(
+        env.run(&["events", "module/e2eweb"])
+            .stdout
+            .contains("DriftDetected")
+    );
+
+    // Delete: the finalizer holds the object until the container is gone.
+    let id = get_json(&env, "module", "e2eweb").unwrap()["status"]["containerId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::remove_file(dir.join("web.yaml")).unwrap();
+    env.write("c/other.yaml", &support::model_doc("keep", "/x.gguf"));
+    wait_until("e2eweb to be gone", Duration::from_secs(60), || {
+        get_json(&env, "module", "e2eweb").is_none()
+    });
+    let inspect = std::process::Command::new("docker")
+        .args(["inspect", &id])
+        .output()
+        .unwrap();
+    assert!(!inspect.status.success(), "the container must be removed");
 }

@@ -182,7 +182,14 @@ impl ModuleReconciler {
                     },
                     p => p,
                 };
-                engine_workload(owner, &self.engine_exe, (model.as_str(), &model_path), engine, port, &spec)
+                engine_workload(
+                    owner,
+                    &self.engine_exe,
+                    (model.as_str(), &model_path),
+                    engine,
+                    port,
+                    &spec,
+                )
             }
             _ => WorkloadSpec::from_module(owner, &spec)
                 .map_err(|e| ReconcileError::stalled("InvalidWorkload", e.to_string()))?,
