@@ -25,7 +25,7 @@ build: deps
 
 test: deps venv
 	@bash deps/ensure-docker.sh
-	LAS_PYTHON=$(CURDIR)/$(VENV)/bin/python $(CARGO) test --all-targets -- --test-threads=2
+	LAS_PYTHON=$(CURDIR)/$(VENV)/bin/python $(CARGO) test --lib --bins --tests -- --test-threads=2
 	@echo "make test: all tests passed"
 
 lint: deps
