@@ -276,7 +276,7 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
             if let Err(e) = watch_sources(
                 s,
                 dirs,
-                Duration::from_millis(150),
+                Duration::from_millis(25),
                 Duration::from_secs(30),
                 t,
             )
