@@ -10,7 +10,9 @@ struct Daemon(Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
         let _ = self.0.wait();
     }
 }
@@ -19,7 +21,13 @@ fn start(home: &Path, dir: &Path, port: u16) -> Daemon {
     let c = Command::new(env!("CARGO_BIN_EXE_lasctl"))
         .env("LAS_HOME", home)
         .env("LAS_LOG", "warn")
-        .args(["daemon", "--stop-workloads-on-exit", "--listen", &format!("127.0.0.1:{port}"), "--watch"])
+        .args([
+            "daemon",
+            "--stop-workloads-on-exit",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--watch",
+        ])
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -29,15 +37,24 @@ fn start(home: &Path, dir: &Path, port: u16) -> Daemon {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn db(home: &Path) -> rusqlite::Connection {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(c) = rusqlite::Connection::open_with_flags(home.join("state.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) {
+        if let Ok(c) = rusqlite::Connection::open_with_flags(
+            home.join("state.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        ) {
             c.busy_timeout(Duration::from_secs(5)).unwrap();
-            if c.query_row("SELECT count(*) FROM objects", [], |r| r.get::<_, i64>(0)).is_ok() {
+            if c.query_row("SELECT count(*) FROM objects", [], |r| r.get::<_, i64>(0))
+                .is_ok()
+            {
                 return c;
             }
         }
@@ -58,8 +75,14 @@ fn ready_count(c: &rusqlite::Connection, kind: &str) -> i64 {
 
 fn cpu_ticks(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = s.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    let f: Vec<&str> = s
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -72,7 +95,10 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn model(name: &str, src: &Path) -> String {
-    format!("apiVersion: localaistack.io/v1alpha1\nkind: Model\nmetadata: {{name: {name}}}\nspec: {{source: {}}}\n", src.display())
+    format!(
+        "apiVersion: localaistack.io/v1alpha1\nkind: Model\nmetadata: {{name: {name}}}\nspec: {{source: {}}}\n",
+        src.display()
+    )
 }
 
 fn main() {
@@ -102,12 +128,19 @@ fn main() {
         std::fs::write(dir.join(format!("{name}.yaml")), model(&name, &gguf)).unwrap();
         loop {
             let acted: bool = c
-                .query_row("SELECT status != '{}' FROM objects WHERE kind='Model' AND name=?1", [&name], |r| r.get(0))
+                .query_row(
+                    "SELECT status != '{}' FROM objects WHERE kind='Model' AND name=?1",
+                    [&name],
+                    |r| r.get(0),
+                )
                 .unwrap_or(false);
             if acted {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(30), "no reconcile of {name}");
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "no reconcile of {name}"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         lat.push(t.elapsed());
@@ -126,13 +159,20 @@ fn main() {
     let dir = work.path().join("idle");
     std::fs::create_dir_all(&dir).unwrap();
     for i in 0..100 {
-        std::fs::write(dir.join(format!("m{i}.yaml")), model(&format!("m{i}"), &gguf)).unwrap();
+        std::fs::write(
+            dir.join(format!("m{i}.yaml")),
+            model(&format!("m{i}"), &gguf),
+        )
+        .unwrap();
     }
     let d = start(home.path(), &dir, free_port());
     let c = db(home.path());
     let t = Instant::now();
     while ready_count(&c, "Model") < 100 {
-        assert!(t.elapsed() < Duration::from_secs(120), "100 models not converged");
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "100 models not converged"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_secs(2));
@@ -165,9 +205,15 @@ fn main() {
     let d = start(home.path(), &dir, free_port());
     let c = db(home.path());
     while ready_count(&c, "Module") < 50 {
-        assert!(t.elapsed() < Duration::from_secs(300), "50 modules not converged");
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "50 modules not converged"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    println!("daemon: converge 50 native Modules (cold start) {:>6.0} ms", t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "daemon: converge 50 native Modules (cold start) {:>6.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
     drop(d);
 }

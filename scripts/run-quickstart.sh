@@ -15,8 +15,15 @@ fi
 
 "$lasctl" daemon --watch examples/quickstart --listen "$listen" --stop-workloads-on-exit &
 daemon=$!
-stop() { kill -TERM "$daemon" 2>/dev/null || true; wait "$daemon" 2>/dev/null || true; }
-trap 'echo; echo "stopping..."; stop; exit 0' INT TERM
+stopped=""
+stop() {
+  [ -n "$stopped" ] && return
+  stopped=1
+  echo; echo "stopping..."
+  kill -TERM "$daemon" 2>/dev/null || true
+  wait "$daemon" 2>/dev/null || true
+}
+trap 'stop; exit 0' INT TERM
 trap stop EXIT
 
 echo "waiting for the stack to be Ready (state in $LAS_HOME)..."

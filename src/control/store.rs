@@ -70,6 +70,14 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+fn is_busy(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Sql(rusqlite::Error::SqliteFailure(f, _))
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 const MIGRATIONS: &[&str] = &[
     // 1: objects, generations, inventory, events, native process records, small records.
     r#"
@@ -372,20 +380,34 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
-        let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(Duration::from_secs(30))
-            .map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(open_err)?;
-        Self::migrate(&mut conn)?;
+        // Two processes opening a new file at the same moment (the daemon and `lasctl wait`, say)
+        // can see SQLITE_BUSY where SQLite does not use the busy handler (switching to WAL, WAL
+        // recovery): retry the whole opening sequence for a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let conn = loop {
+            match Self::open_once(path) {
+                Ok(c) => break c,
+                Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                Err(StoreError::Sql(source)) => return Err(open_err(source)),
+                Err(e) => return Err(e),
+            }
+        };
         Ok(Store {
             conn,
             path: path.to_path_buf(),
         })
+    }
+
+    fn open_once(path: &Path) -> Result<Connection> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        Self::migrate(&mut conn)?;
+        Ok(conn)
     }
 
     fn migrate(conn: &mut Connection) -> Result<()> {
