@@ -126,6 +126,32 @@ fn native_stack_converges_orders_heals_replaces_prunes_and_survives_a_typo() {
         get_json(&env, "module", "api").is_none()
     });
     assert!(!alive(api_pid));
+
+    // Deleting a module and what depends on it tears down in reverse order: api, then db.
+    env.write("stack/api.yaml", &httpd_module("api", free_port(), &["db"]));
+    wait_ready(&env, &d, "module", "api", Duration::from_secs(60));
+    env.write(
+        "stack/keep.yaml",
+        &support::model_doc("keep", "/nonexistent.gguf"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::remove_file(dir.join("api.yaml")).unwrap();
+    std::fs::remove_file(dir.join("db.yaml")).unwrap();
+    wait_until("db and api to be gone", Duration::from_secs(60), || {
+        get_json(&env, "module", "db").is_none() && get_json(&env, "module", "api").is_none()
+    });
+    let all = env.run(&["events", "--limit", "500"]).stdout;
+    let removed = |obj: &str| {
+        all.lines()
+            .collect::<Vec<_>>()
+            .iter()
+            .rposition(|l| l.contains("Removed") && l.contains(obj))
+            .unwrap_or_else(|| panic!("no Removed event of {obj} in\n{all}"))
+    };
+    assert!(
+        removed("module/api") < removed("module/db"),
+        "api must go before db:\n{all}"
+    );
     drop(d);
 }
 

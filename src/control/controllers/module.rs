@@ -473,6 +473,32 @@ impl Reconciler for ModuleReconciler {
                     Ok(Action::AwaitChange)
                 }
                 Some(o) if o.deleted_at.is_some() => {
+                    // Tear down in reverse order: dependents deleted with it go first.
+                    let all = self
+                        .store
+                        .with(|s| s.list(Some(Kind::Module), &Default::default()))
+                        .await?;
+                    let waiting: Vec<String> = all
+                        .iter()
+                        .filter(|m| m.name != o.name && m.deleted_at.is_some())
+                        .filter(|m| match m.typed_spec() {
+                            Ok(Spec::Module(ms)) => ms
+                                .depends_on
+                                .iter()
+                                .any(|r| r.kind == Kind::Module && r.name == o.name),
+                            _ => false,
+                        })
+                        .map(|m| m.name.to_string())
+                        .collect();
+                    if !waiting.is_empty() {
+                        return Err(ReconcileError::retry(
+                            "WaitingForDependents",
+                            format!(
+                                "{} still depend on it; they are removed first",
+                                waiting.join(", ")
+                            ),
+                        ));
+                    }
                     self.remove_everywhere(&key).await?;
                     let (k, n) = (o.kind, o.name.to_string());
                     let rest: Vec<String> = o

@@ -210,6 +210,30 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
         .map_err(err)?;
     let exe = std::env::current_exe().map_err(err)?;
     let metrics = Arc::new(Metrics::new());
+    // Blobs no Model of the last generations refers to go: a deleted Model's bytes are collected,
+    // and a rollback within the window needs no download.
+    {
+        let (s, m) = (store.clone(), models.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            loop {
+                let m2 = m.clone();
+                let r = s
+                    .with(move |st| {
+                        crate::control::model_gc::collect_model_garbage(
+                            st,
+                            &m2,
+                            crate::control::model_gc::DEFAULT_GC_GENERATIONS,
+                        )
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "model garbage collection failed");
+                }
+                tokio::time::sleep(Duration::from_secs(300)).await;
+            }
+        });
+    }
     let reconcilers: Vec<Arc<dyn Reconciler>> = vec![
         Arc::new(ModelReconciler::new(
             store.clone(),
