@@ -449,3 +449,52 @@ fn container_module_converges_heals_drift_and_is_removed() {
         .unwrap();
     assert!(!inspect.status.success(), "the container must be removed");
 }
+
+#[test]
+fn a_from_module_is_resolved_from_the_catalog_and_served() {
+    let env = FreshEnv::new();
+    let gguf = env.work.path().join("tiny.gguf");
+    env.run(&[
+        "model",
+        "generate-test",
+        gguf.to_str().unwrap(),
+        "--preset",
+        "tiny",
+    ])
+    .ok();
+    env.write(
+        "cat/model.yaml",
+        &support::model_doc("tiny", gguf.to_str().unwrap()),
+    );
+    env.write(
+        "cat/chat.yaml",
+        "apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata: {name: fromcat}\nspec:\n  from: llama-engine\n  version: \"^0.1\"\n  model: tiny\n",
+    );
+    env.write(
+        "cat/bad.yaml",
+        "apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata: {name: nosuch}\nspec:\n  from: not-in-catalog\n",
+    );
+    let dir = env.work.path().join("cat");
+    let d = Daemon::start(&env, &[&dir], &[]);
+    let m = wait_ready(&env, &d, "module", "fromcat", Duration::from_secs(120));
+    assert_eq!(m["status"]["resolved"]["module"], "llama-engine", "{m}");
+    assert_eq!(m["status"]["resolved"]["version"], "0.1.0", "{m}");
+    let req = r#"{"model":"tiny","messages":[{"role":"user","content":"Hi"}],"max_tokens":4,"temperature":0}"#;
+    let (code, a) = curl_json(&d.url("/v1/chat/completions"), Some(req));
+    assert_eq!(code, 200, "{a}");
+    // A module the catalog does not have is Stalled with the reason; nothing of it runs.
+    wait_until("nosuch to be stalled", Duration::from_secs(30), || {
+        get_json(&env, "module", "nosuch").is_some_and(|o| {
+            o["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["type"] == "Stalled"
+                        && c["status"] == "True"
+                        && c["message"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .contains("not in the catalog")
+                })
+            })
+        })
+    });
+}

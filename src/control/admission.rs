@@ -53,7 +53,16 @@ impl Admission for PolicyAdmission {
             policies = default_policies().map_err(|e| e.to_string())?;
         }
         let tier = select_tier(&policies, &self.profile).map_err(|e| e.to_string())?;
-        let desired: Vec<Desired> = live.iter().filter_map(|o| desired_of(o)).collect();
+        // Resolution is global in a plan: one unresolvable `from:` module would refuse every other.
+        // So the other `from:` modules stay out of this module's plan (their own admission covers
+        // them); everything else is in it.
+        let is_from =
+            |o: &StoredObject| matches!(o.typed_spec(), Ok(Spec::Module(m)) if m.from.is_some());
+        let desired: Vec<Desired> = live
+            .iter()
+            .filter(|o| o.name == module.name && o.kind == module.kind || !is_from(o))
+            .filter_map(|o| desired_of(o))
+            .collect();
         let planned = plan(&PlanInput {
             desired: &desired,
             state: all,

@@ -7,6 +7,7 @@
 //! - Every object is resynced periodically, so a missed trigger is healed.
 //! - Each reconcile runs in a tracing span with `kind`, `name` and `generation`.
 
+pub mod from_catalog;
 pub mod model;
 pub mod module;
 pub mod queue;

@@ -15,11 +15,13 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use serde_json::json;
 
+use super::from_catalog::{ServedBlob, concrete};
 use super::queue::Key;
 use super::status::{cond, event, is_ready, write_status};
 use super::{Action, ReconcileError, Reconciler, SharedStore};
 use crate::api::module::{EngineSpec, Protocol, RuntimeKind};
 use crate::api::{ConditionStatus, Kind, ModuleSpec, ObjectName, Spec};
+use crate::artifacts::catalog::Catalog;
 use crate::control::store::{EventType, StoreError, StoredObject};
 use crate::runtime::{
     Owner, OwnerKey, Port, Probe, ProbeAction, Runtime, RuntimeError, WorkloadSpec, WorkloadState,
@@ -42,6 +44,8 @@ pub struct ModuleReconciler {
     pub admission: Arc<dyn Admission>,
     /// The `lasctl` executable that runs `engine llama`.
     pub engine_exe: PathBuf,
+    /// The module catalog, for `from:` modules.
+    pub catalog: Arc<Catalog>,
     pub grace: Duration,
 }
 
@@ -136,6 +140,27 @@ impl ModuleReconciler {
                 .await?;
             return Ok(Action::Requeue(Duration::ZERO));
         }
+        // `from:` modules: the catalog's manifest made concrete (a container or the engine).
+        let (spec, resolved) = if spec.from.is_some() {
+            let blob = spec.model.as_ref().and_then(|m| {
+                all.iter()
+                    .find(|o| o.kind == Kind::Model && o.name == *m)
+                    .and_then(|o| {
+                        o.status
+                            .get("path")
+                            .and_then(|p| p.as_str())
+                            .map(PathBuf::from)
+                    })
+                    .map(|p| (m.to_string(), p))
+            });
+            let served = blob.as_ref().map(|(n, p)| ServedBlob { name: n, path: p });
+            match concrete(&spec, &self.catalog, served) {
+                Ok((s, r)) => (s, Some(r)),
+                Err(e) => return Err(ReconcileError::stalled("UnresolvableModule", e.to_string())),
+            }
+        } else {
+            (spec, None)
+        };
         let owner = Owner::new(obj.kind, obj.name.clone(), obj.uid.clone());
         let workload = match (&spec.engine, &spec.container, &spec.native) {
             (Some(engine), _, _) => {
@@ -253,6 +278,7 @@ impl ModuleReconciler {
             "endpoint": endpoint,
             "restarts": st.restarts,
             "lastExitCode": st.last_exit_code,
+            "resolved": resolved,
         });
         let message = st.message.clone().unwrap_or_else(|| st.state.to_string());
         let mut conds = vec![

@@ -245,6 +245,11 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
             native: native.clone(),
             docker: docker.clone(),
             admission: crate::control::admission::for_daemon().map_err(err)?,
+            catalog: Arc::new(
+                crate::artifacts::catalog::Catalog::from_env()
+                    .map_err(err)?
+                    .catalog,
+            ),
             engine_exe: exe,
             grace: Duration::from_secs(10),
         }),
