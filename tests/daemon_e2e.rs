@@ -258,15 +258,8 @@ fn curl_json(url: &str, body: Option<&str>) -> (u16, Value) {
     )
 }
 
-fn engine_module(parallel: u32) -> String {
-    format!(
-        "apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata: {{name: chat}}\nspec:\n  model: tiny\n  engine: {{type: llama, contextSize: 256, parallel: {parallel}}}\n"
-    )
-}
-
-#[test]
-fn engine_module_serves_the_model_through_the_openai_endpoint_and_is_replaced_and_removed() {
-    let env = FreshEnv::new();
+/// Generates the tiny test model in the scratch directory with the real `lasctl`.
+fn generate_tiny_model(env: &FreshEnv) -> std::path::PathBuf {
     let gguf = env.work.path().join("tiny.gguf");
     env.run(&[
         "model",
@@ -276,6 +269,19 @@ fn engine_module_serves_the_model_through_the_openai_endpoint_and_is_replaced_an
         "tiny",
     ])
     .ok();
+    gguf
+}
+
+fn engine_module(parallel: u32) -> String {
+    format!(
+        "apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata: {{name: chat}}\nspec:\n  model: tiny\n  engine: {{type: llama, contextSize: 256, parallel: {parallel}}}\n"
+    )
+}
+
+#[test]
+fn engine_module_serves_the_model_through_the_openai_endpoint_and_is_replaced_and_removed() {
+    let env = FreshEnv::new();
+    let gguf = generate_tiny_model(&env);
     env.write(
         "ai/model.yaml",
         &support::model_doc("tiny", gguf.to_str().unwrap()),
@@ -453,15 +459,7 @@ fn container_module_converges_heals_drift_and_is_removed() {
 #[test]
 fn a_from_module_is_resolved_from_the_catalog_and_served() {
     let env = FreshEnv::new();
-    let gguf = env.work.path().join("tiny.gguf");
-    env.run(&[
-        "model",
-        "generate-test",
-        gguf.to_str().unwrap(),
-        "--preset",
-        "tiny",
-    ])
-    .ok();
+    let gguf = generate_tiny_model(&env);
     env.write(
         "cat/model.yaml",
         &support::model_doc("tiny", gguf.to_str().unwrap()),

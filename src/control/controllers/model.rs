@@ -13,7 +13,7 @@ use futures_util::future::BoxFuture;
 use serde_json::json;
 
 use super::queue::Key;
-use super::status::{cond, event, write_status};
+use super::status::{cond, event, update_status, write_status};
 use super::{Action, ReconcileError, Reconciler, SharedStore};
 use crate::api::{ConditionStatus, Kind, Spec};
 use crate::artifacts::gguf;
@@ -80,22 +80,18 @@ impl ModelReconciler {
                 }
             }
         } else {
-            let o = obj.clone();
-            self.store
-                .with(move |s| {
-                    write_status(
-                        s,
-                        &o,
-                        &json!({}),
-                        vec![cond(
-                            "Reconciling",
-                            ConditionStatus::True,
-                            "Downloading",
-                            "fetching and verifying the weights",
-                        )],
-                    )
-                })
-                .await?;
+            update_status(
+                &self.store,
+                &obj,
+                json!({}),
+                vec![cond(
+                    "Reconciling",
+                    ConditionStatus::True,
+                    "Downloading",
+                    "fetching and verifying the weights",
+                )],
+            )
+            .await?;
         }
         let blob = self
             .models

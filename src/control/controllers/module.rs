@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::from_catalog::{ServedBlob, concrete};
 use super::queue::Key;
-use super::status::{cond, event, is_ready, write_status};
+use super::status::{cond, event, is_ready, update_status, write_status};
 use super::{Action, ReconcileError, Reconciler, SharedStore};
 use crate::api::module::{EngineSpec, Protocol, RuntimeKind};
 use crate::api::{ConditionStatus, Kind, ModuleSpec, ObjectName, Spec};
@@ -83,22 +83,18 @@ impl ModuleReconciler {
             return Ok(Action::AwaitChange);
         };
         if spec.suspend {
-            let o = obj.clone();
-            self.store
-                .with(move |s| {
-                    write_status(
-                        s,
-                        &o,
-                        &json!({}),
-                        vec![cond(
-                            "Reconciling",
-                            ConditionStatus::False,
-                            "Suspended",
-                            "suspend: true; nothing is reconciled",
-                        )],
-                    )
-                })
-                .await?;
+            update_status(
+                &self.store,
+                &obj,
+                json!({}),
+                vec![cond(
+                    "Reconciling",
+                    ConditionStatus::False,
+                    "Suspended",
+                    "suspend: true; nothing is reconciled",
+                )],
+            )
+            .await?;
             return Ok(Action::AwaitChange);
         }
         let all = self
@@ -106,25 +102,17 @@ impl ModuleReconciler {
             .with(|s| s.list(None, &Default::default()))
             .await?;
         if let Some(waiting) = gate(&spec, &all) {
-            let o = obj.clone();
-            self.store
-                .with(move |s| {
-                    write_status(
-                        s,
-                        &o,
-                        &json!({}),
-                        vec![
-                            cond(
-                                "Ready",
-                                ConditionStatus::False,
-                                waiting.0,
-                                waiting.1.clone(),
-                            ),
-                            cond("Reconciling", ConditionStatus::True, waiting.0, waiting.1),
-                        ],
-                    )
-                })
-                .await?;
+            let (reason, message) = waiting;
+            update_status(
+                &self.store,
+                &obj,
+                json!({}),
+                vec![
+                    cond("Ready", ConditionStatus::False, reason, message.clone()),
+                    cond("Reconciling", ConditionStatus::True, reason, message),
+                ],
+            )
+            .await?;
             return Ok(Action::AwaitChange);
         }
         if let Err(verdict) = self.admission.admit(&obj, &all) {
@@ -191,17 +179,13 @@ impl ModuleReconciler {
                             // spec (adoption, not replacement).
                             let p = free_port()
                                 .map_err(|e| ReconcileError::retry("NoFreePort", e.to_string()))?;
-                            let o = obj.clone();
-                            self.store
-                                .with(move |s| {
-                                    write_status(
-                                        s,
-                                        &o,
-                                        &json!({"endpoint": format!("http://127.0.0.1:{p}")}),
-                                        vec![],
-                                    )
-                                })
-                                .await?;
+                            update_status(
+                                &self.store,
+                                &obj,
+                                json!({"endpoint": format!("http://127.0.0.1:{p}")}),
+                                vec![],
+                            )
+                            .await?;
                             return Ok(Action::Requeue(Duration::ZERO));
                         }
                     },

@@ -72,6 +72,19 @@ pub fn write_status(
     }
 }
 
+/// [`write_status`] on the daemon's shared store, from async code.
+pub async fn update_status(
+    store: &super::SharedStore,
+    obj: &StoredObject,
+    fields: Value,
+    conditions: Vec<Condition>,
+) -> Result<bool, StoreError> {
+    let o = obj.clone();
+    store
+        .with(move |s| write_status(s, &o, &fields, conditions))
+        .await
+}
+
 /// Records an event about an object.
 pub fn event(store: &mut Store, obj: &StoredObject, type_: EventType, reason: &str, message: &str) {
     if let Err(e) = store.record_event(obj.kind.as_str(), obj.name.as_str(), type_, reason, message)
