@@ -57,7 +57,8 @@ fn native_stack_converges_orders_heals_replaces_prunes_and_survives_a_typo() {
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
     env.write("stack/db.yaml", &httpd_module("db", p1, &[]));
     env.write("stack/api.yaml", &httpd_module("api", p2, &["db"]));
-    let d = Daemon::start(&env, &[&dir], &[]);
+    // No resync in the test's lifetime: what is healed below is healed on the runtime's events.
+    let d = Daemon::start(&env, &[&dir], &["--resync-seconds", "3600"]);
 
     // dependsOn: api starts only after db is Ready.
     let api = wait_ready(&env, &d, "module", "api", Duration::from_secs(60));
@@ -78,19 +79,23 @@ fn native_stack_converges_orders_heals_replaces_prunes_and_survives_a_typo() {
         .status();
     assert!(body.is_ok());
 
-    // Drift: the process is killed behind the daemon's back; it is healed and reported.
+    // Drift: the process is killed behind the daemon's back; it is healed and reported. The
+    // status follows within seconds: the supervisor's exit event triggers the reconcile (without
+    // it, nothing would look before the 60 s recheck).
     let old = pid_of(&db);
     std::process::Command::new("kill")
         .args(["-KILL", &old.to_string()])
         .status()
         .unwrap();
-    wait_until("db to be restarted", Duration::from_secs(30), || {
+    wait_until("db's restart in status", Duration::from_secs(25), || {
         get_json(&env, "module", "db").is_some_and(|o| is_ready(&o) && pid_of(&o) != old)
     });
     let db = get_json(&env, "module", "db").unwrap();
     assert!(db["status"]["restarts"].as_u64().unwrap() >= 1, "{db}");
+    assert!(event_reasons(&env, "module/db").contains(&"Restarted".to_string()));
 
-    // Spec change: replaced, at the new generation, the old process gone.
+    // Spec change to another port: the new process starts next to the old one, which serves
+    // until the new one is Ready; then the old one goes.
     let old_api = pid_of(&api);
     env.write("stack/api.yaml", &httpd_module("api", p3, &["db"]));
     wait_until("api to be replaced", Duration::from_secs(40), || {
@@ -99,14 +104,49 @@ fn native_stack_converges_orders_heals_replaces_prunes_and_survives_a_typo() {
     });
     let api = get_json(&env, "module", "api").unwrap();
     assert_eq!(api["status"]["endpoint"], format!("http://127.0.0.1:{p3}"));
-    assert!(!alive(old_api), "the old api process must be gone");
+    assert_eq!(api["status"]["slot"], 1, "{api}");
+    wait_until("the old api process to go", Duration::from_secs(20), || {
+        !alive(old_api)
+    });
+    let reasons = event_reasons(&env, "module/api");
+    let at = |r: &str| reasons.iter().position(|x| x == r);
     assert!(
-        event_reasons(&env, "module/api")
-            .iter()
-            .any(|r| r == "Replacing"),
-        "{:?}",
-        event_reasons(&env, "module/api")
+        at("Replacing").is_some() && at("Replacing") < at("Replaced"),
+        "{reasons:?}"
     );
+    assert!(
+        env.run(&["events", "module/api"])
+            .stdout
+            .contains("next to the old one"),
+        "surge replacement"
+    );
+    // The module's logs are those of the workload that serves now.
+    env.run(&["logs", "module/api"]).ok();
+
+    // A change that keeps the port cannot run side by side: stop-then-start, said in the event.
+    let old_api = pid_of(&api);
+    env.write(
+        "stack/api.yaml",
+        &httpd_module("api", p3, &["db"]).replace("  health:", "    env: {V: '2'}\n  health:"),
+    );
+    wait_until(
+        "api to be replaced in place",
+        Duration::from_secs(40),
+        || {
+            get_json(&env, "module", "api")
+                .is_some_and(|o| o["metadata"]["generation"] == 3 && is_ready(&o))
+        },
+    );
+    assert!(
+        !alive(old_api),
+        "stop-then-start: the old process went first"
+    );
+    assert!(
+        env.run(&["events", "module/api"])
+            .stdout
+            .contains("stop-then-start")
+    );
+    let api = get_json(&env, "module", "api").unwrap();
 
     // A typo never tears the stack down: a Warning, the source's error, everything keeps running.
     env.write("stack/typo.yaml", "apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata: {name: x}\nspec: {nativ: {}}\n");
@@ -321,13 +361,49 @@ fn engine_module_serves_the_model_through_the_openai_endpoint_and_is_replaced_an
         "the error lists served models: {e}"
     );
 
-    // A spec change replaces the engine process; it serves again at the new generation.
+    // A spec change replaces the engine without downtime: on a chosen port (0) the new engine
+    // starts next to the old one, routes switch once it is Ready, then the old one goes. Clients
+    // asking all the while are always answered.
+    let first_endpoint = chat["status"]["endpoint"].clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asker = {
+        let (stop, url) = (stop.clone(), d.url("/v1/chat/completions"));
+        std::thread::spawn(move || {
+            let mut codes = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let (code, body) = curl_json(&url, Some(req));
+                codes.push((code, body["choices"][0]["message"]["content"].clone()));
+            }
+            codes
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
     env.write("ai/chat.yaml", &engine_module(2));
     wait_until("chat to be replaced", Duration::from_secs(120), || {
         get_json(&env, "module", "chat")
             .is_some_and(|o| o["metadata"]["generation"] == 2 && is_ready(&o))
     });
-    assert!(!alive(first_pid), "the old engine process is gone");
+    wait_until("the old engine to go", Duration::from_secs(30), || {
+        !alive(first_pid)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answers = asker.join().unwrap();
+    assert!(answers.len() >= 3, "{answers:?}");
+    for (code, content) in &answers {
+        assert_eq!(
+            *code, 200,
+            "a request failed during the replacement: {answers:?}"
+        );
+        assert_eq!(
+            *content, a["choices"][0]["message"]["content"],
+            "{answers:?}"
+        );
+    }
+    let chat = get_json(&env, "module", "chat").unwrap();
+    assert_ne!(chat["status"]["endpoint"], first_endpoint, "{chat}");
+    assert_eq!(chat["status"]["slot"], 1, "{chat}");
+    assert!(event_reasons(&env, "module/chat").contains(&"Replaced".to_string()));
     let (code, _) = curl_json(&d.url("/v1/chat/completions"), Some(req));
     assert_eq!(code, 200);
 
@@ -409,7 +485,8 @@ fn container_module_converges_heals_drift_and_is_removed() {
         ),
     );
     let dir = env.work.path().join("c");
-    let d = Daemon::start(&env, &[&dir], &[]);
+    // No resync in the test's lifetime: the drift below is seen through the engine's events.
+    let d = Daemon::start(&env, &[&dir], &["--resync-seconds", "3600"]);
     let o = wait_ready(&env, &d, "module", "e2eweb", Duration::from_secs(90));
     assert_eq!(o["status"]["runtime"], "container");
     let id = o["status"]["containerId"].as_str().unwrap().to_string();
@@ -427,7 +504,7 @@ fn container_module_converges_heals_drift_and_is_removed() {
     assert!(rm.status.success());
     wait_until(
         "the container to be recreated",
-        Duration::from_secs(60),
+        Duration::from_secs(25),
         || {
             get_json(&env, "module", "e2eweb")
                 .is_some_and(|o| is_ready(&o) && o["status"]["containerId"] != id.as_str())

@@ -310,6 +310,34 @@ async fn stale_resource_version_is_409() {
         .await;
     assert_eq!(code, 201, "{out}");
 
+    // DELETE with a stale resourceVersion precondition is 409 and deletes nothing; with the
+    // current one it deletes.
+    let (_, fresh) = s.get_json("/api/v1/models/fresh").await;
+    let rv = fresh["metadata"]["resourceVersion"].as_str().unwrap();
+    let stale = rv.parse::<u64>().unwrap() - 1;
+    let r = s
+        .http
+        .delete(s.url(&format!("/api/v1/models/fresh?resourceVersion={stale}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    assert!(
+        s.store()
+            .get(Kind::Model, "fresh")
+            .unwrap()
+            .deleted_at
+            .is_none()
+    );
+    let r = s
+        .http
+        .delete(s.url(&format!("/api/v1/models/fresh?resourceVersion={rv}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    assert!(s.store().get(Kind::Model, "fresh").is_err());
+
     // PUT whose body names another object is a bad request.
     let r = s
         .http
@@ -871,7 +899,10 @@ async fn openai_proxy_routes_by_model_and_streams() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
 
-    // A Module whose status is behind its generation is not served.
+    // A Module whose spec changed keeps its route while its Ready workload serves (a replacement
+    // in progress), under the model status says it serves; once status says it is not Ready,
+    // it is not served.
+    let before = s.get_json("/v1/models").await.1;
     let (code, _) = s
         .post(
             "/api/v1/apply",
@@ -879,6 +910,29 @@ async fn openai_proxy_routes_by_model_and_streams() {
         )
         .await;
     assert_eq!(code, 200);
+    s.bump();
+    let (_, models) = s.get_json("/v1/models").await;
+    assert_eq!(models, before);
+    {
+        let mut st = s.store();
+        let o = st.get(Kind::Module, "chat").unwrap();
+        let mut status = o.status.clone();
+        status["model"] = json!("old-model");
+        st.update_status(Kind::Module, "chat", None, &status)
+            .unwrap();
+    }
+    s.bump();
+    let (_, models) = s.get_json("/v1/models").await;
+    let ids = models.to_string();
+    assert!(
+        ids.contains("old-model") && !ids.contains("\"tiny\""),
+        "{models}"
+    );
+    {
+        let mut st = s.store();
+        st.update_status(Kind::Module, "chat", None, &json!({"conditions": []}))
+            .unwrap();
+    }
     s.bump();
     let (_, models) = s.get_json("/v1/models").await;
     assert_eq!(models["data"].as_array().unwrap().len(), 0, "{models}");

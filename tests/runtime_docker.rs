@@ -4,6 +4,8 @@
 //! With `LAS_REQUIRE_DOCKER=1` every test fails when no engine answers; without it, each test
 //! prints a loud SKIP line to stderr and is counted.
 
+mod support;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -321,8 +323,12 @@ async fn drift_is_reported_and_repaired() {
     let (spec, _port) = web("drift");
     let key = spec.owner.key();
     let _c = Cleanup(vec![key.clone()]);
+    let mut events = rt.events();
     let st = rt.ensure(&spec).await.unwrap();
     let id = st.container_id.clone().unwrap();
+    let wait = Duration::from_secs(30);
+    // The probe's verdict is announced.
+    support::next_event(&mut events, &key, wait, |s| s == WorkloadState::Ready).await;
 
     // Stopped behind our back: reported as Exited with its exit code.
     rt.client()
@@ -335,6 +341,12 @@ async fn drift_is_reported_and_repaired() {
         )
         .await
         .unwrap();
+    // The engine's events reach the runtime's stream: the container died.
+    let e = support::next_event(&mut events, &key, wait, |s| {
+        matches!(s, WorkloadState::Exited | WorkloadState::Stopped)
+    })
+    .await;
+    assert_eq!(e.runtime, localaistack::api::module::RuntimeKind::Container);
     let s = rt.inspect(&key).await.unwrap().unwrap();
     assert_eq!(s.state, WorkloadState::Exited);
     assert!(s.last_exit_code.is_some());
@@ -356,6 +368,7 @@ async fn drift_is_reported_and_repaired() {
         )
         .await
         .unwrap();
+    support::next_event(&mut events, &key, wait, |s| s == WorkloadState::Missing).await;
     let s = rt.inspect(&key).await.unwrap().unwrap();
     assert_eq!(s.state, WorkloadState::Missing);
     let s = rt.ensure(&spec).await.unwrap();

@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use futures_util::StreamExt;
 use localaistack::api::module::RestartPolicy;
 use localaistack::api::{Kind, ObjectName};
@@ -164,6 +166,55 @@ async fn exiting_process_is_restarted_with_growing_delays_and_crash_loop_is_visi
     assert_eq!(tail, "started\n");
     rt.remove(&key, Duration::from_secs(1)).await.unwrap();
     assert!(rt.inspect(&key).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn supervisors_announce_exits_restarts_and_readiness_as_events() {
+    let env = Env::new();
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let port = free_port();
+    let mut spec = WorkloadSpec::native(
+        owner("announced"),
+        vec![
+            busybox().display().to_string(),
+            "httpd".into(),
+            "-f".into(),
+            "-p".into(),
+            format!("127.0.0.1:{port}"),
+        ],
+    );
+    spec.probe = Some(Probe {
+        action: ProbeAction::Tcp { port },
+        period: Duration::from_millis(100),
+        timeout: Duration::from_secs(1),
+        failure_threshold: 3,
+    });
+    let key = spec.owner.key();
+    let first = rt.ensure(&spec).await.unwrap();
+    let wait = Duration::from_secs(20);
+    let ready = |s| s == WorkloadState::Ready;
+    support::next_event(&mut events, &key, wait, ready).await;
+
+    // Killed behind the runtime's back: the exit, then the restarted process's readiness.
+    let pid = first.pid.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let exit =
+        support::next_event(&mut events, &key, wait, |s| s == WorkloadState::CrashLoop).await;
+    assert_eq!(exit.runtime, localaistack::api::module::RuntimeKind::Native);
+    support::next_event(&mut events, &key, wait, ready).await;
+    let now = rt.inspect(&key).await.unwrap().unwrap();
+    assert_ne!(now.pid, Some(pid));
+    assert_eq!(now.restarts, 1);
+
+    // Stopped on request: announced too.
+    rt.stop(&key, Duration::from_secs(1)).await.unwrap();
+    support::next_event(&mut events, &key, wait, |s| s == WorkloadState::Stopped).await;
+    rt.remove(&key, Duration::from_secs(1)).await.unwrap();
 }
 
 #[tokio::test]

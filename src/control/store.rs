@@ -860,34 +860,52 @@ impl Store {
     /// Records the deletion of objects. Objects with finalizers stay, marked, until their
     /// finalizers are removed; the rest disappear at once.
     pub fn delete(&mut self, refs: &[(Kind, String)], description: &str) -> Result<Outcome> {
+        let refs: Vec<_> = refs.iter().map(|(k, n)| (*k, n.clone(), None)).collect();
+        self.delete_checked(&refs, description)
+    }
+
+    /// [`Store::delete`] with a precondition per object: when a resourceVersion is given, the
+    /// object must still have it (else [`StoreError::Conflict`] and nothing is deleted).
+    pub fn delete_checked(
+        &mut self,
+        refs: &[(Kind, String, Option<u64>)],
+        description: &str,
+    ) -> Result<Outcome> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut outcome = Outcome::default();
-        for (kind, name) in refs {
-            let cur: Option<Option<String>> = tx
+        for (kind, name, expected) in refs {
+            let cur: Option<(Option<String>, i64)> = tx
                 .query_row(
-                    "SELECT deleted_at FROM objects WHERE kind = ?1 AND name = ?2",
+                    "SELECT deleted_at, resource_version FROM objects WHERE kind = ?1 AND name = ?2",
                     params![kind.as_str(), name],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            match cur {
-                None => {
-                    return Err(StoreError::NotFound {
-                        kind: *kind,
-                        name: name.clone(),
-                    });
-                }
-                Some(Some(_)) => {} // already being deleted
-                Some(None) => {
-                    Self::mark_deleted(&tx, *kind, name, "Deleted", "deleted by request")?;
-                    outcome.changes.push(ObjectChange {
-                        kind: *kind,
-                        name: name.clone(),
-                        action: Action::Deleted,
-                    });
-                }
+            let Some((deleted_at, rv)) = cur else {
+                return Err(StoreError::NotFound {
+                    kind: *kind,
+                    name: name.clone(),
+                });
+            };
+            if let Some(expected) = *expected
+                && expected != rv as u64
+            {
+                return Err(StoreError::Conflict {
+                    kind: *kind,
+                    name: name.clone(),
+                    expected,
+                    actual: rv as u64,
+                });
+            }
+            if deleted_at.is_none() {
+                Self::mark_deleted(&tx, *kind, name, "Deleted", "deleted by request")?;
+                outcome.changes.push(ObjectChange {
+                    kind: *kind,
+                    name: name.clone(),
+                    action: Action::Deleted,
+                });
             }
         }
         if outcome.changed_anything() {

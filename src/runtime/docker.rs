@@ -24,8 +24,8 @@ use tracing::Instrument;
 
 use super::health::{HealthMonitor, ProbeFn, probe_once};
 use super::{
-    LABEL_OWNER, LABEL_SPEC_HASH, LogOptions, LogStream, OwnerKey, ProbeAction, Program, Runtime,
-    RuntimeError, WorkloadSpec, WorkloadState, WorkloadStatus,
+    EventStream, LABEL_OWNER, LABEL_SPEC_HASH, LogOptions, LogStream, OwnerKey, ProbeAction,
+    Program, Runtime, RuntimeError, WorkloadEvent, WorkloadSpec, WorkloadState, WorkloadStatus,
 };
 use crate::api::module::{GpuRequest, Protocol, RestartPolicy, RuntimeKind};
 
@@ -84,6 +84,8 @@ pub struct DockerRuntime {
     /// Owners stopped on request (to report `Stopped` rather than `Exited`).
     stopped: Mutex<HashSet<OwnerKey>>,
     locks: Mutex<HashMap<OwnerKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Probe transitions of the monitors (the engine's own events are read in `events`).
+    events: tokio::sync::broadcast::Sender<WorkloadEvent>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -126,6 +128,7 @@ impl DockerRuntime {
             known: Mutex::new(HashSet::new()),
             stopped: Mutex::new(HashSet::new()),
             locks: Mutex::new(HashMap::new()),
+            events: tokio::sync::broadcast::channel(256).0,
         })
     }
 
@@ -452,7 +455,80 @@ impl DockerRuntime {
             });
         });
         let m = HealthMonitor::spawn(probe, run, Some(on_dead));
+        // Announce readiness flips; the task ends with the monitor.
+        let (mut rx, events, owner) = (m.subscribe(), self.events.clone(), key.clone());
+        tokio::spawn(async move {
+            let mut last = None;
+            while rx.changed().await.is_ok() {
+                let r = rx.borrow_and_update().clone();
+                let state = if r.ready {
+                    WorkloadState::Ready
+                } else if r.ever_ready {
+                    WorkloadState::Unhealthy
+                } else {
+                    WorkloadState::Running
+                };
+                if last.replace(state) != Some(state) {
+                    let _ = events.send(WorkloadEvent {
+                        owner: owner.clone(),
+                        runtime: RuntimeKind::Container,
+                        state,
+                    });
+                }
+            }
+        });
         lock(&self.monitors).insert(key, (id.to_string(), m));
+    }
+
+    /// The engine's container events of this stack, as workload events; reconnects after a
+    /// second when the stream breaks. Ends when `out` is closed.
+    async fn forward_engine_events(
+        docker: Docker,
+        stack_filter: String,
+        out: tokio::sync::mpsc::Sender<WorkloadEvent>,
+    ) {
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("label".to_string(), vec![stack_filter]),
+            (
+                "event".to_string(),
+                [
+                    "start", "die", "stop", "kill", "destroy", "oom", "pause", "unpause",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+        ]);
+        loop {
+            let opts = bollard::query_parameters::EventsOptions {
+                filters: Some(filters.clone()),
+                ..Default::default()
+            };
+            let mut stream = docker.events(Some(opts));
+            loop {
+                tokio::select! {
+                    _ = out.closed() => return,
+                    next = stream.next() => match next {
+                        Some(Ok(msg)) => {
+                            if let Some(e) = engine_event(&msg)
+                                && out.send(e).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "docker events stream broke");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            tokio::select! {
+                _ = out.closed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
     }
 
     fn status_of(&self, c: &ContainerInspectResponse) -> WorkloadStatus {
@@ -479,6 +555,7 @@ impl DockerRuntime {
             },
             Some(ContainerStateStatusEnum::RESTARTING) => WorkloadState::CrashLoop,
             Some(ContainerStateStatusEnum::CREATED) => WorkloadState::Starting,
+            Some(ContainerStateStatusEnum::REMOVING) => WorkloadState::Missing,
             Some(ContainerStateStatusEnum::EXITED) | Some(ContainerStateStatusEnum::DEAD) => {
                 if lock(&self.stopped).contains(&owner) {
                     WorkloadState::Stopped
@@ -564,6 +641,10 @@ impl DockerRuntime {
         let mut keep = None;
         for c in owned {
             let id = c.id.clone().unwrap_or_default();
+            if c.state.as_ref().and_then(|s| s.status) == Some(ContainerStateStatusEnum::REMOVING) {
+                // Being removed (e.g. `docker rm -f` behind our back): neither kept nor removed.
+                continue;
+            }
             let same = c
                 .config
                 .as_ref()
@@ -621,7 +702,22 @@ impl DockerRuntime {
                 {
                     Ok(r) => r,
                     Err(e) if is_status(&e, 409) => {
-                        return Err(RuntimeError::NameTaken { name });
+                        // Ours, still being removed: try again shortly. Anyone else's: refuse.
+                        let ours = self
+                            .docker
+                            .inspect_container(&name, None::<InspectContainerOptions>)
+                            .await
+                            .ok()
+                            .and_then(|c| c.config?.labels)
+                            .is_some_and(|l| l.get(LABEL_OWNER) == Some(&key.0));
+                        return Err(if ours {
+                            RuntimeError::Spawn {
+                                owner: key,
+                                reason: format!("container {name} is still being removed"),
+                            }
+                        } else {
+                            RuntimeError::NameTaken { name }
+                        });
                     }
                     Err(e) => return Err(Self::docker_err(format!("create container {name}"))(e)),
                 };
@@ -744,6 +840,25 @@ async fn exec_probe(docker: &Docker, id: &str, argv: &[String]) -> Result<(), St
 }
 
 /// The engine's message without bollard's "Docker responded with status code" prefix.
+/// A container event of the engine as a workload event: `None` for containers without our owner
+/// label and for actions that change nothing we report.
+fn engine_event(msg: &bollard::models::EventMessage) -> Option<WorkloadEvent> {
+    let actor = msg.actor.as_ref()?;
+    let owner = actor.attributes.as_ref()?.get(LABEL_OWNER)?;
+    let state = match msg.action.as_deref()? {
+        "start" | "unpause" => WorkloadState::Running,
+        "die" | "kill" | "oom" => WorkloadState::Exited,
+        "stop" | "pause" => WorkloadState::Stopped,
+        "destroy" => WorkloadState::Missing,
+        _ => return None,
+    };
+    Some(WorkloadEvent {
+        owner: OwnerKey(owner.clone()),
+        runtime: RuntimeKind::Container,
+        state,
+    })
+}
+
 fn server_message(e: &BollardError) -> String {
     match e {
         BollardError::DockerResponseServerError { message, .. } => message.clone(),
@@ -866,6 +981,25 @@ impl Runtime for DockerRuntime {
             Ok(stream.boxed())
         }
         .boxed()
+    }
+
+    fn events(&self) -> EventStream {
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(Self::forward_engine_events(
+            self.docker.clone(),
+            self.stack_filter(),
+            tx.clone(),
+        ));
+        let mut probes = super::broadcast_stream(&self.events);
+        tokio::spawn(async move {
+            while let Some(e) = probes.next().await {
+                if tx.send(e).await.is_err() {
+                    return;
+                }
+            }
+        });
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
+            .boxed()
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<WorkloadStatus>, RuntimeError>> {

@@ -196,6 +196,11 @@ impl HealthMonitor {
         self.rx.borrow().clone()
     }
 
+    /// A receiver of the reports (it ends when the monitor is dropped).
+    pub fn subscribe(&self) -> watch::Receiver<HealthReport> {
+        self.rx.clone()
+    }
+
     /// Waits for the next report.
     pub async fn changed(&mut self) -> bool {
         self.rx.changed().await.is_ok()

@@ -34,12 +34,22 @@ pub const LABEL_OWNER: &str = "localaistack.io/owner";
 pub const LABEL_SPEC_HASH: &str = "localaistack.io/spec-hash";
 pub const LABEL_UID: &str = "localaistack.io/uid";
 
-/// Who a workload belongs to: the object (kind/name) and its uid.
+/// Who a workload belongs to: the object (kind/name), its uid, and the slot.
+///
+/// An object normally runs in slot 0. While a changed Module is replaced without downtime, the
+/// new workload starts in the other slot (0 or 1) next to the old one; each slot is its own owner
+/// key for the runtime, so "at most one workload per owner key" still holds.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Owner {
     pub kind: Kind,
     pub name: ObjectName,
     pub uid: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub slot: u8,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 impl Owner {
@@ -48,35 +58,53 @@ impl Owner {
             kind,
             name,
             uid: uid.into(),
+            slot: 0,
         }
     }
 
-    /// `<kind>/<name>`, the value of the `localaistack.io/owner` label and the key of everything
-    /// the runtime keeps about a workload.
+    /// The same owner in another slot.
+    pub fn in_slot(mut self, slot: u8) -> Self {
+        self.slot = slot;
+        self
+    }
+
+    /// `<kind>/<name>` (slot 0) or `<kind>/<name>@<slot>`: the value of the
+    /// `localaistack.io/owner` label and the key of everything the runtime keeps about a workload.
     pub fn key(&self) -> OwnerKey {
-        OwnerKey(format!("{}/{}", self.kind, self.name))
+        OwnerKey::of(self.kind, self.name.as_str(), self.slot)
     }
 }
 
-/// `<kind>/<name>`: identifies a workload across restarts of the program.
+/// `<kind>/<name>[@<slot>]`: identifies a workload across restarts of the program.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct OwnerKey(pub String);
 
 impl OwnerKey {
+    pub fn of(kind: Kind, name: &str, slot: u8) -> Self {
+        OwnerKey(match slot {
+            0 => format!("{kind}/{name}"),
+            s => format!("{kind}/{name}@{s}"),
+        })
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }
-    /// A name safe for files and container names: `module-foo` for `Module/foo`.
+    /// The object this workload belongs to: kind and name (without the slot).
+    pub fn object(&self) -> Option<(Kind, &str)> {
+        let (kind, rest) = self.0.split_once('/')?;
+        let name = rest.split_once('@').map_or(rest, |(n, _)| n);
+        Some((Kind::parse_loose(kind)?, name))
+    }
+    /// A name safe for files and container names: `module-foo` for `Module/foo`, `module-foo_1`
+    /// for its slot 1 (`_` never occurs in object names, so slots never collide with names).
     pub fn slug(&self) -> String {
         self.0
             .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
+            .map(|c| match c {
+                c if c.is_ascii_alphanumeric() || c == '-' => c.to_ascii_lowercase(),
+                '@' => '_',
+                _ => '-',
             })
             .collect()
     }
@@ -324,11 +352,13 @@ impl WorkloadSpec {
         }
     }
 
-    /// 32 hex characters of sha256 over the canonical JSON of the spec without the owner's uid.
+    /// 32 hex characters of sha256 over the canonical JSON of the spec without the owner's uid
+    /// and slot: the same spec hashes the same in either slot.
     pub fn spec_hash(&self) -> String {
         let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
         if let Some(o) = v.get_mut("owner").and_then(|o| o.as_object_mut()) {
             o.remove("uid");
+            o.remove("slot");
         }
         // serde_json's Map is a BTreeMap (no preserve_order feature): keys are sorted.
         let text = v.to_string();
@@ -452,6 +482,42 @@ pub struct LogOptions {
 /// The output of a workload, in chunks of bytes.
 pub type LogStream = BoxStream<'static, Result<Bytes, RuntimeError>>;
 
+/// A change of a workload, reported by its runtime as it happens: it started, exited, was
+/// restarted, stopped or removed, or its probe verdict flipped. Controllers use it as a trigger
+/// and read the truth with [`Runtime::inspect`]; the event only says which owner to look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadEvent {
+    pub owner: OwnerKey,
+    pub runtime: RuntimeKind,
+    /// The state the runtime saw (for containers changed behind the program's back, the engine's
+    /// action mapped to the nearest state).
+    pub state: WorkloadState,
+}
+
+/// Workload changes of one runtime, until the stream is dropped.
+pub type EventStream = BoxStream<'static, WorkloadEvent>;
+
+/// A stream of what is sent on `tx` from now on. A receiver that falls behind skips what it
+/// missed (events are triggers; the controllers' resync covers a gap).
+pub(crate) fn broadcast_stream<T: Clone + Send + 'static>(
+    tx: &tokio::sync::broadcast::Sender<T>,
+) -> BoxStream<'static, T> {
+    use futures_util::StreamExt;
+    use tokio::sync::broadcast::error::RecvError;
+    futures_util::stream::unfold(tx.subscribe(), |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(v) => return Some((v, rx)),
+                Err(RecvError::Lagged(n)) => {
+                    tracing::debug!(missed = n, "workload events lagged");
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    })
+    .boxed()
+}
+
 /// Errors of the runtime layer.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -568,6 +634,15 @@ pub trait Runtime: Send + Sync {
 
     /// Everything this runtime knows this stack owns (running or not).
     fn list(&self) -> BoxFuture<'_, Result<Vec<WorkloadStatus>, RuntimeError>>;
+
+    /// Changes of this stack's workloads from now on: exits, restarts and probe transitions seen
+    /// by the runtime's own supervisors, and (for containers) what the engine reports, including
+    /// changes made behind the program's back (`docker stop`, `docker rm -f`, `docker kill`).
+    ///
+    /// # Caveats
+    /// Best effort: a slow reader skips events and a lost engine connection is re-established
+    /// after a second; callers keep a periodic resync for what a stream misses.
+    fn events(&self) -> EventStream;
 }
 
 /// A small, dependency-free jitter source: a number in `[0, 1)` from the clock and a counter.
@@ -657,6 +732,22 @@ mod tests {
         };
         let e = WorkloadSpec::from_module(owner("w"), &m).unwrap_err();
         assert!(e.to_string().contains("resolve it"), "{e}");
+    }
+
+    #[test]
+    fn slots_have_their_own_keys_and_slugs_but_one_hash() {
+        let a = WorkloadSpec::native(owner("foo"), vec!["/bin/true".into()]);
+        let mut b = a.clone();
+        b.owner = b.owner.in_slot(1);
+        assert_eq!(a.owner.key().as_str(), "Module/foo");
+        assert_eq!(b.owner.key().as_str(), "Module/foo@1");
+        assert_eq!(b.owner.key().slug(), "module-foo_1");
+        // A module named foo-1 in slot 0 never shares files or container names with foo's slot 1.
+        assert_ne!(owner("foo-1").key().slug(), b.owner.key().slug());
+        assert_eq!(a.spec_hash(), b.spec_hash());
+        assert_eq!(b.owner.key().object(), Some((Kind::Module, "foo")));
+        assert_eq!(a.owner.key().object(), Some((Kind::Module, "foo")));
+        assert_eq!(OwnerKey("junk".into()).object(), None);
     }
 
     #[test]

@@ -23,14 +23,14 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use super::health::{HealthMonitor, ProbeFn, probe_once};
 use super::limits::{self, Applied};
 use super::{
-    LogOptions, LogStream, OwnerKey, Program, Runtime, RuntimeError, WorkloadSpec, WorkloadState,
-    WorkloadStatus, jitter_unit,
+    EventStream, LogOptions, LogStream, OwnerKey, Program, Runtime, RuntimeError, WorkloadEvent,
+    WorkloadSpec, WorkloadState, WorkloadStatus, jitter_unit,
 };
 use crate::api::module::{RestartPolicy, RuntimeKind};
 use crate::home::LasHome;
@@ -381,6 +381,7 @@ pub struct NativeRuntime {
     store: Arc<dyn NativeStore>,
     sups: Mutex<HashMap<OwnerKey, Supervisor>>,
     locks: Mutex<HashMap<OwnerKey, Arc<tokio::sync::Mutex<()>>>>,
+    events: broadcast::Sender<WorkloadEvent>,
 }
 
 impl NativeRuntime {
@@ -396,6 +397,7 @@ impl NativeRuntime {
             store,
             sups: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            events: broadcast::channel(256).0,
         }
     }
 
@@ -516,7 +518,10 @@ impl NativeRuntime {
                 spec.clone(),
                 proc,
                 rec,
-                status_tx,
+                StatusTx {
+                    tx: status_tx,
+                    events: self.events.clone(),
+                },
                 cmd_rx,
             )
             .instrument(span),
@@ -801,13 +806,41 @@ pub fn backoff_delay(initial: Duration, max: Duration, n: u32) -> Duration {
     base.mul_f64(1.0 + 0.25 * jitter_unit()).min(max)
 }
 
+/// A supervisor's status channel: every change of state, pid or restart count is also announced
+/// on the runtime's event channel.
+struct StatusTx {
+    tx: watch::Sender<WorkloadStatus>,
+    events: broadcast::Sender<WorkloadEvent>,
+}
+
+impl StatusTx {
+    fn send_modify(&self, f: impl FnOnce(&mut WorkloadStatus)) {
+        let mut announce = None;
+        self.tx.send_modify(|s| {
+            let before = (s.state, s.pid, s.restarts);
+            f(s);
+            if before != (s.state, s.pid, s.restarts) {
+                announce = Some(WorkloadEvent {
+                    owner: s.owner.clone(),
+                    runtime: RuntimeKind::Native,
+                    state: s.state,
+                });
+            }
+        });
+        if let Some(e) = announce {
+            // No subscriber is not an error.
+            let _ = self.events.send(e);
+        }
+    }
+}
+
 async fn supervise(
     cfg: NativeConfig,
     store: Arc<dyn NativeStore>,
     spec: WorkloadSpec,
     mut proc: Proc,
     mut rec: NativeRecord,
-    status: watch::Sender<WorkloadStatus>,
+    status: StatusTx,
     mut cmds: mpsc::Receiver<Cmd>,
 ) {
     let key = spec.owner.key();
@@ -1046,6 +1079,10 @@ impl Runtime for NativeRuntime {
             file_log_stream(path, opts)
         }
         .boxed()
+    }
+
+    fn events(&self) -> EventStream {
+        super::broadcast_stream(&self.events)
     }
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<WorkloadStatus>, RuntimeError>> {

@@ -202,3 +202,24 @@ pub fn model_doc(name: &str, source: &str) -> String {
 }
 
 pub mod daemon;
+
+/// The next event of `owner` on a runtime's event stream that satisfies `want`, skipping others;
+/// panics with what was seen when none comes within `timeout`.
+pub async fn next_event(
+    events: &mut localaistack::runtime::EventStream,
+    owner: &localaistack::runtime::OwnerKey,
+    timeout: Duration,
+    want: impl Fn(localaistack::runtime::WorkloadState) -> bool,
+) -> localaistack::runtime::WorkloadEvent {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(e)) if e.owner == *owner && want(e.state) => return e,
+            Ok(Some(e)) => seen.push(e),
+            Ok(None) => panic!("the event stream ended; saw {seen:?}"),
+            Err(_) => panic!("no matching event of {owner} in {timeout:?}; saw {seen:?}"),
+        }
+    }
+}

@@ -6,25 +6,34 @@
 //! 3. `model:` and `dependsOn` must be Ready at their current generation (else `Waiting...`);
 //! 4. admission by the active policy tier (a refusal stalls the Module; nothing of it runs);
 //! 5. durable intent: the finalizer (and for the engine, its port) is recorded before anything runs;
-//! 6. `ensure` on the runtime (create, adopt, or replace on a spec change), then status.
+//! 6. `ensure` on the runtime (create, adopt), then status.
+//!
+//! A spec change replaces the workload. Where the new one can run next to the old one (no host
+//! port in common, no GPU claimed), it starts in the other slot, the old one serving until the new
+//! one is Ready; status then switches (`status.slot`, routes follow) and the old one is stopped.
+//! The replacement is recorded in `status.rollout` before the new workload starts, so a crash at
+//! any point resumes it. Otherwise it is stop-then-start, said in the `Replacing` event.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::from_catalog::{ServedBlob, concrete};
 use super::queue::Key;
 use super::status::{cond, event, is_ready, update_status, write_status};
 use super::{Action, ReconcileError, Reconciler, SharedStore};
-use crate::api::module::{EngineSpec, Protocol, RuntimeKind};
+use crate::api::module::{EngineSpec, Protocol, ResolvedModule, RuntimeKind};
 use crate::api::{ConditionStatus, Kind, ModuleSpec, ObjectName, Spec};
 use crate::artifacts::catalog::Catalog;
 use crate::control::store::{EventType, StoreError, StoredObject};
 use crate::runtime::{
     Owner, OwnerKey, Port, Probe, ProbeAction, Runtime, RuntimeError, WorkloadSpec, WorkloadState,
+    WorkloadStatus,
 };
 
 /// The finalizer that keeps a Module until its workload is gone.
@@ -47,10 +56,10 @@ pub struct ModuleReconciler {
     /// The module catalog, for `from:` modules.
     pub catalog: Arc<Catalog>,
     pub grace: Duration,
-}
-
-fn owner_key(key: &Key) -> OwnerKey {
-    OwnerKey(format!("{}/{}", key.0, key.1))
+    /// Whether this machine has a GPU: an engine with GPU layers is then replaced stop-then-start.
+    pub gpus_present: bool,
+    /// (module, slot, spec hash) whose stale workloads `remove_stale` already removed.
+    pub cleaned: Mutex<HashSet<(String, u8, String)>>,
 }
 
 impl ModuleReconciler {
@@ -66,14 +75,13 @@ impl ModuleReconciler {
         }
     }
 
+    /// Removes the Module's workloads in every slot and runtime.
     async fn remove_everywhere(&self, key: &Key) -> Result<(), ReconcileError> {
-        let ok = owner_key(key);
-        self.native
-            .remove(&ok, self.grace)
-            .await
-            .map_err(runtime_err)?;
-        if let Some(d) = &self.docker {
-            d.remove(&ok, self.grace).await.map_err(runtime_err)?;
+        for slot in SLOTS {
+            let ok = OwnerKey::of(key.0, &key.1, slot);
+            for rt in std::iter::once(&self.native).chain(self.docker.iter()) {
+                rt.remove(&ok, self.grace).await.map_err(runtime_err)?;
+            }
         }
         Ok(())
     }
@@ -130,17 +138,10 @@ impl ModuleReconciler {
         }
         // `from:` modules: the catalog's manifest made concrete (a container or the engine).
         let (spec, resolved) = if spec.from.is_some() {
-            let blob = spec.model.as_ref().and_then(|m| {
-                all.iter()
-                    .find(|o| o.kind == Kind::Model && o.name == *m)
-                    .and_then(|o| {
-                        o.status
-                            .get("path")
-                            .and_then(|p| p.as_str())
-                            .map(PathBuf::from)
-                    })
-                    .map(|p| (m.to_string(), p))
-            });
+            let blob = spec
+                .model
+                .as_ref()
+                .and_then(|m| model_path(&all, m).map(|p| (m.to_string(), p)));
             let served = blob.as_ref().map(|(n, p)| ServedBlob { name: n, path: p });
             match concrete(&spec, &self.catalog, served) {
                 Ok((s, r)) => (s, Some(r)),
@@ -149,60 +150,30 @@ impl ModuleReconciler {
         } else {
             (spec, None)
         };
-        let owner = Owner::new(obj.kind, obj.name.clone(), obj.uid.clone());
-        let workload = match (&spec.engine, &spec.container, &spec.native) {
-            (Some(engine), _, _) => {
-                let model = spec
-                    .model
-                    .as_ref()
-                    .expect("validated: engine modules name a model");
-                let model_path = all
-                    .iter()
-                    .find(|o| o.kind == Kind::Model && o.name == *model)
-                    .and_then(|m| {
-                        m.status
-                            .get("path")
-                            .and_then(|p| p.as_str())
-                            .map(PathBuf::from)
-                    })
-                    .ok_or_else(|| {
-                        ReconcileError::retry(
-                            "WaitingForModel",
-                            format!("model {model} has no stored path yet"),
-                        )
-                    })?;
-                let port = match engine.port {
-                    0 => match recorded_port(&obj) {
-                        Some(p) => p,
-                        None => {
-                            // Record the chosen port first, so a restart after a crash yields the same
-                            // spec (adoption, not replacement).
-                            let p = free_port()
-                                .map_err(|e| ReconcileError::retry("NoFreePort", e.to_string()))?;
-                            update_status(
-                                &self.store,
-                                &obj,
-                                json!({"endpoint": format!("http://127.0.0.1:{p}")}),
-                                vec![],
-                            )
-                            .await?;
-                            return Ok(Action::Requeue(Duration::ZERO));
-                        }
-                    },
-                    p => p,
-                };
-                engine_workload(
-                    owner,
-                    &self.engine_exe,
-                    (model.as_str(), &model_path),
-                    engine,
-                    port,
-                    &spec,
-                )
-            }
-            _ => WorkloadSpec::from_module(owner, &spec)
-                .map_err(|e| ReconcileError::stalled("InvalidWorkload", e.to_string()))?,
+        // The slot that runs the Module and a replacement in progress, both recorded in status.
+        let active = slot_of(&obj);
+        let port = match &spec.engine {
+            Some(e) if e.port == 0 => match recorded_port(&obj) {
+                Some(p) => Some(p),
+                None => {
+                    // Record the chosen port first, so a restart after a crash yields the same
+                    // spec (adoption, not replacement).
+                    let p = free_port()
+                        .map_err(|e| ReconcileError::retry("NoFreePort", e.to_string()))?;
+                    update_status(
+                        &self.store,
+                        &obj,
+                        json!({"endpoint": format!("http://127.0.0.1:{p}")}),
+                        vec![],
+                    )
+                    .await?;
+                    return Ok(Action::Requeue(Duration::ZERO));
+                }
+            },
+            Some(e) => Some(e.port),
+            None => None,
         };
+        let workload = self.workload(&obj, &spec, &all, active, port)?;
         let kind = workload.kind();
         let rt = self.runtime_for(kind)?;
         // Drift: what ran before is gone or stopped behind our back.
@@ -210,8 +181,7 @@ impl ModuleReconciler {
             .inspect(&workload.owner.key())
             .await
             .map_err(runtime_err)?;
-        let previously_ready = is_ready(&obj);
-        if previously_ready {
+        if is_ready(&obj) {
             let drift = match &before {
                 None => Some("the workload is gone".to_string()),
                 Some(st)
@@ -232,40 +202,298 @@ impl ModuleReconciler {
                     .await;
             }
         }
+        if let Some(r) = rollout_of(&obj) {
+            return self
+                .roll(&obj, &spec, &all, r, port, before, resolved)
+                .await;
+        }
         let replacing = before
             .as_ref()
             .is_some_and(|b| b.spec_hash != workload.spec_hash());
         if replacing {
+            // Zero downtime where both can run side by side: start the new one in the other slot.
+            if before.as_ref().is_some_and(|b| b.state.is_ready()) {
+                let r = Rollout {
+                    slot: 1 - active,
+                    port: match &spec.engine {
+                        Some(e) if e.port == 0 => Some(
+                            free_port()
+                                .map_err(|e| ReconcileError::retry("NoFreePort", e.to_string()))?,
+                        ),
+                        _ => port,
+                    },
+                };
+                let next = self.workload(&obj, &spec, &all, r.slot, r.port)?;
+                if side_by_side(self.gpus_present, &obj, &spec, &next) {
+                    let o = obj.clone();
+                    let fields = json!({
+                        "rollout": r,
+                        "observedGeneration": obj.observed_generation(),
+                    });
+                    self.store
+                        .with(move |s| {
+                            event(
+                                s,
+                                &o,
+                                EventType::Normal,
+                                "Replacing",
+                                "the spec changed: starting the new workload next to the old one, \
+                                 which serves until the new one is Ready",
+                            );
+                            write_status(
+                                s,
+                                &o,
+                                &fields,
+                                vec![cond(
+                                    "Reconciling",
+                                    ConditionStatus::True,
+                                    "Replacing",
+                                    "starting the new workload next to the old one",
+                                )],
+                            )
+                        })
+                        .await?;
+                    return Ok(Action::Requeue(Duration::ZERO));
+                }
+            }
             let o = obj.clone();
             self.store
                 .with(move |s| {
-                    event(s, &o, EventType::Normal, "Replacing", "the spec changed: stopping the old workload, then starting the new one (stop-then-start)")
+                    event(
+                        s,
+                        &o,
+                        EventType::Normal,
+                        "Replacing",
+                        "the spec changed: stopping the old workload, then starting the new one \
+                         (stop-then-start: they need the same ports or GPUs, or the old one is not Ready)",
+                    )
                 })
                 .await;
         }
+        self.remove_stale(&obj, &workload).await?;
         let st = rt.ensure(&workload).await.map_err(runtime_err)?;
-        let started = before
+        self.report(&obj, &workload, st, before.as_ref(), resolved, replacing)
+            .await
+    }
+
+    /// The workload of `slot`; `port` is the engine's (chosen by the caller when the spec says 0).
+    fn workload(
+        &self,
+        obj: &StoredObject,
+        spec: &ModuleSpec,
+        all: &[StoredObject],
+        slot: u8,
+        port: Option<u16>,
+    ) -> Result<WorkloadSpec, ReconcileError> {
+        let owner = Owner::new(obj.kind, obj.name.clone(), obj.uid.clone()).in_slot(slot);
+        let Some(engine) = &spec.engine else {
+            return WorkloadSpec::from_module(owner, spec)
+                .map_err(|e| ReconcileError::stalled("InvalidWorkload", e.to_string()));
+        };
+        let model = spec
+            .model
             .as_ref()
-            .is_none_or(|b| b.pid != st.pid || b.container_id != st.container_id);
+            .expect("validated: engine modules name a model");
+        let model_path = model_path(all, model).ok_or_else(|| {
+            ReconcileError::retry(
+                "WaitingForModel",
+                format!("model {model} has no stored path yet"),
+            )
+        })?;
+        Ok(engine_workload(
+            owner,
+            &self.engine_exe,
+            (model.as_str(), &model_path),
+            engine,
+            port.unwrap_or(engine.port),
+            spec,
+        ))
+    }
+
+    /// One step of a zero-downtime replacement: the new workload (in `r.slot`) starts next to the
+    /// old one; once it is Ready, status switches to it (routes follow) and the old one goes.
+    #[allow(clippy::too_many_arguments)]
+    async fn roll(
+        &self,
+        obj: &StoredObject,
+        spec: &ModuleSpec,
+        all: &[StoredObject],
+        r: Rollout,
+        port: Option<u16>,
+        old: Option<WorkloadStatus>,
+        resolved: Option<ResolvedModule>,
+    ) -> Result<Action, ReconcileError> {
+        let port = match &spec.engine {
+            Some(e) if e.port == 0 => r.port.or(port),
+            _ => port,
+        };
+        let next = self.workload(obj, spec, all, r.slot, port)?;
+        if !side_by_side(self.gpus_present, obj, spec, &next) {
+            // The spec changed again mid-way into something that cannot run side by side.
+            self.remove_slot(obj, r.slot).await?;
+            update_status(&self.store, obj, json!({"rollout": null}), vec![]).await?;
+            return Ok(Action::Requeue(Duration::ZERO));
+        }
+        let rt = self.runtime_for(next.kind())?;
+        let st = rt.ensure(&next).await.map_err(runtime_err)?;
+        if st.state.is_ready() {
+            // Switch first (durably: routes follow status), then stop the old one. A crash in
+            // between leaves the old slot to `remove_stale`.
+            let action = self.report(obj, &next, st, None, resolved, true).await?;
+            // Requests already routed to the old workload finish before it stops.
+            tokio::time::sleep(DRAIN).await;
+            self.remove_slot(obj, slot_of(obj)).await?;
+            let o = obj.clone();
+            self.store
+                .with(move |s| {
+                    event(
+                        s,
+                        &o,
+                        EventType::Normal,
+                        "Replaced",
+                        "the new workload is Ready and serves; the old one is stopped",
+                    )
+                })
+                .await;
+            return Ok(action);
+        }
+        let serving = old.as_ref().is_some_and(|b| b.state.is_ready());
+        let what = st
+            .pid
+            .map(|p| format!("pid {p}"))
+            .or(st
+                .container_id
+                .as_ref()
+                .map(|c| format!("container {}", short(c))))
+            .unwrap_or_default();
+        let detail = st.message.clone().unwrap_or_default();
+        let msg = format!(
+            "the new workload ({what}) is {}{}{}",
+            st.state,
+            if detail.is_empty() { "" } else { ": " },
+            detail
+        );
+        let failing = matches!(st.state, WorkloadState::CrashLoop | WorkloadState::Exited);
+        let mut conds = vec![
+            cond(
+                "Reconciling",
+                ConditionStatus::True,
+                "Replacing",
+                format!("{msg}; the old one serves until it is Ready"),
+            ),
+            if failing {
+                cond(
+                    "Degraded",
+                    ConditionStatus::True,
+                    "ReplacementFailing",
+                    msg.clone(),
+                )
+            } else {
+                cond("Degraded", ConditionStatus::False, "AsExpected", "")
+            },
+        ];
+        if !serving {
+            conds.push(cond(
+                "Ready",
+                ConditionStatus::False,
+                "Replacing",
+                format!("the old workload is not serving; {msg}"),
+            ));
+        }
+        update_status(
+            &self.store,
+            obj,
+            json!({"observedGeneration": obj.observed_generation(), "rollout": r}),
+            conds,
+        )
+        .await?;
+        Ok(Action::Requeue(Duration::from_millis(500)))
+    }
+
+    /// Removes what runs for this Module under any other (runtime, slot) than `keep`'s: left by a
+    /// crash in the middle of a replacement, or by a change of runtime (stop-then-start). Runs
+    /// once per spec hash and daemon life, so a converged Module costs no extra calls.
+    async fn remove_stale(
+        &self,
+        obj: &StoredObject,
+        keep: &WorkloadSpec,
+    ) -> Result<(), ReconcileError> {
+        let mark = (obj.name.to_string(), keep.owner.slot, keep.spec_hash());
+        if self
+            .cleaned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&mark)
+        {
+            return Ok(());
+        }
+        let keep_key = keep.owner.key();
+        for rt in std::iter::once(&self.native).chain(self.docker.iter()) {
+            for slot in SLOTS {
+                let key = OwnerKey::of(obj.kind, obj.name.as_str(), slot);
+                if rt.kind() == keep.kind() && key == keep_key {
+                    continue;
+                }
+                if rt.inspect(&key).await.map_err(runtime_err)?.is_some() {
+                    tracing::info!(owner = %key, "removing a stale workload of this module");
+                    rt.remove(&key, self.grace).await.map_err(runtime_err)?;
+                }
+            }
+        }
+        self.cleaned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(mark);
+        Ok(())
+    }
+
+    /// Removes the workload of one slot from every runtime.
+    async fn remove_slot(&self, obj: &StoredObject, slot: u8) -> Result<(), ReconcileError> {
+        let key = OwnerKey::of(obj.kind, obj.name.as_str(), slot);
+        for rt in std::iter::once(&self.native).chain(self.docker.iter()) {
+            rt.remove(&key, self.grace).await.map_err(runtime_err)?;
+        }
+        Ok(())
+    }
+
+    /// Writes what runs (`st`, the workload `w`) into status, with the events a user should see.
+    async fn report(
+        &self,
+        obj: &StoredObject,
+        w: &WorkloadSpec,
+        st: WorkloadStatus,
+        before: Option<&WorkloadStatus>,
+        resolved: Option<ResolvedModule>,
+        replacing: bool,
+    ) -> Result<Action, ReconcileError> {
+        let kind = w.kind();
+        let started = before.is_none_or(|b| b.pid != st.pid || b.container_id != st.container_id);
         let seen_restarts = obj
             .status
             .get("restarts")
             .and_then(|r| r.as_u64())
             .unwrap_or(0);
         let restarted = u64::from(st.restarts) > seen_restarts && !replacing;
-        let endpoint = st.endpoint.clone().or_else(|| workload.endpoint());
+        let endpoint = st.endpoint.clone().or_else(|| w.endpoint());
         let ready = st.state.is_ready();
+        let host_ports: Vec<u16> = w.ports.iter().map(|p| p.host_port).collect();
         let fields = json!({
             "runtime": kind,
             "containerId": st.container_id,
             "pid": st.pid,
             "endpoint": endpoint,
+            "hostPorts": host_ports,
             "restarts": st.restarts,
             "lastExitCode": st.last_exit_code,
             "resolved": resolved,
+            "slot": w.owner.slot,
+            "rollout": null,
+            // What this workload serves (routes use it: during a replacement the spec may already
+            // name another model than the one still serving).
+            "model": obj.spec.get("model"),
         });
         let message = st.message.clone().unwrap_or_else(|| st.state.to_string());
-        let mut conds = vec![
+        let conds = vec![
             if ready {
                 cond(
                     "Ready",
@@ -296,17 +524,12 @@ impl ModuleReconciler {
                 "",
             ),
             cond("Stalled", ConditionStatus::False, "Progressing", ""),
+            if st.state == WorkloadState::CrashLoop {
+                cond("Degraded", ConditionStatus::True, "CrashLoop", message)
+            } else {
+                cond("Degraded", ConditionStatus::False, "AsExpected", "")
+            },
         ];
-        conds.push(if st.state == WorkloadState::CrashLoop {
-            cond(
-                "Degraded",
-                ConditionStatus::True,
-                "CrashLoop",
-                message.clone(),
-            )
-        } else {
-            cond("Degraded", ConditionStatus::False, "AsExpected", "")
-        });
         let o = obj.clone();
         self.store
             .with(move |s| {
@@ -327,8 +550,8 @@ impl ModuleReconciler {
                         .map(|p| format!("pid {p}"))
                         .or(st
                             .container_id
-                            .clone()
-                            .map(|c| format!("container {}", &c[..12.min(c.len())])))
+                            .as_ref()
+                            .map(|c| format!("container {}", short(c))))
                         .unwrap_or_default();
                     event(
                         s,
@@ -344,12 +567,91 @@ impl ModuleReconciler {
                 write_status(s, &o, &fields, conds)
             })
             .await?;
+        // Ready: runtime events and the resync bring the next look; starting: poll for health.
         Ok(if ready {
-            Action::Requeue(Duration::from_secs(15))
+            Action::Requeue(READY_RECHECK)
         } else {
             Action::Requeue(Duration::from_millis(500))
         })
     }
+}
+
+/// How often a Ready Module is looked at without a trigger (runtime events and the scheduler's
+/// resync cover changes; this is a backstop).
+const READY_RECHECK: Duration = Duration::from_secs(60);
+
+/// How long the old workload of a zero-downtime replacement keeps running after routes switched
+/// to the new one (the API's route table follows the store within milliseconds; this is margin
+/// for requests already on their way).
+const DRAIN: Duration = Duration::from_secs(1);
+
+/// The slots a Module's workload can run in (see [`Owner::slot`]).
+const SLOTS: [u8; 2] = [0, 1];
+
+/// A zero-downtime replacement in progress, recorded in `status.rollout` before the new workload
+/// starts: its slot and, for engines on a chosen port, that port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Rollout {
+    slot: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    port: Option<u16>,
+}
+
+fn rollout_of(obj: &StoredObject) -> Option<Rollout> {
+    serde_json::from_value(obj.status.get("rollout")?.clone()).ok()
+}
+
+/// The slot whose workload serves this Module (`status.slot`, 0 when never recorded).
+pub fn slot_of(obj: &StoredObject) -> u8 {
+    obj.status
+        .get("slot")
+        .and_then(|s| s.as_u64())
+        .map_or(0, |s| (s == 1) as u8)
+}
+
+/// The owner key of the workload that serves this Module now.
+pub fn serving_key(obj: &StoredObject) -> OwnerKey {
+    OwnerKey::of(obj.kind, obj.name.as_str(), slot_of(obj))
+}
+
+/// Whether `next` can run next to the workload that serves now: no host port in common, and no
+/// GPU claimed (two copies of a model rarely fit in VRAM).
+fn side_by_side(
+    gpus_present: bool,
+    obj: &StoredObject,
+    spec: &ModuleSpec,
+    next: &WorkloadSpec,
+) -> bool {
+    let gpu = next.limits.gpus.is_some()
+        || (gpus_present && spec.engine.as_ref().is_some_and(|e| e.gpu_layers != 0));
+    let old = serving_ports(obj);
+    !gpu && next.ports.iter().all(|p| !old.contains(&p.host_port))
+}
+
+/// Host ports of the workload that serves now (`status.hostPorts`, else the endpoint's port).
+fn serving_ports(obj: &StoredObject) -> Vec<u16> {
+    match obj.status.get("hostPorts").and_then(|p| p.as_array()) {
+        Some(ports) => ports
+            .iter()
+            .filter_map(|p| p.as_u64().and_then(|p| u16::try_from(p).ok()))
+            .collect(),
+        None => recorded_port(obj).into_iter().collect(),
+    }
+}
+
+fn model_path(all: &[StoredObject], model: &ObjectName) -> Option<PathBuf> {
+    all.iter()
+        .find(|o| o.kind == Kind::Model && o.name == *model)
+        .and_then(|o| {
+            o.status
+                .get("path")
+                .and_then(|p| p.as_str())
+                .map(PathBuf::from)
+        })
+}
+
+fn short(id: &str) -> &str {
+    &id[..12.min(id.len())]
 }
 
 fn runtime_err(e: RuntimeError) -> ReconcileError {
@@ -555,5 +857,93 @@ impl Reconciler for ModuleReconciler {
             })
             .map(|o| (o.kind, o.name.to_string()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::module::{GpuRequest, NativeSpec};
+
+    fn module(status: serde_json::Value) -> StoredObject {
+        StoredObject {
+            kind: Kind::Module,
+            name: ObjectName::new("web").unwrap(),
+            uid: "u".into(),
+            generation: 2,
+            resource_version: 7,
+            created_at: String::new(),
+            deleted_at: None,
+            finalizers: vec![],
+            labels: Default::default(),
+            annotations: Default::default(),
+            spec: json!({}),
+            status,
+        }
+    }
+
+    fn native_on(port: Option<u16>) -> (ModuleSpec, WorkloadSpec) {
+        let spec = ModuleSpec {
+            native: Some(NativeSpec {
+                command: vec!["/bin/true".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut w = WorkloadSpec::from_module(
+            Owner::new(Kind::Module, ObjectName::new("web").unwrap(), "u").in_slot(1),
+            &spec,
+        )
+        .unwrap();
+        w.ports = port
+            .map(|p| Port {
+                container_port: p,
+                host_port: p,
+                protocol: Protocol::Tcp,
+            })
+            .into_iter()
+            .collect();
+        (spec, w)
+    }
+
+    #[test]
+    fn side_by_side_only_without_shared_ports_or_gpus() {
+        let serving = module(json!({"hostPorts": [8000], "slot": 0}));
+        let (spec, other_port) = native_on(Some(8001));
+        assert!(side_by_side(false, &serving, &spec, &other_port));
+        let (spec, same_port) = native_on(Some(8000));
+        assert!(!side_by_side(false, &serving, &spec, &same_port));
+        let (spec, no_port) = native_on(None);
+        assert!(side_by_side(true, &serving, &spec, &no_port));
+        let mut gpu = no_port.clone();
+        gpu.limits.gpus = Some(GpuRequest::All);
+        assert!(!side_by_side(false, &serving, &spec, &gpu));
+        // Without hostPorts (older status), the endpoint's port counts.
+        let old = module(json!({"endpoint": "http://127.0.0.1:8000"}));
+        assert!(!side_by_side(false, &old, &spec, &same_port));
+        // An engine with GPU layers on a GPU machine is replaced stop-then-start.
+        let engine = ModuleSpec {
+            engine: Some(serde_json::from_value(json!({"type": "llama"})).unwrap()),
+            ..Default::default()
+        };
+        assert!(side_by_side(false, &serving, &engine, &other_port));
+        assert!(!side_by_side(true, &serving, &engine, &other_port));
+    }
+
+    #[test]
+    fn slot_and_rollout_are_read_from_status() {
+        assert_eq!(slot_of(&module(json!({}))), 0);
+        assert_eq!(slot_of(&module(json!({"slot": 1}))), 1);
+        assert_eq!(
+            serving_key(&module(json!({"slot": 1}))).as_str(),
+            "Module/web@1"
+        );
+        assert_eq!(rollout_of(&module(json!({}))), None);
+        let r = Rollout {
+            slot: 1,
+            port: Some(4242),
+        };
+        let o = module(json!({ "rollout": r }));
+        assert_eq!(rollout_of(&o), Some(r));
     }
 }

@@ -22,7 +22,8 @@ pub fn cond(
     }
 }
 
-/// Merges `fields` into the object's status, sets `conditions`, stamps observedGeneration, and writes
+/// Merges `fields` into the object's status (a null removes the field), sets `conditions`, stamps
+/// observedGeneration (unless `fields` sets it), and writes
 /// it compare-and-swap on the object's resourceVersion. Returns false on a conflict (the object
 /// changed meanwhile: the caller is triggered again anyway). Writes nothing when nothing changed.
 pub fn write_status(
@@ -56,7 +57,13 @@ pub fn write_status(
         "conditions".into(),
         serde_json::to_value(&conds).expect("json"),
     );
-    map.insert("observedGeneration".into(), json!(obj.generation));
+    // A replacement in progress keeps the generation it last converged (passed in `fields`).
+    if !fields
+        .as_object()
+        .is_some_and(|f| f.contains_key("observedGeneration"))
+    {
+        map.insert("observedGeneration".into(), json!(obj.generation));
+    }
     if status == obj.status {
         return Ok(true);
     }

@@ -22,7 +22,7 @@ use super::CliError;
 use crate::api::Kind;
 use crate::artifacts::models::ModelStore;
 use crate::control::controllers::model::ModelReconciler;
-use crate::control::controllers::module::ModuleReconciler;
+use crate::control::controllers::module::{ModuleReconciler, serving_key};
 use crate::control::controllers::{
     self, MetricsSink, Reconciler, SchedulerConfig, SharedStore, Trigger,
 };
@@ -126,9 +126,16 @@ impl DaemonInfo for Info {
     }
 
     fn logs(&self, name: &str, opts: LogOptions) -> BoxFuture<'_, Result<ByteStream, LogsError>> {
-        let owner = OwnerKey(format!("Module/{name}"));
         let name = name.to_string();
         Box::pin(async move {
+            // The workload that serves now (a replacement runs in the other slot until Ready).
+            let n = name.clone();
+            let owner = self
+                .store
+                .with(move |s| s.get(Kind::Module, &n).ok())
+                .await
+                .map(|o| serving_key(&o))
+                .unwrap_or_else(|| OwnerKey::of(Kind::Module, &name, 0));
             let o = crate::runtime::LogOptions {
                 tail: opts.tail,
                 follow: opts.follow,
@@ -252,6 +259,8 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
             ),
             engine_exe: exe,
             grace: Duration::from_secs(10),
+            gpus_present: !profile.gpus.is_empty(),
+            cleaned: Default::default(),
         }),
     ];
 
@@ -267,6 +276,26 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
         c2.send_modify(|v| *v += 1);
     })
     .map_err(err)?;
+
+    // Runtime events (a process exits, a container is removed behind our back, a probe flips)
+    // reconcile the owning Module at once.
+    let forwarders: Vec<tokio::task::JoinHandle<()>> = std::iter::once(&native)
+        .chain(docker.iter())
+        .map(|rt| {
+            let (mut events, t) = (rt.events(), tx.clone());
+            tokio::spawn(async move {
+                while let Some(e) = events.next().await {
+                    if let Some((Kind::Module, name)) = e.owner.object()
+                        && t.send(Trigger::Object((Kind::Module, name.to_string())))
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
 
     let info = Arc::new(Info {
         profile,
@@ -362,6 +391,10 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
         let _ = t.await;
     }
     drop(store_watch);
+    for f in forwarders {
+        f.abort();
+        let _ = f.await;
+    }
     drop(tx);
     let _ = scheduler.await;
     let _ = http.await;

@@ -42,17 +42,24 @@ pub(crate) struct RouteCache {
     inner: Mutex<Option<(u64, Instant, std::sync::Arc<Routes>)>>,
 }
 
-/// The routes the objects imply: every Ready Module with `spec.model` and `status.endpoint`, under
-/// the Model's name and under its own name. A Model served by two Modules goes to the first by name.
+/// The routes the objects imply: every Module whose workload is Ready and has `status.endpoint`,
+/// under the Model it serves (`status.model`, else `spec.model`) and under its own name. A Model
+/// served by two Modules goes to the first by name.
+///
+/// Readiness is the workload's, not the generation's: while a changed Module is replaced without
+/// downtime, its old workload stays Ready and keeps the route until the new one takes over.
 pub fn routes_from(objects: &[StoredObject]) -> Routes {
     let mut r = Routes::default();
     for o in objects {
         if o.kind != Kind::Module || o.deleted_at.is_some() {
             continue;
         }
-        let ready = matches!(o.condition("Ready"), Some((ConditionStatus::True, _, _)))
-            && o.observed_generation() == Some(o.generation);
-        let model = o.spec.get("model").and_then(Value::as_str);
+        let ready = matches!(o.condition("Ready"), Some((ConditionStatus::True, _, _)));
+        let model = o
+            .status
+            .get("model")
+            .or_else(|| o.spec.get("model"))
+            .and_then(Value::as_str);
         let endpoint = o.status.get("endpoint").and_then(Value::as_str);
         if let (true, Some(model), Some(endpoint)) = (ready, model, endpoint) {
             let ep = endpoint.trim_end_matches('/').to_string();

@@ -173,9 +173,10 @@ pub fn document() -> Value {
                     "404": status_ref("no such object or kind"),
                 })),
                 "put": put,
-                "delete": op("Record the deletion of an object (finalizers clean up what runs)", json!([kind.clone(), name.clone()]), json!({
+                "delete": op("Record the deletion of an object (finalizers clean up what runs)", json!([kind.clone(), name.clone(), query_param("resourceVersion", "integer", "precondition: delete only if the object still has this resourceVersion")]), json!({
                     "200": json_ok("deleted", json!({"$ref": "#/components/schemas/Outcome"})),
                     "404": status_ref("no such object"),
+                    "409": status_ref("the object's resourceVersion is not the one given"),
                 })),
             },
             "/api/v1/{kind}/{name}/logs": {"get": op(

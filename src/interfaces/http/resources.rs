@@ -390,13 +390,22 @@ pub(super) async fn put_one(
     apply_decoded(&ctx, docs, &q).await
 }
 
+#[derive(Debug, Deserialize, Default)]
+pub(crate) struct DeleteQuery {
+    /// Precondition: delete only if the object still has this resourceVersion (else 409).
+    #[serde(rename = "resourceVersion")]
+    resource_version: Option<u64>,
+}
+
+/// `DELETE /api/v1/{kind}/{name}[?resourceVersion=N]`.
 pub(super) async fn delete_one(
     State(ctx): State<ApiContext>,
     Path((kind, name)): Path<(String, String)>,
+    Query(q): Query<DeleteQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let kind = parse_kind(&kind)?;
     let outcome = ctx
-        .with_store(move |s| s.delete(&[(kind, name)], "api delete"))
+        .with_store(move |s| s.delete_checked(&[(kind, name, q.resource_version)], "api delete"))
         .await?;
     Ok(Json(json!(outcome)))
 }
