@@ -1,6 +1,7 @@
 //! Daemon figures (prints numbers; not a test). Targets on the 2-core reference machine: file save →
 //! first reconcile action p50 < 100 ms; idle CPU with 100 converged objects < 1% of a core.
-//! Also: the daemon's memory, and converging 50 native Modules.
+//! Also: the daemon's memory, converging 50 native Modules, a killed workload reaching status
+//! (runtime events), and replacing a serving engine side by side (failed requests meanwhile).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -214,6 +215,117 @@ fn main() {
     println!(
         "daemon: converge 50 native Modules (cold start) {:>6.0} ms",
         t.elapsed().as_secs_f64() * 1e3
+    );
+
+    // 4. A workload killed behind the daemon's back → its status says so (runtime event →
+    //    reconcile → status write; no resync or recheck involved).
+    let mut lat = Vec::new();
+    for i in 0..10 {
+        let name = format!("n{i}");
+        let pid: i64 = c
+            .query_row(
+                "SELECT json_extract(status, '$.pid') FROM objects WHERE kind='Module' AND name=?1",
+                [&name],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let t = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        loop {
+            let seen: bool = c
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM objects o, json_each(json_extract(o.status, '$.conditions')) c
+                       WHERE o.kind='Module' AND o.name=?1 AND json_extract(c.value, '$.type') = 'Ready'
+                       AND json_extract(c.value, '$.status') = 'False')",
+                    [&name],
+                    |r| r.get(0),
+                )
+                .unwrap_or(false);
+            if seen {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "kill of {name} not seen"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    println!(
+        "daemon: workload kill -9 -> status Ready=False  p50 {:>6.1} ms  p90 {:>6.1} ms",
+        lat[lat.len() / 2].as_secs_f64() * 1e3,
+        lat[lat.len() * 9 / 10].as_secs_f64() * 1e3
+    );
+    drop(d);
+
+    // 5. Replacing a serving engine (port 0: side by side): spec change → routes switched, and
+    //    how many of the requests sent meanwhile through /v1 failed.
+    let home = tempfile::tempdir().unwrap();
+    let dir = work.path().join("engine");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.yaml"), model("tiny", &gguf)).unwrap();
+    let engine = |parallel: u32| {
+        format!(
+            "apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata: {{name: chat}}\nspec:\n  model: tiny\n  engine: {{type: llama, contextSize: 256, parallel: {parallel}}}\n"
+        )
+    };
+    std::fs::write(dir.join("chat.yaml"), engine(1)).unwrap();
+    let port = free_port();
+    let d = start(home.path(), &dir, port);
+    let c = db(home.path());
+    while ready_count(&c, "Module") < 1 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let asker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let out = Command::new("curl")
+                    .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "30"])
+                    .args(["-H", "Content-Type: application/json", "-d"])
+                    .arg(r#"{"model":"tiny","messages":[{"role":"user","content":"Hi"}],"max_tokens":4}"#)
+                    .arg(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+                    .output()
+                    .unwrap();
+                if out.stdout == b"200" {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    std::fs::write(dir.join("chat.yaml"), engine(2)).unwrap();
+    loop {
+        let switched: bool = c
+            .query_row(
+                "SELECT json_extract(status, '$.slot') = 1 FROM objects WHERE kind='Module' AND name='chat'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(false);
+        if switched {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "no switch");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let switch = t.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = asker.join().unwrap();
+    println!(
+        "daemon: engine replaced side by side            switch {:>6.0} ms after the save; requests meanwhile: {ok} ok, {failed} failed",
+        switch.as_secs_f64() * 1e3
     );
     drop(d);
 }

@@ -239,28 +239,55 @@ fn kill_9_at_random_moments_never_duplicates_or_orphans() {
     }
     // Deterministic "random" moments (an LCG): the same schedule on every run.
     let mut x: u64 = 0x5eed;
-    for round in 0..8 {
-        let mut d = Daemon::start(&env, &[&dir], &[]);
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let ms = 100 + (x >> 33) % 1500;
-        std::thread::sleep(Duration::from_millis(ms));
-        d.kill9();
-        let _ = round;
-    }
-    let d = Daemon::start(&env, &[&dir], &[]);
+    let mut kill_at_random_moments = |rounds: usize| {
+        for _ in 0..rounds {
+            let mut d = Daemon::start(&env, &[&dir], &[]);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let ms = 100 + (x >> 33) % 1500;
+            std::thread::sleep(Duration::from_millis(ms));
+            d.kill9();
+        }
+    };
+    kill_at_random_moments(8);
+    let converge = || {
+        let d = Daemon::start(&env, &[&dir], &[]);
+        for i in 0..10 {
+            wait_ready(
+                &env,
+                &d,
+                "module",
+                &format!("m{i}"),
+                Duration::from_secs(90),
+            );
+        }
+        d
+    };
+    let d = converge();
+    drop(d);
+    // Then every module moves to another port (replaced side by side, in the other slot) while
+    // the daemon is killed again at random moments: still one process per module in the end.
     for i in 0..10 {
-        wait_ready(
-            &env,
-            &d,
-            "module",
-            &format!("m{i}"),
-            Duration::from_secs(90),
+        env.write(
+            &format!("ten/m{i}.yaml"),
+            &httpd_module(&format!("m{i}"), free_port(), &[]),
         );
     }
-    // Exactly one process per module, each the one the status names; nothing else of this home runs.
+    kill_at_random_moments(6);
+    let d = converge();
+    for i in 0..10 {
+        wait_until("the replacement to finish", Duration::from_secs(60), || {
+            get_json(&env, "module", &format!("m{i}"))
+                .is_some_and(|o| o["metadata"]["generation"] == 2 && is_ready(&o))
+        });
+    }
+    // Exactly one process per module, each the one the status names; nothing else of this home
+    // runs (the old slot's process goes after a short drain).
     let daemon_pid = d.guard.id();
+    wait_until("old slots to be drained", Duration::from_secs(30), || {
+        support::daemon::workload_pids_except(env.home_path(), Some(daemon_pid)).len() == 10
+    });
     let pids = support::daemon::workload_pids_except(env.home_path(), Some(daemon_pid));
     let mut owners = Vec::new();
     for i in 0..10 {

@@ -601,6 +601,8 @@ impl NativeRuntime {
         }
         self.store.delete(key)?;
         if forget {
+            // A process spawned just before a crash, whose record was never written, goes too.
+            sweep_orphans(&self.cfg, key).await;
             limits::remove_cgroup(&key.slug());
         }
         Ok(())

@@ -212,7 +212,7 @@ impl ModuleReconciler {
             .is_some_and(|b| b.spec_hash != workload.spec_hash());
         if replacing {
             // Zero downtime where both can run side by side: start the new one in the other slot.
-            if before.as_ref().is_some_and(|b| b.state.is_ready()) {
+            if before.as_ref().is_some_and(|b| b.state.is_running()) {
                 let r = Rollout {
                     slot: 1 - active,
                     port: match &spec.engine {
@@ -265,7 +265,7 @@ impl ModuleReconciler {
                         EventType::Normal,
                         "Replacing",
                         "the spec changed: stopping the old workload, then starting the new one \
-                         (stop-then-start: they need the same ports or GPUs, or the old one is not Ready)",
+                         (stop-then-start: they need the same ports or GPUs, or the old one is not running)",
                     )
                 })
                 .await;
