@@ -74,6 +74,23 @@ fn ready_count(c: &rusqlite::Connection, kind: &str) -> i64 {
     .unwrap_or(0)
 }
 
+/// Polls `sql` (a boolean about the object named `?1`) every millisecond until it holds; the time
+/// since `t`.
+fn wait_for(c: &rusqlite::Connection, sql: &str, name: &str, t: Instant) -> Duration {
+    loop {
+        if c.query_row(sql, [name], |r| r.get::<_, bool>(0))
+            .unwrap_or(false)
+        {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "{name}: never {sql}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn cpu_ticks(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let f: Vec<&str> = s
@@ -127,24 +144,12 @@ fn main() {
         let name = format!("m{i}");
         let t = Instant::now();
         std::fs::write(dir.join(format!("{name}.yaml")), model(&name, &gguf)).unwrap();
-        loop {
-            let acted: bool = c
-                .query_row(
-                    "SELECT status != '{}' FROM objects WHERE kind='Model' AND name=?1",
-                    [&name],
-                    |r| r.get(0),
-                )
-                .unwrap_or(false);
-            if acted {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "no reconcile of {name}"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        lat.push(t.elapsed());
+        lat.push(wait_for(
+            &c,
+            "SELECT status != '{}' FROM objects WHERE kind='Model' AND name=?1",
+            &name,
+            t,
+        ));
         std::thread::sleep(Duration::from_millis(300));
     }
     lat.sort();
@@ -233,26 +238,14 @@ fn main() {
         let _ = Command::new("kill")
             .args(["-KILL", &pid.to_string()])
             .status();
-        loop {
-            let seen: bool = c
-                .query_row(
-                    "SELECT EXISTS (SELECT 1 FROM objects o, json_each(json_extract(o.status, '$.conditions')) c
-                       WHERE o.kind='Module' AND o.name=?1 AND json_extract(c.value, '$.type') = 'Ready'
-                       AND json_extract(c.value, '$.status') = 'False')",
-                    [&name],
-                    |r| r.get(0),
-                )
-                .unwrap_or(false);
-            if seen {
-                break;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "kill of {name} not seen"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        lat.push(t.elapsed());
+        lat.push(wait_for(
+            &c,
+            "SELECT EXISTS (SELECT 1 FROM objects o, json_each(json_extract(o.status, '$.conditions')) c
+               WHERE o.kind='Module' AND o.name=?1 AND json_extract(c.value, '$.type') = 'Ready'
+               AND json_extract(c.value, '$.status') = 'False')",
+            &name,
+            t,
+        ));
     }
     lat.sort();
     println!(
@@ -305,21 +298,12 @@ fn main() {
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
     std::fs::write(dir.join("chat.yaml"), engine(2)).unwrap();
-    loop {
-        let switched: bool = c
-            .query_row(
-                "SELECT json_extract(status, '$.slot') = 1 FROM objects WHERE kind='Module' AND name='chat'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap_or(false);
-        if switched {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(120), "no switch");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let switch = t.elapsed();
+    let switch = wait_for(
+        &c,
+        "SELECT json_extract(status, '$.slot') = 1 FROM objects WHERE kind='Module' AND name=?1",
+        "chat",
+        t,
+    );
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let (ok, failed) = asker.join().unwrap();

@@ -358,14 +358,7 @@ impl ModuleReconciler {
             return Ok(action);
         }
         let serving = old.as_ref().is_some_and(|b| b.state.is_ready());
-        let what = st
-            .pid
-            .map(|p| format!("pid {p}"))
-            .or(st
-                .container_id
-                .as_ref()
-                .map(|c| format!("container {}", short(c))))
-            .unwrap_or_default();
+        let what = which(&st);
         let detail = st.message.clone().unwrap_or_default();
         let msg = format!(
             "the new workload ({what}) is {}{}{}",
@@ -545,14 +538,7 @@ impl ModuleReconciler {
                     event(s, &o, EventType::Warning, "Restarted", &msg);
                 }
                 if started {
-                    let what = st
-                        .pid
-                        .map(|p| format!("pid {p}"))
-                        .or(st
-                            .container_id
-                            .as_ref()
-                            .map(|c| format!("container {}", short(c))))
-                        .unwrap_or_default();
+                    let what = which(&st);
                     event(
                         s,
                         &o,
@@ -650,8 +636,13 @@ fn model_path(all: &[StoredObject], model: &ObjectName) -> Option<PathBuf> {
         })
 }
 
-fn short(id: &str) -> &str {
-    &id[..12.min(id.len())]
+/// `pid 123` or `container 0123456789ab`: which workload a message is about.
+fn which(st: &WorkloadStatus) -> String {
+    match (st.pid, &st.container_id) {
+        (_, Some(c)) => format!("container {}", &c[..12.min(c.len())]),
+        (Some(p), None) => format!("pid {p}"),
+        (None, None) => String::new(),
+    }
 }
 
 fn runtime_err(e: RuntimeError) -> ReconcileError {
