@@ -65,4 +65,8 @@ impl LasHome {
     pub fn run(&self) -> PathBuf {
         self.root.join("run")
     }
+    /// Installed native programs of catalog modules, `bin/<sha256>/<file>`.
+    pub fn bin(&self) -> PathBuf {
+        self.root.join("bin")
+    }
 }

@@ -600,3 +600,54 @@ fn a_from_module_is_resolved_from_the_catalog_and_served() {
         })
     });
 }
+
+#[test]
+fn a_from_module_with_a_native_program_is_installed_verified_and_run() {
+    use sha2::Digest;
+    let env = FreshEnv::new();
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static (make deps)");
+    let sha = hex::encode(sha2::Sha256::digest(&busybox));
+    let port = free_port();
+    let manifest = |name: &str, sha: &str| {
+        format!(
+            "apiVersion: localaistack.io/v1alpha1\nkind: ModuleManifest\nmetadata: {{name: {name}}}\nspec:\n  description: A tool.\n  versions:\n  - version: 1.0.0\n    native:\n      url: file:///bin/busybox\n      sha256: {sha}\n      command: [busybox, httpd, -f, -p, '127.0.0.1:{port}', -h, /etc]\n    interfaces: [{{name: http, port: {port}, protocol: http}}]\n    health: {{http: {{path: /hostname, port: {port}}}}}\n"
+        )
+    };
+    env.write("catalog/tool.yaml", &manifest("tool", &sha));
+    env.write("catalog/bad.yaml", &manifest("badtool", &"0".repeat(64)));
+    env.write(
+        "s/tool.yaml",
+        "apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata: {name: tool}\nspec: {from: tool, version: '^1'}\n",
+    );
+    env.write(
+        "s/bad.yaml",
+        "apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata: {name: bad}\nspec: {from: badtool}\n",
+    );
+    let catalog = env.work.path().join("catalog");
+    let dir = env.work.path().join("s");
+    let d = Daemon::start_with(&env, &[&dir], &[], &[("LAS_CATALOG", &catalog)]);
+    let m = wait_ready(&env, &d, "module", "tool", Duration::from_secs(60));
+    assert_eq!(m["status"]["resolved"]["module"], "tool", "{m}");
+    assert_eq!(m["status"]["runtime"], "native", "{m}");
+    // The program runs from its verified, installed copy in $LAS_HOME/bin/<sha256>/.
+    let exe = std::fs::read_link(format!("/proc/{}/exe", pid_of(&m))).unwrap();
+    assert_eq!(exe, env.home_path().join("bin").join(&sha).join("busybox"));
+    let body = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}/hostname")])
+        .output()
+        .unwrap();
+    assert!(body.status.success());
+    // A program whose bytes do not match the manifest's sha256 never runs: Stalled, with why.
+    wait_until("bad to be stalled", Duration::from_secs(30), || {
+        get_json(&env, "module", "bad").is_some_and(|o| {
+            o["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["type"] == "Stalled"
+                        && c["status"] == "True"
+                        && c["reason"] == "ProgramUnavailable"
+                })
+            })
+        })
+    });
+    assert!(!env.home_path().join("bin").join("0".repeat(64)).exists());
+}

@@ -158,11 +158,12 @@ pub struct ContainerArtifact {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NativeArtifact {
-    /// Where the archive or binary is downloaded from.
+    /// Where the program is fetched from: `https://…` or, for air-gapped catalogs, `file:///…`.
     pub url: String,
     /// sha256 of the downloaded bytes.
     pub sha256: Sha256,
-    /// argv, relative to the unpacked artifact for the program.
+    /// argv; the program (`command[0]`) is the fetched file's name, resolved in its install
+    /// directory.
     pub command: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -361,10 +362,13 @@ impl ManifestVersion {
                     "command needs at least the program".into(),
                 ));
             }
-            if !nat.url.starts_with("https://") {
+            if !nat.url.starts_with("https://") && !nat.url.starts_with("file:///") {
                 return Err((
                     format!("{at}.native.url"),
-                    format!("{:?} must be an https:// URL", nat.url),
+                    format!(
+                        "{:?} must be an https:// URL or an absolute file:/// path (air-gapped catalogs)",
+                        nat.url
+                    ),
                 ));
             }
         }

@@ -1,5 +1,6 @@
-//! Artifacts: model blobs, GGUF metadata and the module catalog.
+//! Artifacts: model blobs, native programs of catalog modules, GGUF metadata and the module catalog.
 
+pub mod binaries;
 pub mod catalog;
 pub mod estimate;
 pub mod gguf;

@@ -27,9 +27,20 @@ pub fn free_port() -> u16 {
 
 impl Daemon {
     pub fn start(env: &FreshEnv, watch: &[&Path], extra: &[&str]) -> Daemon {
+        Self::start_with(env, watch, extra, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    pub fn start_with(
+        env: &FreshEnv,
+        watch: &[&Path],
+        extra: &[&str],
+        vars: &[(&str, &Path)],
+    ) -> Daemon {
         let listen = format!("127.0.0.1:{}", free_port());
         let log = env.work.path().join(format!("daemon-{}.log", free_port()));
         let mut c = env.cmd();
+        c.envs(vars.iter().copied());
         c.arg("daemon").arg("--listen").arg(&listen);
         for w in watch {
             c.arg("--watch").arg(w);

@@ -1,12 +1,14 @@
 //! `from:` modules: the catalog's manifest, at the highest version the Module's requirement allows,
-//! turned into a concrete container or engine spec the runtime can run.
+//! turned into a concrete container, native or engine spec the runtime can run.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::api::ModuleSpec;
+use crate::api::model::Sha256;
 use crate::api::module::{
-    ContainerSpec, EngineSpec, EngineType, PortMapping, Protocol, ResolvedModule, VolumeMount,
+    ContainerSpec, EngineSpec, EngineType, NativeSpec, PortMapping, Protocol, ResolvedModule,
+    VolumeMount,
 };
 use crate::artifacts::catalog::{Catalog, ManifestVersion, render_template};
 
@@ -21,10 +23,15 @@ pub enum FromError {
         req: String,
         have: String,
     },
-    #[error(
-        "{name} {version} ships a native binary; the daemon runs catalog containers and the built-in engine only"
-    )]
-    NativeUnsupported { name: String, version: String },
+    /// The version ships a native program that is not installed yet: install it from `url`
+    /// (verified against `sha256`) and ask again with its directory.
+    #[error("{name} {version} needs its native program from {url} installed")]
+    NeedsProgram {
+        name: String,
+        version: String,
+        url: String,
+        sha256: Sha256,
+    },
     #[error("{name} {version} serves a model: set spec.model")]
     NeedsModel { name: String, version: String },
     #[error("{0}")]
@@ -65,11 +72,14 @@ pub struct ServedBlob<'a> {
     pub path: &'a Path,
 }
 
-/// A copy of `spec` with `from`/`version` replaced by the manifest's container or engine.
+/// A copy of `spec` with `from`/`version` replaced by the manifest's container, native program
+/// or engine. `program_dir` is where a native version's program is installed (see
+/// [`FromError::NeedsProgram`]).
 pub fn concrete(
     spec: &ModuleSpec,
     catalog: &Catalog,
     model: Option<ServedBlob<'_>>,
+    program_dir: Option<&Path>,
 ) -> Result<(ModuleSpec, ResolvedModule), FromError> {
     let name = spec
         .from
@@ -104,10 +114,32 @@ pub fn concrete(
         out.health = None;
         return Ok((out, resolved));
     }
-    let Some(c) = &mv.container else {
-        return Err(FromError::NativeUnsupported { name, version });
-    };
     let port = mv.interfaces.iter().map(|i| i.port).find(|p| *p != 0);
+    if let Some(n) = &mv.native {
+        let Some(dir) = program_dir else {
+            return Err(FromError::NeedsProgram {
+                name,
+                version,
+                url: n.url.clone(),
+                sha256: n.sha256.clone(),
+            });
+        };
+        let mut command = n.command.clone();
+        command[0] = dir.join(&command[0]).display().to_string();
+        let mut env = n.env.clone();
+        // A native program reads the model blob where it is.
+        let model_path = model.as_ref().map(|m| m.path.display().to_string());
+        handoff(mv, model.as_ref(), model_path, port, &mut command, &mut env)?;
+        out.native = Some(NativeSpec {
+            command,
+            env,
+            working_dir: Some(dir.to_path_buf()),
+        });
+        return Ok((out, resolved));
+    }
+    let Some(c) = &mv.container else {
+        unreachable!("a validated manifest version has a container, a native program or an engine");
+    };
     let mut args = c.args.clone();
     let mut env = c.env.clone();
     let mut volumes = Vec::new();
@@ -118,24 +150,14 @@ pub fn concrete(
             .file_name()
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let vars: BTreeMap<&str, String> = BTreeMap::from([
-            ("model.path", format!("{mount}/{file}")),
-            ("model.name", m.name.to_string()),
-            (
-                "model.contextSize",
-                h.context_size.unwrap_or(4096).to_string(),
-            ),
-            ("port", port.map(|p| p.to_string()).unwrap_or_default()),
-        ]);
-        for a in &h.args {
-            args.push(render_template(a, &vars).map_err(FromError::Template)?);
-        }
-        for (k, v) in &h.env {
-            env.insert(
-                k.clone(),
-                render_template(v, &vars).map_err(FromError::Template)?,
-            );
-        }
+        handoff(
+            mv,
+            Some(m),
+            Some(format!("{mount}/{file}")),
+            port,
+            &mut args,
+            &mut env,
+        )?;
         if let Some(dir) = m.path.parent() {
             volumes.push(VolumeMount {
                 host_path: dir.to_path_buf(),
@@ -165,6 +187,40 @@ pub fn concrete(
     Ok((out, resolved))
 }
 
+/// The manifest's model hand-off: its argument and environment templates rendered with the model
+/// (`model.path` as the program sees it) and the port, appended to `args` and `env`.
+fn handoff(
+    mv: &ManifestVersion,
+    model: Option<&ServedBlob<'_>>,
+    model_path: Option<String>,
+    port: Option<u16>,
+    args: &mut Vec<String>,
+    env: &mut BTreeMap<String, String>,
+) -> Result<(), FromError> {
+    let (Some(h), Some(m), Some(path)) = (&mv.model, model, model_path) else {
+        return Ok(());
+    };
+    let vars: BTreeMap<&str, String> = BTreeMap::from([
+        ("model.path", path),
+        ("model.name", m.name.to_string()),
+        (
+            "model.contextSize",
+            h.context_size.unwrap_or(4096).to_string(),
+        ),
+        ("port", port.map(|p| p.to_string()).unwrap_or_default()),
+    ]);
+    for a in &h.args {
+        args.push(render_template(a, &vars).map_err(FromError::Template)?);
+    }
+    for (k, v) in &h.env {
+        env.insert(
+            k.clone(),
+            render_template(v, &vars).map_err(FromError::Template)?,
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +248,7 @@ mod tests {
                 name: "tiny",
                 path: blob,
             }),
+            None,
         )
         .unwrap();
         assert_eq!(r.module, "llama-cpp-server");
@@ -215,7 +272,7 @@ mod tests {
         let catalog = Catalog::builtin().catalog;
         let spec = from("llama-engine", Some("^0.1"));
         assert!(matches!(
-            concrete(&spec, &catalog, None),
+            concrete(&spec, &catalog, None, None),
             Err(FromError::NeedsModel { .. })
         ));
         let (c, r) = concrete(
@@ -225,6 +282,7 @@ mod tests {
                 name: "m",
                 path: Path::new("/b"),
             }),
+            None,
         )
         .unwrap();
         assert_eq!(
@@ -234,11 +292,58 @@ mod tests {
     }
 
     #[test]
+    fn a_native_version_needs_its_program_installed_then_runs_it_with_the_model_handed_over() {
+        let manifest = "apiVersion: localaistack.io/v1alpha1\nkind: ModuleManifest\nmetadata: {name: tool}\nspec:\n  description: A tool.\n  versions:\n  - version: 1.2.0\n    native:\n      url: file:///srv/tools/tool\n      sha256: 0000000000000000000000000000000000000000000000000000000000000000\n      command: [tool, serve]\n      env: {A: b}\n    interfaces: [{name: http, port: 9000, protocol: http}]\n    health: {http: {path: /, port: 9000}}\n    model:\n      args: ['--model', '{{model.path}}', '--port', '{{port}}']\n";
+        let catalog = Catalog::from_files(&[crate::api::decode::InputFile {
+            name: "tool.yaml".into(),
+            bytes: manifest.into(),
+        }]);
+        assert!(catalog.rejected.is_empty(), "{:?}", catalog.rejected);
+        let mut spec = from("tool", Some("^1"));
+        spec.model = Some(ObjectName::new("m").unwrap());
+        let blob = ServedBlob {
+            name: "m",
+            path: Path::new("/las/models/blobs/abc"),
+        };
+        let e = concrete(&spec, &catalog.catalog, Some(blob), None).unwrap_err();
+        let FromError::NeedsProgram { url, .. } = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(url, "file:///srv/tools/tool");
+        let blob = ServedBlob {
+            name: "m",
+            path: Path::new("/las/models/blobs/abc"),
+        };
+        let (c, r) = concrete(
+            &spec,
+            &catalog.catalog,
+            Some(blob),
+            Some(Path::new("/las/bin/00")),
+        )
+        .unwrap();
+        assert_eq!(r.version, "1.2.0");
+        let n = c.native.unwrap();
+        assert_eq!(
+            n.command,
+            [
+                "/las/bin/00/tool",
+                "serve",
+                "--model",
+                "/las/models/blobs/abc",
+                "--port",
+                "9000"
+            ]
+        );
+        assert_eq!(n.env["A"], "b");
+        assert!(c.health.is_some() && c.from.is_none() && c.container.is_none());
+    }
+
+    #[test]
     fn unknown_modules_and_unsatisfiable_versions_say_what_exists() {
         let catalog = Catalog::builtin().catalog;
-        let e = concrete(&from("nope", None), &catalog, None).unwrap_err();
+        let e = concrete(&from("nope", None), &catalog, None, None).unwrap_err();
         assert!(e.to_string().contains("not in the catalog"));
-        let e = concrete(&from("qdrant", Some(">=99")), &catalog, None).unwrap_err();
+        let e = concrete(&from("qdrant", Some(">=99")), &catalog, None, None).unwrap_err();
         assert!(
             e.to_string()
                 .contains("no version of qdrant satisfies >=99"),

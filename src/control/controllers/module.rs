@@ -23,13 +23,15 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::from_catalog::{ServedBlob, concrete};
+use super::from_catalog::{FromError, ServedBlob, concrete};
 use super::queue::Key;
 use super::status::{cond, event, is_ready, update_status, write_status};
 use super::{Action, ReconcileError, Reconciler, SharedStore};
 use crate::api::module::{EngineSpec, Protocol, ResolvedModule, RuntimeKind};
 use crate::api::{ConditionStatus, Kind, ModuleSpec, ObjectName, Spec};
+use crate::artifacts::binaries::{BinaryError, BinaryStore};
 use crate::artifacts::catalog::Catalog;
+use crate::artifacts::models::ModelError;
 use crate::control::store::{EventType, StoreError, StoredObject};
 use crate::runtime::{
     Owner, OwnerKey, Port, Probe, ProbeAction, Runtime, RuntimeError, WorkloadSpec, WorkloadState,
@@ -55,6 +57,8 @@ pub struct ModuleReconciler {
     pub engine_exe: PathBuf,
     /// The module catalog, for `from:` modules.
     pub catalog: Arc<Catalog>,
+    /// Where `from:` modules' native programs are installed.
+    pub programs: BinaryStore,
     pub grace: Duration,
     /// Whether this machine has a GPU: an engine with GPU layers is then replaced stop-then-start.
     pub gpus_present: bool,
@@ -136,16 +140,35 @@ impl ModuleReconciler {
                 .await?;
             return Ok(Action::Requeue(Duration::ZERO));
         }
-        // `from:` modules: the catalog's manifest made concrete (a container or the engine).
+        // `from:` modules: the catalog's manifest made concrete (a container, a native program or
+        // the engine).
         let (spec, resolved) = if spec.from.is_some() {
             let blob = spec
                 .model
                 .as_ref()
                 .and_then(|m| model_path(&all, m).map(|p| (m.to_string(), p)));
-            let served = blob.as_ref().map(|(n, p)| ServedBlob { name: n, path: p });
-            match concrete(&spec, &self.catalog, served) {
-                Ok((s, r)) => (s, Some(r)),
-                Err(e) => return Err(ReconcileError::stalled("UnresolvableModule", e.to_string())),
+            let served = || blob.as_ref().map(|(n, p)| ServedBlob { name: n, path: p });
+            let mut program: Option<PathBuf> = None;
+            loop {
+                match concrete(&spec, &self.catalog, served(), program.as_deref()) {
+                    Ok((s, r)) => break (s, Some(r)),
+                    // A native program: installed (fetched and verified) once, then run.
+                    Err(FromError::NeedsProgram { url, sha256, .. }) if program.is_none() => {
+                        program =
+                            Some(self.programs.ensure(&url, &sha256).await.map_err(
+                                |e| match &e {
+                                    BinaryError::Fetch(ModelError::DigestMismatch { .. })
+                                    | BinaryError::Unsupported { .. } => {
+                                        ReconcileError::stalled("ProgramUnavailable", e.to_string())
+                                    }
+                                    _ => ReconcileError::retry("ProgramUnavailable", e.to_string()),
+                                },
+                            )?);
+                    }
+                    Err(e) => {
+                        return Err(ReconcileError::stalled("UnresolvableModule", e.to_string()));
+                    }
+                }
             }
         } else {
             (spec, None)

@@ -244,7 +244,7 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
     let reconcilers: Vec<Arc<dyn Reconciler>> = vec![
         Arc::new(ModelReconciler::new(
             store.clone(),
-            models,
+            models.clone(),
             Duration::from_secs(600),
         )),
         Arc::new(ModuleReconciler {
@@ -257,6 +257,7 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
                     .map_err(err)?
                     .catalog,
             ),
+            programs: crate::artifacts::binaries::BinaryStore::new(&home, models.clone()),
             engine_exe: exe,
             grace: Duration::from_secs(10),
             gpus_present: !profile.gpus.is_empty(),
