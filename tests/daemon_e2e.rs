@@ -651,3 +651,80 @@ fn a_from_module_with_a_native_program_is_installed_verified_and_run() {
     });
     assert!(!env.home_path().join("bin").join("0".repeat(64)).exists());
 }
+
+fn docker(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_container_from_module_is_pulled_by_digest_and_served() {
+    if !docker_image() {
+        return;
+    }
+    // A digest-pinned image needs a registry: push the test image to one on 127.0.0.1, then drop
+    // the local reference so that the daemon has to pull it by digest.
+    let registry = support::registry::Registry::start();
+    let repo = format!("{}/e2e/web", registry.host());
+    let tagged = format!("{repo}:1");
+    assert!(docker(&["tag", E2E_IMAGE, &tagged]).status.success());
+    let push = docker(&["push", &tagged]);
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    let digests = docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .RepoDigests}}",
+        &tagged,
+    ]);
+    let digests: Vec<String> = serde_json::from_slice(&digests.stdout).unwrap();
+    let pinned = digests
+        .into_iter()
+        .find(|d| d.starts_with(&format!("{repo}@sha256:")))
+        .expect("the push gave the image a repository digest");
+    assert!(docker(&["rmi", &tagged]).status.success());
+    assert!(!docker(&["image", "inspect", &pinned]).status.success());
+
+    let env = FreshEnv::new();
+    let port = free_port();
+    env.write(
+        "catalog/web.yaml",
+        &format!(
+            "apiVersion: localaistack.io/v1alpha1\nkind: ModuleManifest\nmetadata: {{name: web}}\nspec:\n  description: A web server.\n  versions:\n  - version: 2.1.0\n    container:\n      image: {pinned}\n      command: [/bin/busybox, httpd, -f, -p, '{port}', -h, /www]\n    interfaces: [{{name: http, port: {port}, protocol: http}}]\n    health: {{http: {{path: /, port: {port}}}}}\n"
+        ),
+    );
+    env.write(
+        "s/web.yaml",
+        "apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata: {name: fromweb}\nspec: {from: web, version: '^2'}\n",
+    );
+    let catalog = env.work.path().join("catalog");
+    let dir = env.work.path().join("s");
+    let d = Daemon::start_with(&env, &[&dir], &[], &[("LAS_CATALOG", &catalog)]);
+    let m = wait_ready(&env, &d, "module", "fromweb", Duration::from_secs(90));
+    assert_eq!(m["status"]["resolved"]["version"], "2.1.0", "{m}");
+    assert_eq!(m["status"]["runtime"], "container", "{m}");
+    let id = m["status"]["containerId"].as_str().unwrap().to_string();
+    let image = docker(&["inspect", "--format", "{{.Config.Image}}", &id]);
+    assert_eq!(String::from_utf8_lossy(&image.stdout).trim(), pinned);
+    let body = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}/")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&body.stdout), "container-ok\n");
+
+    // Removed from the directory: the container goes with it.
+    std::fs::remove_file(dir.join("web.yaml")).unwrap();
+    env.write("s/keep.yaml", &support::model_doc("keep", "/x.gguf"));
+    wait_until("fromweb to be gone", Duration::from_secs(60), || {
+        get_json(&env, "module", "fromweb").is_none()
+    });
+    assert!(!docker(&["inspect", &id]).status.success());
+    drop(d);
+    let _ = docker(&["rmi", &pinned]);
+}

@@ -223,3 +223,4 @@ pub async fn next_event(
         }
     }
 }
+pub mod registry;
