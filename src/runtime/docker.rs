@@ -839,7 +839,6 @@ async fn exec_probe(docker: &Docker, id: &str, argv: &[String]) -> Result<(), St
     }
 }
 
-/// The engine's message without bollard's "Docker responded with status code" prefix.
 /// A container event of the engine as a workload event: `None` for containers without our owner
 /// label and for actions that change nothing we report.
 fn engine_event(msg: &bollard::models::EventMessage) -> Option<WorkloadEvent> {
@@ -859,6 +858,7 @@ fn engine_event(msg: &bollard::models::EventMessage) -> Option<WorkloadEvent> {
     })
 }
 
+/// The engine's message without bollard's "Docker responded with status code" prefix.
 fn server_message(e: &BollardError) -> String {
     match e {
         BollardError::DockerResponseServerError { message, .. } => message.clone(),
