@@ -295,8 +295,10 @@ impl ModuleReconciler {
         }
         self.remove_stale(&obj, &workload).await?;
         let st = rt.ensure(&workload).await.map_err(runtime_err)?;
-        self.report(&obj, &workload, st, before.as_ref(), resolved, replacing)
-            .await
+        let (action, _) = self
+            .report(&obj, &workload, st, before.as_ref(), resolved, replacing)
+            .await?;
+        Ok(action)
     }
 
     /// The workload of `slot`; `port` is the engine's (chosen by the caller when the spec says 0).
@@ -362,7 +364,11 @@ impl ModuleReconciler {
         if st.state.is_ready() {
             // Switch first (durably: routes follow status), then stop the old one. A crash in
             // between leaves the old slot to `remove_stale`.
-            let action = self.report(obj, &next, st, None, resolved, true).await?;
+            let (action, switched) = self.report(obj, &next, st, None, resolved, true).await?;
+            if !switched {
+                // The object changed meanwhile: look again before stopping anything.
+                return Ok(Action::Requeue(Duration::ZERO));
+            }
             // Requests already routed to the old workload finish before it stops.
             tokio::time::sleep(DRAIN).await;
             self.remove_slot(obj, slot_of(obj)).await?;
@@ -472,7 +478,8 @@ impl ModuleReconciler {
         Ok(())
     }
 
-    /// Writes what runs (`st`, the workload `w`) into status, with the events a user should see.
+    /// Writes what runs (`st`, the workload `w`) into status, with the events a user should see;
+    /// the next action, and whether the status was written (false: the object changed meanwhile).
     async fn report(
         &self,
         obj: &StoredObject,
@@ -481,7 +488,7 @@ impl ModuleReconciler {
         before: Option<&WorkloadStatus>,
         resolved: Option<ResolvedModule>,
         replacing: bool,
-    ) -> Result<Action, ReconcileError> {
+    ) -> Result<(Action, bool), ReconcileError> {
         let kind = w.kind();
         let started = before.is_none_or(|b| b.pid != st.pid || b.container_id != st.container_id);
         let seen_restarts = obj
@@ -547,7 +554,8 @@ impl ModuleReconciler {
             },
         ];
         let o = obj.clone();
-        self.store
+        let written = self
+            .store
             .with(move |s| {
                 if restarted {
                     let code = st
@@ -577,11 +585,12 @@ impl ModuleReconciler {
             })
             .await?;
         // Ready: runtime events and the resync bring the next look; starting: poll for health.
-        Ok(if ready {
+        let action = if ready {
             Action::Requeue(READY_RECHECK)
         } else {
             Action::Requeue(Duration::from_millis(500))
-        })
+        };
+        Ok((action, written))
     }
 }
 
