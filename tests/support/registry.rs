@@ -69,6 +69,24 @@ fn reply(code: StatusCode, headers: &[(header::HeaderName, String)], body: Bytes
     r
 }
 
+/// A blob or manifest: its bytes (none for HEAD) with its digest, type and length.
+fn content(method: &Method, content_type: &str, b: &Bytes) -> Response {
+    let h = [
+        (
+            header::HeaderName::from_static("docker-content-digest"),
+            digest_of(b),
+        ),
+        (header::CONTENT_TYPE, content_type.to_string()),
+        (header::CONTENT_LENGTH, b.len().to_string()),
+    ];
+    let body = if *method == Method::HEAD {
+        Bytes::new()
+    } else {
+        b.clone()
+    };
+    reply(StatusCode::OK, &h, body)
+}
+
 fn not_found(what: &str) -> Response {
     let body = format!(r#"{{"errors":[{{"code":"{what}","message":"unknown"}}]}}"#);
     reply(
@@ -181,19 +199,7 @@ async fn handle(
     }
     if let Some((_name, dg)) = rest.split_once("/blobs/") {
         return match d.blobs.get(dg) {
-            Some(b) => {
-                let h = [
-                    digest_header(dg),
-                    (header::CONTENT_TYPE, "application/octet-stream".into()),
-                    (header::CONTENT_LENGTH, b.len().to_string()),
-                ];
-                let body = if method == Method::HEAD {
-                    Bytes::new()
-                } else {
-                    b.clone()
-                };
-                reply(StatusCode::OK, &h, body)
-            }
+            Some(b) => content(&method, "application/octet-stream", b),
             None => not_found("BLOB_UNKNOWN"),
         };
     }
@@ -219,19 +225,7 @@ async fn handle(
             );
         }
         return match d.manifests.get(&key) {
-            Some((ct, b)) => {
-                let h = [
-                    digest_header(&digest_of(b)),
-                    (header::CONTENT_TYPE, ct.clone()),
-                    (header::CONTENT_LENGTH, b.len().to_string()),
-                ];
-                let body = if method == Method::HEAD {
-                    Bytes::new()
-                } else {
-                    b.clone()
-                };
-                reply(StatusCode::OK, &h, body)
-            }
+            Some((ct, b)) => content(&method, ct, b),
             None => not_found("MANIFEST_UNKNOWN"),
         };
     }
