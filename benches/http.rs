@@ -40,6 +40,47 @@ async fn measure(client: &reqwest::Client, url: &str, n: usize) -> Vec<Duration>
     out
 }
 
+/// The security checks every request passes (issue 10), timed alone: the Host allowlist, the
+/// cross-site rules and a constant-time token comparison, on a `/v1` request and on a management
+/// write with the bearer token (the most expensive path).
+fn guard_cost(addr: std::net::SocketAddr) {
+    use localaistack::interfaces::http::{Access, Peer, check};
+    let access = Access::new(&[], true);
+    let token = "f".repeat(64);
+    let peer = Peer::Tcp("127.0.0.1:50000".parse().expect("addr"));
+    let req = |method: &str, path: &str, auth: bool| {
+        let mut b = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", addr.to_string())
+            .header("content-type", "application/json");
+        if auth {
+            b = b.header("authorization", format!("Bearer {token}"));
+        }
+        b.body(axum::body::Body::empty()).expect("request")
+    };
+    let n = 200_000u32;
+    for (what, r) in [
+        (
+            "POST /v1/chat/completions",
+            req("POST", "/v1/chat/completions", false),
+        ),
+        (
+            "POST /api/v1/apply + token",
+            req("POST", "/api/v1/apply", true),
+        ),
+    ] {
+        let t = Instant::now();
+        for _ in 0..n {
+            assert!(check(&access, Some(&token), peer, std::hint::black_box(&r)).is_ok());
+        }
+        println!(
+            "guard checks, {what}: {:.0} ns per request ({n} runs)",
+            t.elapsed().as_secs_f64() * 1e9 / f64::from(n)
+        );
+    }
+}
+
 fn main() {
     let n: usize = std::env::var("LAS_BENCH_N")
         .ok()
@@ -118,5 +159,6 @@ fn main() {
             "added p50: {added:.0} µs (target < 1000 µs: {})",
             if added < 1000.0 { "met" } else { "MISSED" }
         );
+        guard_cost(addr);
     });
 }

@@ -220,11 +220,28 @@ fn sigterm_leaves_workloads_running_and_a_restart_adopts_them() {
 }
 
 #[test]
-fn non_loopback_bind_without_a_token_is_refused() {
+fn a_non_loopback_bind_creates_the_token_and_requires_it() {
     let env = FreshEnv::new();
-    let r = env.run(&["daemon", "--listen", &format!("0.0.0.0:{}", free_port())]);
-    assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("token"), "{}", r.stderr);
+    let port = free_port();
+    let mut c = env.cmd();
+    c.args(["daemon", "--listen", &format!("0.0.0.0:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _daemon = support::ChildGuard::spawn(c);
+    let url = format!("http://127.0.0.1:{port}/api/v1/modules");
+    wait_until("the daemon to listen", Duration::from_secs(60), || {
+        curl_json(&format!("http://127.0.0.1:{port}/healthz"), None).0 == 200
+    });
+    let token = std::fs::read_to_string(env.home_path().join("run/token")).unwrap();
+    assert!(token.trim().len() >= 64);
+    assert_eq!(curl_json(&url, None).0, 401);
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {}", token.trim()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
 }
 
 #[test]

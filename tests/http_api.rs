@@ -14,7 +14,7 @@ use localaistack::control::store::Store;
 use localaistack::home::LasHome;
 use localaistack::interfaces::http::client::{DaemonClient, Endpoint, sse_messages};
 use localaistack::interfaces::http::{
-    ApiContext, HttpError, Metrics, Server, StaticDaemonInfo, ensure_token, socket_path,
+    Access, ApiContext, HttpError, Metrics, Server, StaticDaemonInfo, ensure_token, socket_path,
 };
 use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
@@ -269,6 +269,7 @@ async fn stale_resource_version_is_409() {
     let r = s
         .http
         .put(s.url("/api/v1/models/tiny"))
+        .header("content-type", "application/yaml")
         .body(changed.clone())
         .send()
         .await
@@ -279,6 +280,7 @@ async fn stale_resource_version_is_409() {
     let r = s
         .http
         .put(s.url("/api/v1/models/tiny"))
+        .header("content-type", "application/yaml")
         .body(changed.replace("team: a", "team: b"))
         .send()
         .await
@@ -342,6 +344,7 @@ async fn stale_resource_version_is_409() {
     let r = s
         .http
         .put(s.url("/api/v1/models/other"))
+        .header("content-type", "application/yaml")
         .body(MODEL)
         .send()
         .await
@@ -650,9 +653,13 @@ async fn token_required_gives_401_without_it() {
     assert!(token.len() >= 64);
 
     let t = token.clone();
-    let s = TestServer::start_with(move |c| c.with_token(t), "0.0.0.0:0".parse().unwrap())
-        .await
-        .unwrap();
+    // /v1 as with --v1-requires-token: by default loopback clients may use it without the token.
+    let s = TestServer::start_with(
+        move |c| c.with_token(t).with_access(Access::new(&[], false)),
+        "0.0.0.0:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
     let url = format!("http://127.0.0.1:{}", s.addr.port());
     let r = s
         .http
@@ -682,8 +689,11 @@ async fn token_required_gives_401_without_it() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    // Liveness stays open; the unix socket needs no token (its mode protects it).
+    // Liveness stays open, metrics too for loopback clients; the unix socket needs no token (its
+    // mode protects it).
     let r = s.http.get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = s.http.get(format!("{url}/metrics")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let c = DaemonClient {
         endpoint: Endpoint::Unix(s.socket.clone()),

@@ -225,6 +225,31 @@ struct Manifest<S> {
     status: Option<SystemSet>,
 }
 
+/// Refuses a file with a document over [`MAX_DOC_BYTES`] before anything is parsed (a caller that
+/// must parse the whole input first, like the HTTP API, calls this before it does).
+pub fn check_document_sizes(file: &InputFile) -> Result<(), InputErrors> {
+    let text = String::from_utf8_lossy(&file.bytes);
+    let errors: Vec<InputError> = split_documents(&file.name, &text)
+        .into_iter()
+        .filter(|d| d.text.len() > MAX_DOC_BYTES)
+        .map(|d| InputError {
+            file: file.name.clone(),
+            line: d.first_line,
+            column: 1,
+            path: String::new(),
+            message: format!(
+                "document is {} bytes; at most {MAX_DOC_BYTES} bytes are accepted per document",
+                d.text.len()
+            ),
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(InputErrors(errors))
+    }
+}
+
 /// Decodes every document of every file. Returns all errors, or all objects if there are none.
 /// The same kind/name twice in one call is an error naming both places.
 pub fn decode_files(files: &[InputFile]) -> Result<Vec<Desired>, InputErrors> {

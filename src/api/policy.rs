@@ -130,6 +130,11 @@ pub struct Capabilities {
     /// Allow hf:// sources without a pinned revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_floating_revisions: Option<bool>,
+    /// Allow Modules that bring their own command or image (`native:`, `container:`). `false`
+    /// allows only catalog modules (`from:`) and the built-in engine, and the HTTP API may then
+    /// neither write such Modules nor change Policies (only `lasctl apply` on this machine can).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_custom_workloads: Option<bool>,
 }
 
 /// Observed state of a Policy.

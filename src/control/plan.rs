@@ -940,5 +940,6 @@ fn workload(inst: &Instance, models: &BTreeMap<String, ModelFacts>) -> Workload 
         memory_bytes: memory,
         gpu,
         model,
+        custom: s.native.is_some() || s.container.is_some(),
     }
 }

@@ -413,6 +413,8 @@ pub struct Workload {
     pub memory_bytes: u64,
     pub gpu: GpuNeed,
     pub model: Option<ServedModel>,
+    /// Brings its own command or image (`native:`/`container:`), not a catalog module or engine.
+    pub custom: bool,
 }
 
 /// Where an admitted workload runs.
@@ -644,6 +646,13 @@ impl<'a> Admission<'a> {
     fn decide(&self, w: &Workload) -> Result<Placement, String> {
         let caps = &self.tier.capabilities;
         let tier = self.tier_name();
+        if w.custom && caps.allow_custom_workloads == Some(false) {
+            return Err(format!(
+                "{} runs a command or image of its own (spec.native or spec.container); tier {tier} \
+                 allows only catalog modules (from:) and the built-in engine",
+                w.object
+            ));
+        }
         if let Some(allowed) = &caps.allowed_runtimes
             && !allowed.contains(&w.runtime)
         {
@@ -1000,6 +1009,7 @@ mod tests {
                 context_size: 4096,
                 gpu_layers: -1,
             }),
+            custom: false,
         }
     }
 
@@ -1024,6 +1034,17 @@ mod tests {
                 object: "module/c".into(),
                 reason: "module/c runs as a container workload; tier t allows only native".into()
             }
+        );
+        let mut own = served("own", G, true);
+        own.custom = true;
+        let locked = tier(Capabilities {
+            allow_custom_workloads: Some(false),
+            ..Default::default()
+        });
+        let v = Admission::new(&p, &locked, &FileSizeEstimator, 0).admit(&own);
+        assert!(
+            matches!(&v, Verdict::Refused { reason, .. } if reason.contains("allows only catalog modules")),
+            "{v:?}"
         );
         let mut e = served("e", G, true);
         e.engine = Some("vllm".into());

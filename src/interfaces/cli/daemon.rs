@@ -5,8 +5,8 @@
 //! - SIGTERM/SIGINT: stop accepting work, finish in-flight reconciles and writes, leave workloads
 //!   running (the next start adopts them) unless `--stop-workloads-on-exit`. A second signal exits
 //!   at once.
-//! - Binding anything but loopback needs the bearer token in `run/token`; without it the daemon
-//!   refuses to start.
+//! - The bearer token in `run/token` (0600) is created at start; TCP clients must send it for
+//!   everything but `/healthz`, and `/metrics` and `/v1` from loopback (see `interfaces::http`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,8 +31,8 @@ use crate::control::sources::{watch_sources, watch_store};
 use crate::control::store::Store;
 use crate::home::LasHome;
 use crate::interfaces::http::{
-    ApiContext, BackendsInfo, ByteStream, DaemonInfo, DockerInfo, LogOptions, LogsError, Metrics,
-    RuntimeInfo, Server, TOKEN_FILE, built_in_engines, ensure_token, read_token, socket_path,
+    Access, ApiContext, BackendsInfo, ByteStream, DaemonInfo, DockerInfo, LogOptions, LogsError,
+    Metrics, RuntimeInfo, Server, built_in_engines, ensure_token, socket_path,
 };
 use crate::runtime::docker::{DockerConfig, DockerRuntime};
 use crate::runtime::native::NativeRuntime;
@@ -52,10 +52,17 @@ pub struct DaemonArgs {
     /// Seconds between full resyncs of every object.
     #[arg(long, env = "LAS_RESYNC_SECONDS", default_value_t = 30)]
     pub resync_seconds: u64,
-    /// Create the bearer token ($LAS_HOME/run/token, mode 0600) if there is none. A non-loopback
-    /// --listen requires a token; without one the daemon refuses to start.
-    #[arg(long)]
+    /// Kept for scripts: the bearer token ($LAS_HOME/run/token, mode 0600) is now always created.
+    #[arg(long, hide = true)]
     pub generate_token: bool,
+    /// Another host name (or address) clients may use to reach the API, besides localhost,
+    /// 127.0.0.1, [::1] and the --listen address. Repeatable. Anything else is refused (403).
+    #[arg(long = "allow-host", env = "LAS_ALLOW_HOSTS", value_delimiter = ',')]
+    pub allow_hosts: Vec<String>,
+    /// Require the bearer token on the OpenAI endpoint `/v1` too (by default loopback clients
+    /// may generate text without it, as with Ollama).
+    #[arg(long, env = "LAS_V1_REQUIRES_TOKEN")]
+    pub v1_requires_token: bool,
 }
 
 impl MetricsSink for Metrics {
@@ -107,6 +114,7 @@ impl DaemonInfo for Info {
                 version: env!("CARGO_PKG_VERSION").into(),
                 hardware: self.profile.to_json(),
                 tier: tier.as_ref().map(|t| t.tier.clone()),
+                capabilities: tier.as_ref().map(|t| t.capabilities.clone()),
                 tier_reason: tier.map(|t| t.reason),
             }
         })
@@ -178,19 +186,9 @@ pub fn run(args: DaemonArgs) -> Result<(), CliError> {
 async fn serve(args: DaemonArgs) -> Result<(), CliError> {
     let home = LasHome::from_env()?;
     home.ensure()?;
-    let token = if args.generate_token {
-        Some(ensure_token(&home).map_err(err)?)
-    } else {
-        read_token(&home)
-    };
-    if !args.listen.ip().is_loopback() && token.is_none() {
-        return Err(err(format!(
-            "--listen {} is not a loopback address: that needs a bearer token, and {} has none; \
-             run with --generate-token once (clients then send `Authorization: Bearer <token>`)",
-            args.listen,
-            home.run().join(TOKEN_FILE).display()
-        )));
-    }
+    // Every TCP client but /healthz, /metrics and /v1 on loopback must send this token: any local
+    // user or web page could otherwise drive the daemon (see interfaces::http's auth module).
+    let token = ensure_token(&home).map_err(err)?;
     let _lock = lock_home(&home)?;
     for d in &args.watch {
         if !d.is_dir() {
@@ -305,10 +303,10 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
         docker: docker.clone(),
         docker_error,
     });
-    let mut ctx = ApiContext::new(home.clone(), metrics.clone(), changes_rx, info);
-    if let Some(t) = token.filter(|_| !args.listen.ip().is_loopback()) {
-        ctx = ctx.with_token(t);
-    }
+    let ctx = ApiContext::new(home.clone(), metrics.clone(), changes_rx, info)
+        .with_token(token)
+        .with_access(Access::new(&args.allow_hosts, !args.v1_requires_token));
+    let access = ctx.access.clone();
     let server = Server::bind(ctx, args.listen, socket_path(&home))
         .await
         .map_err(err)?;
@@ -369,6 +367,11 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
         socket_path(&home).display(),
         args.watch.len(),
         if args.watch.len() == 1 { "y" } else { "ies" }
+    );
+    eprintln!(
+        "lasctl daemon: web console (one-time link; `lasctl ui` prints a new one): {}/ui/login?token={}",
+        access.base_url(),
+        access.mint_login()
     );
 
     let mut term = signal(SignalKind::terminate()).map_err(err)?;

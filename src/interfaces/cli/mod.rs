@@ -9,6 +9,7 @@ mod model;
 mod output;
 mod plan;
 mod sources;
+mod ui;
 mod verbs;
 mod wait;
 
@@ -133,6 +134,8 @@ pub enum Command {
     Logs(LogsArgs),
     /// Run the controllers, the watched directories and the HTTP API.
     Daemon(daemon::DaemonArgs),
+    /// Print a one-time link that signs a browser into the daemon's web console.
+    Ui,
     /// Print version information.
     Version,
     /// Print a shell completion script.

@@ -106,6 +106,8 @@ impl DaemonClient {
             let _ = conn.await;
         });
         let host = match &self.endpoint {
+            // The daemon answers only to names on its allowlist (a guard against DNS rebinding).
+            Endpoint::Tcp(a) if a.ip().is_unspecified() => format!("localhost:{}", a.port()),
             Endpoint::Tcp(a) => a.to_string(),
             Endpoint::Unix(_) => "localhost".into(),
         };

@@ -26,6 +26,9 @@ pub struct RuntimeInfo {
     pub tier: Option<String>,
     /// Why that tier was chosen.
     pub tier_reason: Option<String>,
+    /// What that tier grants (writes through the API are checked against it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<crate::api::policy::Capabilities>,
 }
 
 /// `GET /api/v1/backends`.
@@ -106,6 +109,7 @@ impl StaticDaemonInfo {
                 hardware: Value::Null,
                 tier: None,
                 tier_reason: None,
+                capabilities: None,
             },
             BackendsInfo {
                 docker: DockerInfo {

@@ -34,6 +34,7 @@ pub struct Metrics {
     workloads: Mutex<BTreeMap<String, i64>>,
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
+    refused: Mutex<BTreeMap<String, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -91,6 +92,11 @@ impl Metrics {
         h.sum += seconds;
     }
 
+    /// A request refused before routing (foreign host or origin, no or wrong token, ...).
+    pub fn record_refusal(&self, reason: &str) {
+        *lock(&self.refused).entry(reason.to_string()).or_default() += 1;
+    }
+
     /// The Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut o = String::new();
@@ -140,6 +146,17 @@ impl Metrics {
                 "las_http_requests_total{{method=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
                 esc(method),
                 esc(route)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP las_http_refused_total Requests refused before routing, by reason.\n# TYPE las_http_refused_total counter"
+        );
+        for (reason, n) in lock(&self.refused).iter() {
+            let _ = writeln!(
+                o,
+                "las_http_refused_total{{reason=\"{}\"}} {n}",
+                esc(reason)
             );
         }
         let _ = writeln!(
@@ -208,11 +225,13 @@ mod tests {
         m.set_queue_depth(3);
         m.set_workloads([("running", 2), ("failed", 1)]);
         m.observe_request("GET", "/healthz", 200, 0.0007);
+        m.record_refusal("host");
         let t = m.render();
         for want in [
             "las_reconciles_total{kind=\"Module\",result=\"success\"} 1",
             "las_reconcile_errors_total{kind=\"Module\"} 1",
             "las_queue_depth 3",
+            "las_http_refused_total{reason=\"host\"} 1",
             "las_workloads{state=\"running\"} 2",
             "las_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1",
             "las_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.0005\"} 0",

@@ -7,9 +7,13 @@
 //!
 //! # Guarantees
 //! - The same router is served on TCP and on the unix socket `$LAS_HOME/run/lasd.sock` (mode 0600).
-//! - A non-loopback TCP bind is refused unless a bearer token is configured; when a token is
-//!   configured, every TCP request but `/healthz` must carry it (the unix socket is protected by its
-//!   file mode instead).
+//! - Every request passes [`auth`]'s guard before routing: a Host allowlist, no cross-site writes,
+//!   and the bearer token on TCP (see that module for what stays open and why). A non-loopback
+//!   TCP bind is refused unless a bearer token is configured.
+//! - Resources are bounded per request and per peer: request heads must arrive within
+//!   [`HEADER_TIMEOUT`], at most [`MAX_CONNECTIONS`] connections are served at once per listener,
+//!   bodies are capped at [`MAX_BODY_BYTES`], and at most [`HEAVY_REQUESTS`] applies are read and
+//!   decoded at once (off the async threads), so `/healthz` answers while they run.
 //! - Streams (server-sent events, followed logs, proxied completions) end when the server shuts
 //!   down, so a graceful shutdown never waits on an idle client.
 
@@ -21,6 +25,7 @@ mod metrics;
 mod openai;
 pub mod openapi;
 mod resources;
+mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -32,7 +37,9 @@ use axum::Router;
 use axum::routing::{get, post};
 use tokio::sync::watch;
 
-pub use auth::{TOKEN_FILE, ensure_token, read_token};
+pub use auth::{
+    Access, CSRF_HEADER, Peer, Refusal, SESSION_COOKIE, TOKEN_FILE, check, ensure_token, read_token,
+};
 pub use info::{
     BackendsInfo, BoxFuture, ByteStream, DaemonInfo, DockerInfo, EngineInfo, LogOptions, LogsError,
     RuntimeInfo, StaticDaemonInfo, built_in_engines,
@@ -46,6 +53,15 @@ use crate::home::LasHome;
 pub const SOCKET_FILE: &str = "lasd.sock";
 /// The default TCP address of the management API.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7411";
+/// A connection must send a whole request head within this time (slow-header clients are cut).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once per listener; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 256;
+/// The largest request body: a call of several documents of at most
+/// [`crate::api::decode::MAX_DOC_BYTES`] each (a bigger set is split into several applies).
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+/// Applies read and decoded at once; others wait their turn before their body is read.
+pub const HEAVY_REQUESTS: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -89,6 +105,10 @@ pub struct ApiContext {
     pub daemon: Arc<dyn DaemonInfo>,
     /// The bearer token TCP requests must carry; `None` means no token is required (loopback only).
     pub token: Option<String>,
+    /// Host allowlist, console sessions and what stays open without a token.
+    pub access: Arc<Access>,
+    /// Permits for reading and decoding apply bodies ([`HEAVY_REQUESTS`]).
+    pub(crate) heavy: Arc<tokio::sync::Semaphore>,
     pub(crate) shutdown: Arc<watch::Sender<bool>>,
     pub(crate) upstream: reqwest::Client,
     pub(crate) routes: Arc<openai::RouteCache>,
@@ -114,15 +134,23 @@ impl ApiContext {
             changes,
             daemon,
             token: None,
+            access: Arc::new(Access::default()),
+            heavy: Arc::new(tokio::sync::Semaphore::new(HEAVY_REQUESTS)),
             shutdown: Arc::new(watch::channel(false).0),
             upstream,
             routes: Arc::new(openai::RouteCache::default()),
         }
     }
 
-    /// Requires `token` on every TCP request but `/healthz`.
+    /// Requires `token` on TCP requests (see [`auth`] for what stays open).
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Replaces the access rules (extra host names, `/v1` without a token).
+    pub fn with_access(mut self, access: Access) -> Self {
+        self.access = Arc::new(access);
         self
     }
 
@@ -173,6 +201,9 @@ pub fn router(ctx: ApiContext) -> Router {
                 .delete(resources::delete_one),
         )
         .route("/api/v1/{kind}/{name}/logs", get(resources::logs))
+        .route("/api/v1/ui/logins", post(ui::new_login))
+        .route("/ui/", get(ui::index))
+        .route("/ui/login", get(ui::login))
         .route("/v1/models", get(openai::models))
         .route("/v1/chat/completions", post(openai::proxy))
         .route("/v1/completions", post(openai::proxy))
@@ -180,15 +211,13 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/metrics", get(metrics::serve));
     api.layer(axum::middleware::from_fn_with_state(
         ctx.clone(),
-        auth::require_token,
+        auth::guard,
     ))
     .layer(axum::middleware::from_fn_with_state(
         ctx.clone(),
         metrics::track,
     ))
-    .layer(axum::extract::DefaultBodyLimit::max(
-        crate::api::decode::MAX_CALL_BYTES,
-    ))
+    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
     .with_state(ctx)
 }
 
@@ -229,6 +258,9 @@ impl Server {
                 addr: listen,
                 source,
             })?;
+        if let Ok(a) = tcp.local_addr() {
+            ctx.access.bound(a);
+        }
         Ok(Server {
             ctx,
             tcp,
@@ -262,27 +294,82 @@ impl Server {
         unix_ctx.token = None;
         let tcp_app = router(ctx);
         let unix_app = router(unix_ctx);
-        let mut rx1 = tx.subscribe();
-        let mut rx2 = tx.subscribe();
+        let rx1 = tx.subscribe();
+        let rx2 = tx.subscribe();
         tokio::spawn(async move {
             shutdown.await;
             let _ = tx.send(true);
         });
-        let tcp_server = axum::serve(tcp, tcp_app).with_graceful_shutdown(async move {
-            let _ = rx1.wait_for(|v| *v).await;
-        });
-        let unix_server = axum::serve(unix, unix_app).with_graceful_shutdown(async move {
-            let _ = rx2.wait_for(|v| *v).await;
-        });
         let (a, b) = tokio::join!(
-            std::future::IntoFuture::into_future(tcp_server),
-            std::future::IntoFuture::into_future(unix_server)
+            accept_loop(tcp, tcp_app, |a: &SocketAddr| Peer::Tcp(*a), rx1),
+            accept_loop(unix, unix_app, |_| Peer::Unix, rx2),
         );
         let _ = std::fs::remove_file(&socket);
         a.map_err(HttpError::Serve)?;
         b.map_err(HttpError::Serve)?;
         Ok(())
     }
+}
+
+/// Completes when the shutdown flag turns true (holding no borrow of it afterwards).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Serves `app` on `listener` until `stop` turns true, then lets open connections finish their
+/// requests. Each connection is HTTP/1.1 with a request-head timeout ([`HEADER_TIMEOUT`]), at most
+/// [`MAX_CONNECTIONS`] at once, and its [`Peer`] in every request's extensions.
+async fn accept_loop<L>(
+    mut listener: L,
+    app: Router,
+    peer_of: fn(&L::Addr) -> Peer,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+{
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("never closed"),
+            _ = stopped(&mut stop) => break,
+        };
+        let (io, addr) = tokio::select! {
+            c = listener.accept() => c,
+            _ = stopped(&mut stop) => break,
+        };
+        let peer = peer_of(&addr);
+        let app = app.clone();
+        let mut stop = stop.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let svc = hyper::service::service_fn(
+                move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(peer);
+                    app.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(io), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stopped(&mut stop) => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+        // Reap finished connections so the set does not grow with the server's lifetime.
+        while conns.try_join_next().is_some() {}
+    }
+    while conns.join_next().await.is_some() {}
+    Ok(())
 }
 
 /// Binds the same router on `listen` and on `unix_socket` and serves until `shutdown` completes.

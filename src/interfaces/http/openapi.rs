@@ -23,6 +23,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/models"),
     ("post", "/v1/chat/completions"),
     ("post", "/v1/completions"),
+    ("post", "/api/v1/ui/logins"),
+    ("get", "/ui/"),
+    ("get", "/ui/login"),
 ];
 
 fn op(summary: &str, params: Value, responses: Value) -> Value {
@@ -136,7 +139,7 @@ pub fn document() -> Value {
         "info": {
             "title": "LocalAIStack daemon API",
             "version": "v1alpha1",
-            "description": "The management API of `lasctl daemon` (TCP, default 127.0.0.1:7411, and the unix socket $LAS_HOME/run/lasd.sock) and its OpenAI-compatible endpoint. When the daemon listens beyond loopback, every TCP request but /healthz needs `Authorization: Bearer <token>` (the token is in $LAS_HOME/run/token); a missing or wrong token is 401.",
+            "description": "The management API of `lasctl daemon` (TCP, default 127.0.0.1:7411, and the unix socket $LAS_HOME/run/lasd.sock) and its OpenAI-compatible endpoint. On TCP every request but /healthz needs `Authorization: Bearer <token>` (the token is in $LAS_HOME/run/token; a missing or wrong token is 401), except /metrics and /v1/* from loopback clients (/v1 too with --v1-requires-token). Every request must name an allowed Host (localhost, 127.0.0.1, [::1], --allow-host names; else 403); writes with a foreign Origin or Sec-Fetch-Site are 403, and writes must send application/json or application/yaml (else 415). Bodies are capped at 8 MiB (413).",
         },
         "paths": {
             "/healthz": {"get": op("Liveness", json!([]), json!({"200": {"description": "ok", "content": {"text/plain": {"schema": {"type": "string"}}}}}))},
@@ -191,6 +194,18 @@ pub fn document() -> Value {
             "/v1/models": {"get": op("Served models (and the modules serving them, as aliases)", json!([]), json!({"200": json_ok("OpenAI model list", json!({"type": "object"}))}))},
             "/v1/chat/completions": {"post": chat("OpenAI chat completions, routed by model")},
             "/v1/completions": {"post": chat("OpenAI completions, routed by model")},
+            "/api/v1/ui/logins": {"post": op("A one-time web console login link (what `lasctl ui` prints)", json!([]), json!({
+                "201": json_ok("the link, valid once within 15 minutes", json!({"type": "object", "properties": {"url": {"type": "string"}}})),
+                "401": status_ref("no or wrong bearer token"),
+            }))},
+            "/ui/": {"get": op("The web console (needs the session cookie)", json!([]), json!({
+                "200": {"description": "HTML with the session's anti-forgery token", "content": {"text/html": {"schema": {"type": "string"}}}},
+                "401": {"description": "not signed in: how to get a login link", "content": {"text/html": {"schema": {"type": "string"}}}},
+            }))},
+            "/ui/login": {"get": op("Consumes a one-time login link and sets an HttpOnly, SameSite=Strict session cookie", json!([query_param("token", "string", "the one-time token of the link")]), json!({
+                "303": {"description": "signed in: redirect to /ui/"},
+                "401": {"description": "the link was used already or has expired", "content": {"text/html": {"schema": {"type": "string"}}}},
+            }))},
         },
         "components": {"schemas": {
             "Status": {"type": "object", "required": ["kind", "status", "reason", "message", "code"], "properties": {

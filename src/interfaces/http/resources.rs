@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::ApiContext;
 use super::info::{LogOptions, LogsError};
-use crate::api::decode::{InputErrors, InputFile, decode_files};
+use crate::api::decode::{InputErrors, InputFile, check_document_sizes, decode_files};
 use crate::api::{Desired, Kind};
 use crate::control::store::{ApplyItem, ApplyRequest, StoreError, StoredObject};
 
@@ -56,6 +56,10 @@ pub(crate) enum ApiError {
     NotFound(String),
     #[error(transparent)]
     Logs(#[from] LogsError),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl IntoResponse for ApiError {
@@ -94,6 +98,16 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => {
                 status_body(StatusCode::NOT_FOUND, "NotFound", &msg, None).into_response()
             }
+            ApiError::Forbidden(_) => {
+                status_body(StatusCode::FORBIDDEN, "Forbidden", &msg, None).into_response()
+            }
+            ApiError::TooLarge(_) => status_body(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                &msg,
+                None,
+            )
+            .into_response(),
             ApiError::Logs(LogsError::NoLogs(_)) => {
                 status_body(StatusCode::NOT_FOUND, "NotFound", &msg, None).into_response()
             }
@@ -238,6 +252,8 @@ fn decode_body(bytes: &[u8], filename: &str) -> Result<Vec<Decoded>, ApiError> {
         name: filename.to_string(),
         bytes: b,
     };
+    // Before anything parses the whole body: one oversized document is refused by its size.
+    check_document_sizes(&file(bytes.to_vec()))?;
     let mut expected: HashMap<(String, String), u64> = HashMap::new();
     let mut body = bytes.to_vec();
     // Unparseable bodies go straight to the decoder, which reports the position.
@@ -282,11 +298,83 @@ fn decode_body(bytes: &[u8], filename: &str) -> Result<Vec<Decoded>, ApiError> {
         .collect())
 }
 
+/// Reads and decodes an apply body: at most [`super::HEAVY_REQUESTS`] at once (the rest wait
+/// before their body is read, so memory stays bounded), at most [`super::MAX_BODY_BYTES`] each,
+/// decoded on the blocking pool so the async threads keep answering.
+async fn read_body(
+    ctx: &ApiContext,
+    body: Body,
+    filename: String,
+) -> Result<Vec<Decoded>, ApiError> {
+    use axum::body::HttpBody;
+    let too_large = || {
+        ApiError::TooLarge(format!(
+            "the body is over {} bytes: send at most {} bytes per document and split large sets into several applies",
+            super::MAX_BODY_BYTES,
+            crate::api::decode::MAX_DOC_BYTES
+        ))
+    };
+    // A declared Content-Length over the limit is refused before anything is read (a client that
+    // sent `Expect: 100-continue` never sends the body).
+    if body.size_hint().lower() > super::MAX_BODY_BYTES as u64 {
+        return Err(too_large());
+    }
+    let _permit = ctx.heavy.acquire().await.expect("never closed");
+    let bytes = axum::body::to_bytes(body, super::MAX_BODY_BYTES)
+        .await
+        .map_err(|_| too_large())?;
+    tokio::task::spawn_blocking(move || decode_body(&bytes, &filename))
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("decoding failed: {e}")))?
+}
+
+/// The active tier's say on writes through the API: under `allowCustomWorkloads: false` no Module
+/// with its own command or image is accepted, and Policies cannot be changed here (so the API
+/// cannot loosen its own limits; `lasctl apply` on this machine can).
+async fn check_write(
+    ctx: &ApiContext,
+    kinds: &[(Kind, Option<&crate::api::ModuleSpec>)],
+) -> Result<(), ApiError> {
+    let rt = ctx.daemon.runtime().await;
+    let locked = rt
+        .capabilities
+        .is_some_and(|c| c.allow_custom_workloads == Some(false));
+    if !locked {
+        return Ok(());
+    }
+    let tier = rt.tier.unwrap_or_default();
+    for (kind, module) in kinds {
+        if *kind == Kind::Policy {
+            return Err(ApiError::Forbidden(format!(
+                "tier {tier} does not allow custom workloads, so Policies cannot be changed through the API: \
+                 use lasctl apply on this machine"
+            )));
+        }
+        if let Some(m) = module
+            && (m.native.is_some() || m.container.is_some())
+        {
+            return Err(ApiError::Forbidden(format!(
+                "tier {tier} allows only catalog modules (from:) and the built-in engine: \
+                 a Module with spec.native or spec.container is refused"
+            )));
+        }
+    }
+    Ok(())
+}
+
 async fn apply_decoded(
     ctx: &ApiContext,
     mut docs: Vec<Decoded>,
     q: &ApplyQuery,
 ) -> Result<Response, ApiError> {
+    let kinds: Vec<_> = docs
+        .iter()
+        .map(|d| match &d.desired.spec {
+            crate::api::Spec::Module(m) => (Kind::Module, Some(m)),
+            other => (other.kind(), None),
+        })
+        .collect();
+    check_write(ctx, &kinds).await?;
     if let Some(rv) = q.resource_version {
         if docs.len() != 1 {
             return Err(ApiError::BadRequest(format!(
@@ -332,10 +420,10 @@ async fn apply_decoded(
 pub(super) async fn apply(
     State(ctx): State<ApiContext>,
     Query(q): Query<ApplyQuery>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let name = q.filename.clone().unwrap_or_else(|| "request".into());
-    let docs = decode_body(&body, &name)?;
+    let docs = read_body(&ctx, body, name).await?;
     apply_decoded(&ctx, docs, &q).await
 }
 
@@ -344,11 +432,11 @@ pub(super) async fn apply_kind(
     State(ctx): State<ApiContext>,
     Path(kind): Path<String>,
     Query(q): Query<ApplyQuery>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let kind = parse_kind(&kind)?;
     let name = q.filename.clone().unwrap_or_else(|| "request".into());
-    let docs = decode_body(&body, &name)?;
+    let docs = read_body(&ctx, body, name).await?;
     if let Some(d) = docs.iter().find(|d| d.desired.kind() != kind) {
         return Err(ApiError::BadRequest(format!(
             "{}/{} posted to /api/v1/{}: post it to /api/v1/{} or /api/v1/apply",
@@ -366,11 +454,11 @@ pub(super) async fn put_one(
     State(ctx): State<ApiContext>,
     Path((kind, name)): Path<(String, String)>,
     Query(q): Query<ApplyQuery>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let kind = parse_kind(&kind)?;
     let fname = q.filename.clone().unwrap_or_else(|| "request".into());
-    let docs = decode_body(&body, &fname)?;
+    let docs = read_body(&ctx, body, fname).await?;
     match docs.as_slice() {
         [d] if d.desired.kind() == kind && d.desired.name.as_str() == name => {}
         [d] => {
@@ -404,6 +492,7 @@ pub(super) async fn delete_one(
     Query(q): Query<DeleteQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let kind = parse_kind(&kind)?;
+    check_write(&ctx, &[(kind, None)]).await?;
     let outcome = ctx
         .with_store(move |s| s.delete_checked(&[(kind, name, q.resource_version)], "api delete"))
         .await?;

@@ -21,6 +21,7 @@ mod metrics;
 mod openai;
 #[cfg(feature = "llama")]
 mod server;
+pub mod settings;
 pub mod text;
 #[cfg(feature = "llama")]
 mod worker;

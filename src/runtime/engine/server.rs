@@ -29,7 +29,7 @@ use super::openai::{
 };
 use super::text::chatml;
 use super::worker::{self, Admission, Event, Job, Loaded, WorkerParams};
-use super::{EngineConfig, EngineError, default_threads};
+use super::{EngineConfig, EngineError};
 
 /// After SIGTERM, in-flight requests may finish for this long; then they are cut short
 /// (finish reason `length`).
@@ -45,13 +45,11 @@ struct AppState {
 }
 
 pub fn serve(config: EngineConfig) -> Result<(), EngineError> {
-    if config.parallel == 0 {
-        return Err(EngineError::Config("--parallel must be at least 1".into()));
-    }
-    let threads = if config.threads == 0 {
-        default_threads()
-    } else {
-        config.threads
+    let checked = super::settings::check(&config, super::settings::Machine::detect())?;
+    let threads = checked.threads;
+    let config = EngineConfig {
+        ctx: checked.ctx_per_slot,
+        ..config
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -33,8 +33,6 @@ use super::{EngineConfig, EngineError};
 
 /// How many past tokens the repeat penalty looks at.
 const PENALTY_LAST_N: i32 = 64;
-/// The largest default context per slot when `--ctx 0`.
-const DEFAULT_CTX_CAP: u32 = 4096;
 
 /// Why a completion ended, as OpenAI names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,11 +153,8 @@ pub fn run(
         Ok(m) => Arc::new(m),
         Err(e) => return on_loaded(Err(e)),
     };
-    let ctx_per_slot = if config.ctx == 0 {
-        model.n_ctx_train().clamp(1, DEFAULT_CTX_CAP)
-    } else {
-        config.ctx
-    };
+    // `settings::check` resolved `--ctx 0` to the model's context (capped) before loading.
+    let ctx_per_slot = config.ctx.max(1);
     let parallel = config.parallel.max(1);
     let total = ctx_per_slot.saturating_mul(parallel);
     let ctx_params = LlamaContextParams::default()
