@@ -998,8 +998,10 @@ async fn supervise(
                     Some(Cmd::Stop { grace, done }) => {
                         drop(monitor.take());
                         let code = proc.terminate(grace).await;
-                        if let Some(cg) = &rec.cgroup {
-                            limits::kill_cgroup(cg);
+                        // Stopped: nothing of it may run on, and an empty cgroup is not kept
+                        // (the next start makes it again).
+                        if let Some(cg) = rec.cgroup.clone() {
+                            let _ = tokio::task::spawn_blocking(move || limits::remove_cgroup(&cg)).await;
                         }
                         proc.reap_log_writer(Duration::from_secs(2)).await;
                         let _ = store.delete(&key);
