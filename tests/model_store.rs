@@ -1054,3 +1054,73 @@ async fn concurrent_ensures_of_one_source_download_once() {
     assert_eq!(a.unwrap(), b.unwrap());
     assert_eq!(server.requests_for("/files/c.gguf"), 1);
 }
+
+/// Defect 12, in the store: `max_bytes` refuses a source whose announced length, or whose local
+/// file, is over the cap, and a cancelled fetch stops; none leaves anything in the blob directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_bytes_and_cancel_keep_nothing() {
+    let server = TestServer::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let bytes = data(50, 1_500_000);
+    let url = server.put("big.gguf", &bytes);
+    let file = work.path().join("big.gguf");
+    std::fs::write(&file, &bytes).unwrap();
+    let store = open(home.path(), test_config());
+    let capped = EnsureOptions {
+        max_bytes: Some(1_000_000),
+        ..opts()
+    };
+    for source in [url.as_str(), file.to_str().unwrap()] {
+        let err = store
+            .ensure(&spec(source, None), &capped)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "TooLarge", "{source}: {err}");
+        assert!(
+            matches!(
+                err,
+                ModelError::TooLarge {
+                    limit: 1_000_000,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(home.path().join("models/blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Under the cap it is stored.
+    let fits = EnsureOptions {
+        max_bytes: Some(2_000_000),
+        ..opts()
+    };
+    assert_eq!(
+        store.ensure(&spec(&url, None), &fits).await.unwrap().digest,
+        sha(&bytes)
+    );
+
+    // A cancelled fetch (its Model was deleted) ends at once and keeps nothing.
+    let (tx, rx) = tokio::sync::watch::channel(true);
+    let cancelled = EnsureOptions {
+        cancel: Some(rx),
+        ..opts()
+    };
+    let other = server.put("other.gguf", &data(51, 900_000));
+    let err = store
+        .ensure(&spec(&other, None), &cancelled)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "Cancelled", "{err}");
+    drop(tx);
+    assert_eq!(blob_names(home.path()).len(), 1);
+    let leftovers: Vec<_> = std::fs::read_dir(home.path().join("models/blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with("sha256-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
