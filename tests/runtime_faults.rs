@@ -715,10 +715,15 @@ fn download_past_max_model_bytes_is_stopped_regression() {
         server.requests.load(Ordering::SeqCst),
         d.log()
     );
-    // Stalled: not fetched again without a change.
+    // Stalled: not fetched again without a change, and quiet (no status write).
     let requests = server.requests.load(Ordering::SeqCst);
+    let version = |env: &FreshEnv| {
+        get_json(env, "model", "huge").unwrap()["metadata"]["resourceVersion"].clone()
+    };
+    let before = version(&env);
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(server.requests.load(Ordering::SeqCst), requests);
+    assert_eq!(version(&env), before, "a stalled Model writes nothing");
     assert!(partials(env.home_path()).is_empty());
 }
 

@@ -97,6 +97,31 @@ impl ModelReconciler {
         if was_ready && !due && !source_changed {
             return Ok(Action::Requeue(self.integrity));
         }
+        // Found too large before at this generation and limit: say so again without fetching
+        // (and before any status write, so a stalled Model is quiet).
+        let limit = match &self.limits {
+            Some(a) => {
+                let all = self
+                    .store
+                    .with(|s| s.list(None, &Default::default()))
+                    .await?;
+                a.max_model_bytes(&all)
+            }
+            None => None,
+        };
+        if let Some((max, _)) = &limit {
+            let seen = (obj.uid.clone(), obj.generation, *max);
+            let known = self
+                .too_large
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .filter(|(k, _)| *k == seen)
+                .map(|(_, m)| m.clone());
+            if let Some(message) = known {
+                return Err(ReconcileError::stalled("TooLarge", message));
+            }
+        }
         if source_changed {
             let o = obj.clone();
             let msg = format!(
@@ -142,29 +167,6 @@ impl ModelReconciler {
                 )],
             )
             .await?;
-        }
-        let limit = match &self.limits {
-            Some(a) => {
-                let all = self
-                    .store
-                    .with(|s| s.list(None, &Default::default()))
-                    .await?;
-                a.max_model_bytes(&all)
-            }
-            None => None,
-        };
-        if let Some((max, _)) = &limit {
-            let seen = (obj.uid.clone(), obj.generation, *max);
-            let known = self
-                .too_large
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key)
-                .filter(|(k, _)| *k == seen)
-                .map(|(_, m)| m.clone());
-            if let Some(message) = known {
-                return Err(ReconcileError::stalled("TooLarge", message));
-            }
         }
         let (cancel, _watch) = self.watch_deleted(&obj);
         let opts = EnsureOptions {
