@@ -2,6 +2,7 @@
 //! and connections it can cut), and the real SQLite store for GC over generations.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -291,7 +292,7 @@ fn opts() -> EnsureOptions {
 // ---------------------------------------------------------------- local files
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn import_from_path_hardlinks_and_is_idempotent() {
+async fn import_from_path_copies_read_only_and_is_idempotent() {
     let home = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let bytes = data(1, 1_500_000);
@@ -311,11 +312,10 @@ async fn import_from_path_hardlinks_and_is_idempotent() {
             .join(format!("models/blobs/sha256-{}", blob.digest))
     );
     assert_eq!(std::fs::read(&blob.path).unwrap(), bytes);
-    // Same filesystem: a hardlink, not a copy.
-    assert_eq!(
-        std::fs::metadata(&blob.path).unwrap().ino(),
-        std::fs::metadata(&file).unwrap().ino()
-    );
+    // A copy by default, read-only: never the user's inode.
+    let meta = std::fs::metadata(&blob.path).unwrap();
+    assert_ne!(meta.ino(), std::fs::metadata(&file).unwrap().ino());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o444);
     // Nothing temporary left behind.
     let leftovers: Vec<_> = std::fs::read_dir(home.path().join("models/blobs"))
         .unwrap()
@@ -347,35 +347,35 @@ async fn import_from_path_hardlinks_and_is_idempotent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn import_copies_when_told_or_across_filesystems() {
+async fn import_hardlinks_only_when_asked_and_copies_across_filesystems() {
     let home = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let bytes = data(3, 2_345_678);
     let file = work.path().join("m.gguf");
     std::fs::write(&file, &bytes).unwrap();
 
-    let store = open(
-        home.path(),
-        StoreConfig {
-            import_mode: ImportMode::Copy,
-            ..test_config()
-        },
-    );
+    let hardlink = StoreConfig {
+        import_mode: ImportMode::HardlinkOrCopy,
+        ..test_config()
+    };
+    let store = open(home.path(), hardlink.clone());
     let blob = store
         .ensure(&spec(file.to_str().unwrap(), Some(&sha(&bytes))), &opts())
         .await
         .unwrap();
+    // Same filesystem: a hardlink, as asked.
     let meta = std::fs::metadata(&blob.path).unwrap();
-    assert_ne!(meta.ino(), std::fs::metadata(&file).unwrap().ino());
-    assert_eq!(
-        meta.permissions().mode() & 0o777,
-        0o444,
-        "copied blobs are read-only"
-    );
+    assert_eq!(meta.ino(), std::fs::metadata(&file).unwrap().ino());
     assert_eq!(std::fs::read(&blob.path).unwrap(), bytes);
+    assert_eq!(
+        StoreConfig::from_lookup(|k| (k == "LAS_MODEL_IMPORT").then(|| "hardlink".into()))
+            .import_mode,
+        ImportMode::HardlinkOrCopy
+    );
+    assert_eq!(StoreConfig::default().import_mode, ImportMode::Copy);
 
     // A file on another filesystem (tmpfs /dev/shm vs. the temp dir) cannot be hardlinked: the
-    // default mode falls back to a copy.
+    // hardlink mode falls back to a copy.
     let shm = tempfile::tempdir_in("/dev/shm").unwrap();
     let other = shm.path().join("o.gguf");
     let other_bytes = data(4, 700_000);
@@ -385,13 +385,108 @@ async fn import_copies_when_told_or_across_filesystems() {
         std::fs::metadata(home.path()).unwrap().dev(),
         "this test needs /dev/shm on another filesystem than the temp dir"
     );
-    let store = open(home.path(), test_config());
     let blob = store
         .ensure(&spec(other.to_str().unwrap(), None), &opts())
         .await
         .unwrap();
     assert_eq!(blob.digest, sha(&other_bytes));
     assert_eq!(std::fs::read(&blob.path).unwrap(), other_bytes);
+}
+
+/// Writes `bytes` over `path` in place, like `cp new.gguf path` (same inode, O_TRUNC).
+fn cp_over(path: &Path, bytes: &[u8]) {
+    // A change in the same mtime tick as the import is a documented caveat, not this test's point.
+    std::thread::sleep(Duration::from_millis(30));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
+}
+
+/// Replaces `path` by a rename, like `curl -o tmp && mv tmp path` (a new inode).
+fn rename_over(path: &Path, bytes: &[u8]) {
+    std::thread::sleep(Duration::from_millis(30));
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Defect 6: imports hardlinked by default, so `cp new.gguf <source>` rewrote the stored blob that
+/// an engine was serving, and a source replaced by rename was never noticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_source_never_changes_the_stored_blob_regression() {
+    type Replace = fn(&Path, &[u8]);
+    let cases: [(&str, Replace); 2] = [("cp", cp_over), ("rename", rename_over)];
+    for (how, replace) in cases {
+        let home = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let (old, new) = (data(40, 900_000), data(41, 800_000));
+        let file = work.path().join("m.gguf");
+        std::fs::write(&file, &old).unwrap();
+        let store = open(home.path(), test_config());
+        let src = spec(file.to_str().unwrap(), None);
+        let first = store.ensure(&src, &opts()).await.unwrap();
+        assert!(!store.source_changed(&src.source), "{how}");
+
+        replace(&file, &new);
+        assert_eq!(
+            std::fs::read(&first.path).unwrap(),
+            old,
+            "{how}: the stored blob must not change"
+        );
+        assert!(
+            store.source_changed(&src.source),
+            "{how}: the change is seen"
+        );
+        // The old blob still verifies: an engine serving it is unaffected.
+        assert_eq!(store.verify(&first.digest).await.unwrap(), first, "{how}");
+
+        let second = store.ensure(&src, &opts()).await.unwrap();
+        assert_eq!(second.digest, sha(&new), "{how}: a new revision");
+        assert!(!store.source_changed(&src.source), "{how}");
+        assert_eq!(std::fs::read(&first.path).unwrap(), old, "{how}");
+
+        // Pinned to the old bytes: the new file is a mismatch, the old blob stays intact.
+        replace(&file, &data(42, 700_000));
+        let err = store
+            .ensure(&spec(file.to_str().unwrap(), Some(&first.digest)), &opts())
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "DigestMismatch", "{how}: {err}");
+        assert_eq!(std::fs::read(&first.path).unwrap(), old, "{how}");
+    }
+}
+
+/// Defect 6, the opt-in: a hardlinked blob rewritten through its source is detected by its stamp,
+/// quarantined, and the new bytes are a new revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hardlink_opt_in_detects_a_source_rewritten_in_place() {
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (old, new) = (data(43, 600_000), data(44, 600_000));
+    let file = work.path().join("m.gguf");
+    std::fs::write(&file, &old).unwrap();
+    let store = open(
+        home.path(),
+        StoreConfig {
+            import_mode: ImportMode::HardlinkOrCopy,
+            ..test_config()
+        },
+    );
+    let src = spec(file.to_str().unwrap(), None);
+    let first = store.ensure(&src, &opts()).await.unwrap();
+    cp_over(&file, &new);
+    assert!(store.source_changed(&src.source));
+    let second = store.ensure(&src, &opts()).await.unwrap();
+    assert_eq!(second.digest, sha(&new));
+    assert!(
+        !first.path.exists(),
+        "the rewritten blob is never served under its old name"
+    );
+    assert_eq!(quarantined_blobs(home.path()).len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -958,4 +1053,74 @@ async fn concurrent_ensures_of_one_source_download_once() {
     let (a, b) = tokio::join!(store.ensure(&s, &o), store.ensure(&s, &o));
     assert_eq!(a.unwrap(), b.unwrap());
     assert_eq!(server.requests_for("/files/c.gguf"), 1);
+}
+
+/// Defect 12, in the store: `max_bytes` refuses a source whose announced length, or whose local
+/// file, is over the cap, and a cancelled fetch stops; none leaves anything in the blob directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_bytes_and_cancel_keep_nothing() {
+    let server = TestServer::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let bytes = data(50, 1_500_000);
+    let url = server.put("big.gguf", &bytes);
+    let file = work.path().join("big.gguf");
+    std::fs::write(&file, &bytes).unwrap();
+    let store = open(home.path(), test_config());
+    let capped = EnsureOptions {
+        max_bytes: Some(1_000_000),
+        ..opts()
+    };
+    for source in [url.as_str(), file.to_str().unwrap()] {
+        let err = store
+            .ensure(&spec(source, None), &capped)
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "TooLarge", "{source}: {err}");
+        assert!(
+            matches!(
+                err,
+                ModelError::TooLarge {
+                    limit: 1_000_000,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(home.path().join("models/blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Under the cap it is stored.
+    let fits = EnsureOptions {
+        max_bytes: Some(2_000_000),
+        ..opts()
+    };
+    assert_eq!(
+        store.ensure(&spec(&url, None), &fits).await.unwrap().digest,
+        sha(&bytes)
+    );
+
+    // A cancelled fetch (its Model was deleted) ends at once and keeps nothing.
+    let (tx, rx) = tokio::sync::watch::channel(true);
+    let cancelled = EnsureOptions {
+        cancel: Some(rx),
+        ..opts()
+    };
+    let other = server.put("other.gguf", &data(51, 900_000));
+    let err = store
+        .ensure(&spec(&other, None), &cancelled)
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "Cancelled", "{err}");
+    drop(tx);
+    assert_eq!(blob_names(home.path()).len(), 1);
+    let leftovers: Vec<_> = std::fs::read_dir(home.path().join("models/blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with("sha256-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

@@ -334,6 +334,7 @@ fn record_left_by_a_killed_program_is_readopted_then_stale_records_are_cleaned()
                 log_path: PathBuf::from("/nonexistent"),
                 limits_applied: "none".into(),
                 restarts: 7,
+                cgroup: None,
             })
             .unwrap();
         let rt = NativeRuntime::open(&env.home).unwrap();

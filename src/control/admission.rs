@@ -36,22 +36,34 @@ fn desired_of(o: &StoredObject) -> Option<Desired> {
     })
 }
 
+/// The policies in the store (the shipped defaults when there are none).
+fn live_policies(live: &[&StoredObject]) -> Result<Vec<NamedPolicy>, String> {
+    let policies: Vec<NamedPolicy> = live
+        .iter()
+        .filter_map(|o| match o.typed_spec() {
+            Ok(Spec::Policy(spec)) => Some(NamedPolicy {
+                name: o.name.to_string(),
+                spec,
+            }),
+            _ => None,
+        })
+        .collect();
+    if policies.is_empty() {
+        return default_policies().map_err(|e| e.to_string());
+    }
+    Ok(policies)
+}
+
 impl Admission for PolicyAdmission {
+    fn max_model_bytes(&self, all: &[StoredObject]) -> Option<(u64, String)> {
+        let live: Vec<&StoredObject> = all.iter().filter(|o| o.deleted_at.is_none()).collect();
+        let tier = select_tier(&live_policies(&live).ok()?, &self.profile).ok()?;
+        Some((tier.capabilities.max_model_bytes?, tier.tier))
+    }
+
     fn admit(&self, module: &StoredObject, all: &[StoredObject]) -> Result<(), String> {
         let live: Vec<&StoredObject> = all.iter().filter(|o| o.deleted_at.is_none()).collect();
-        let mut policies: Vec<NamedPolicy> = live
-            .iter()
-            .filter_map(|o| match o.typed_spec() {
-                Ok(Spec::Policy(spec)) => Some(NamedPolicy {
-                    name: o.name.to_string(),
-                    spec,
-                }),
-                _ => None,
-            })
-            .collect();
-        if policies.is_empty() {
-            policies = default_policies().map_err(|e| e.to_string())?;
-        }
+        let policies = live_policies(&live)?;
         let tier = select_tier(&policies, &self.profile).map_err(|e| e.to_string())?;
         // Resolution is global in a plan: one unresolvable `from:` module would refuse every other.
         // So the other `from:` modules stay out of this module's plan (their own admission covers

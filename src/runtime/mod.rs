@@ -6,9 +6,11 @@
 //! finds what it started before, adopts what still matches and replaces what does not.
 
 pub mod docker;
+pub mod docker_lazy;
 pub mod engine;
 pub mod health;
 pub mod limits;
+pub mod logwriter;
 pub mod native;
 
 use std::collections::BTreeMap;

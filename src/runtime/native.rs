@@ -1,10 +1,12 @@
 //! Supervised native processes.
 //!
 //! Each workload gets a supervisor task that owns its process: it spawns the program in its own
-//! process group with stdout and stderr appended to `$LAS_HOME/logs/<owner>.log` (size-capped,
-//! rotated by copy-and-truncate so the file descriptor the child holds stays valid), records the
-//! pid and the kernel's start time in the `native_processes` table, probes health, and restarts
-//! by policy with exponential backoff and jitter.
+//! process group and, when the system allows it, its own cgroup (so that stopping it ends every
+//! descendant, also those that left the group with `setsid`), with stdout and stderr going through a
+//! pipe to a log writer process (`lasctl log-writer`, see [`super::logwriter`]) that appends to
+//! `$LAS_HOME/logs/<owner>.log` and rotates by rename within the size cap, records the pid and the
+//! kernel's start time in the `native_processes` table, probes health, and restarts by policy
+//! with exponential backoff and jitter. The supervisor itself never does log IO.
 //!
 //! The process outlives the program: when the program restarts, `ensure` finds the record,
 //! checks that the pid still names the same process (same start time in `/proc/<pid>/stat`, so a
@@ -39,8 +41,13 @@ use crate::home::LasHome;
 #[derive(Debug, Clone)]
 pub struct NativeConfig {
     pub logs_dir: PathBuf,
-    /// A log file larger than this is rotated to `<file>.1` (one generation kept).
+    /// The cap of a workload's log: `<owner>.log` and its rotated `<owner>.log.1` together hold at
+    /// most this (plus one read buffer).
     pub log_max_bytes: u64,
+    /// The `lasctl` executable that runs the log writer. `None` (a program that is not `lasctl`,
+    /// such as a test binary): output is appended to the log file directly and the cap is only
+    /// checked every `rotate_check` (by truncation).
+    pub log_writer: Option<PathBuf>,
     /// First restart delay; doubles per consecutive failure up to `backoff_max`.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -59,6 +66,9 @@ impl NativeConfig {
         Self {
             logs_dir: home.logs(),
             log_max_bytes: 10 * 1024 * 1024,
+            log_writer: std::env::current_exe()
+                .ok()
+                .filter(|p| p.file_name().is_some_and(|n| n == "lasctl")),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             healthy_reset: Duration::from_secs(60),
@@ -82,6 +92,9 @@ pub struct NativeRecord {
     pub log_path: PathBuf,
     pub limits_applied: String,
     pub restarts: u32,
+    /// The cgroup holding the process and its descendants, when one could be made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// Where native records live. The real one is [`SqliteNativeStore`]; [`MemoryNativeStore`] is for
@@ -267,6 +280,8 @@ enum Proc {
     Child {
         child: tokio::process::Child,
         pid: u32,
+        /// The `lasctl log-writer` reading this child's output (reaped when it ends).
+        log_writer: Option<Box<tokio::process::Child>>,
     },
     Adopted {
         pid: u32,
@@ -304,6 +319,18 @@ impl Proc {
                 }
                 None
             }
+        }
+    }
+
+    /// Waits (at most `limit`) for the log writer to drain the pipe and exit, so the log is
+    /// complete (and removable) afterwards.
+    async fn reap_log_writer(&mut self, limit: Duration) {
+        if let Proc::Child {
+            log_writer: Some(w),
+            ..
+        } = self
+        {
+            let _ = tokio::time::timeout(limit, w.wait()).await;
         }
     }
 
@@ -598,12 +625,27 @@ impl NativeRuntime {
                 poll: Duration::from_millis(50),
             };
             p.terminate(grace).await;
+            if let Some(cg) = &rec.cgroup {
+                limits::kill_cgroup(cg);
+            }
         }
         self.store.delete(key)?;
         if forget {
             // A process spawned just before a crash, whose record was never written, goes too.
             sweep_orphans(&self.cfg, key).await;
-            limits::remove_cgroup(&key.slug());
+            if let Some(dir) = limits::cgroup_dir(&cgroup_name(&self.cfg, key)) {
+                let _ = tokio::task::spawn_blocking(move || limits::remove_cgroup(&dir)).await;
+            }
+            let log = self.log_path(key);
+            for p in [super::logwriter::rotated_path(&log), log] {
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(path = %p.display(), error = %e, "cannot remove a log file")
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -718,14 +760,7 @@ fn spawn(
     std::fs::create_dir_all(&cfg.logs_dir)
         .map_err(|e| RuntimeError::io(format!("create {}", cfg.logs_dir.display()), e))?;
     let log_path = cfg.logs_dir.join(format!("{}.log", key.slug()));
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| RuntimeError::io(format!("open {}", log_path.display()), e))?;
-    let err = out
-        .try_clone()
-        .map_err(|e| RuntimeError::io(format!("open {}", log_path.display()), e))?;
+    let (out, err, log_writer) = log_pipe(cfg, &log_path)?;
 
     let mut cmd = tokio::process::Command::new(&program);
     cmd.arg0(argv0)
@@ -741,11 +776,24 @@ fn spawn(
     if let Some(wd) = &spec.working_dir {
         cmd.current_dir(wd);
     }
-    let cgroup = limits::prepare_cgroup(&key.slug(), &spec.limits);
-    let mut applied = match &cgroup {
-        Some(dir) => Applied::CgroupV2(dir.clone()),
-        None => limits::apply_rlimits(&mut cmd, &spec.limits),
-    };
+    let mut applied = Applied::default();
+    match limits::prepare_cgroup(&cgroup_name(cfg, &key), &spec.limits) {
+        Ok((dir, limited)) => {
+            limits::join_in_child(&mut cmd, &dir);
+            applied.cgroup = Some(dir);
+            applied.cgroup_limits = limited;
+        }
+        Err(why) => {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                tracing::warn!(reason = %why, "no cgroup for native workloads: a process that leaves its process group (setsid) survives the removal of its Module");
+            });
+        }
+    }
+    if !applied.cgroup_limits {
+        applied.rlimit_as = limits::apply_rlimits(&mut cmd, &spec.limits);
+        applied.cpus_ignored = spec.limits.cpus.is_some();
+    }
     let child = cmd.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
             RuntimeError::ProgramNotFound {
@@ -763,11 +811,14 @@ fn spawn(
         owner: key.clone(),
         reason: "the process exited before its pid was read".into(),
     })?;
-    if let Some(dir) = &cgroup
+    // Again from here: harmless when the child already moved itself, and says so when it failed.
+    if let Some(dir) = &applied.cgroup
         && let Err(e) = limits::join_cgroup(dir, pid)
+        && proc_stat(pid).is_some()
     {
-        tracing::warn!(error = %e, "cannot move the process into its cgroup; no limits applied");
-        applied = Applied::None;
+        tracing::warn!(error = %e, "cannot move the process into its cgroup; it is not tracked");
+        applied.cgroup = None;
+        applied.cgroup_limits = false;
     }
     // The start time identifies the process across pid reuse; a process that already exited
     // has none, which the supervisor notices at once.
@@ -781,20 +832,76 @@ fn spawn(
         log_path,
         limits_applied: applied.describe(),
         restarts,
+        cgroup: applied.cgroup,
     };
-    Ok((Proc::Child { child, pid }, rec))
+    Ok((
+        Proc::Child {
+            child,
+            pid,
+            log_writer,
+        },
+        rec,
+    ))
 }
 
-fn rotate_if_big(path: &Path, max: u64) {
+/// The name of an owner's cgroup: unique per stack (its logs directory), so two stacks on one
+/// machine never share one.
+fn cgroup_name(cfg: &NativeConfig, key: &OwnerKey) -> String {
+    use sha2::Digest;
+    let stack = sha2::Sha256::digest(cfg.logs_dir.as_os_str().as_encoded_bytes());
+    format!("{}-{}", &hex::encode(stack)[..10], key.slug())
+}
+
+/// The child's stdout and stderr: the write end of a pipe read by a `lasctl log-writer` process
+/// (spawned here, in its own process group, so it outlives this program like the workload does),
+/// or the log file itself when there is no log writer.
+fn log_pipe(
+    cfg: &NativeConfig,
+    log_path: &Path,
+) -> Result<
+    (
+        std::process::Stdio,
+        std::process::Stdio,
+        Option<Box<tokio::process::Child>>,
+    ),
+    RuntimeError,
+> {
+    let open_err = |e| RuntimeError::io(format!("open {}", log_path.display()), e);
+    let Some(exe) = &cfg.log_writer else {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .map_err(open_err)?;
+        let err = out.try_clone().map_err(open_err)?;
+        return Ok((out.into(), err.into(), None));
+    };
+    let (r, w) = std::io::pipe().map_err(|e| RuntimeError::io("create a pipe", e))?;
+    let writer = tokio::process::Command::new(exe)
+        .arg("log-writer")
+        .arg("--max-bytes")
+        .arg(cfg.log_max_bytes.to_string())
+        .arg(log_path)
+        // Nothing of the daemon's environment: it is not a workload (and is not found as one).
+        .env_clear()
+        .stdin(r)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|e| RuntimeError::io(format!("start the log writer {}", exe.display()), e))?;
+    let w2 = w.try_clone().map_err(open_err)?;
+    Ok((w.into(), w2.into(), Some(Box::new(writer))))
+}
+
+/// Without a log writer the child holds the log file itself: a rename would not stop it from
+/// growing, so an oversized file is truncated in place (never copied; the output is lost).
+fn truncate_if_big(path: &Path, max: u64) {
     let Ok(meta) = std::fs::metadata(path) else {
         return;
     };
-    if meta.len() <= max {
-        return;
-    }
-    let rotated = path.with_extension("log.1");
-    // copy-truncate: the child keeps writing (O_APPEND) to the same, now empty, file.
-    if std::fs::copy(path, &rotated).is_ok()
+    if meta.len() > max
         && let Ok(f) = std::fs::OpenOptions::new().write(true).open(path)
     {
         let _ = f.set_len(0);
@@ -891,6 +998,12 @@ async fn supervise(
                     Some(Cmd::Stop { grace, done }) => {
                         drop(monitor.take());
                         let code = proc.terminate(grace).await;
+                        // Stopped: nothing of it may run on, and an empty cgroup is not kept
+                        // (the next start makes it again).
+                        if let Some(cg) = rec.cgroup.clone() {
+                            let _ = tokio::task::spawn_blocking(move || limits::remove_cgroup(&cg)).await;
+                        }
+                        proc.reap_log_writer(Duration::from_secs(2)).await;
                         let _ = store.delete(&key);
                         status.send_modify(|s| {
                             s.state = WorkloadState::Stopped;
@@ -930,10 +1043,17 @@ async fn supervise(
                     liveness_kill = true;
                     break proc.terminate(cfg.replace_grace).await;
                 }
-                _ = rotate.tick() => rotate_if_big(&rec.log_path, cfg.log_max_bytes),
+                _ = rotate.tick(), if cfg.log_writer.is_none() => truncate_if_big(&rec.log_path, cfg.log_max_bytes),
             }
         };
         drop(monitor);
+        // What the process left behind (daemonized children included) ends with it.
+        if let Some(cg) = &rec.cgroup {
+            limits::kill_cgroup(cg);
+        }
+        // Its last output reaches the log before the exit is reported (bounded: a descendant
+        // outside any cgroup may hold the pipe open).
+        proc.reap_log_writer(Duration::from_millis(500)).await;
         let ran = started.elapsed();
         tracing::info!(exit_code = ?code, ran_ms = ran.as_millis() as u64, "native process exited");
         let _ = store.delete(&key);
@@ -1188,20 +1308,22 @@ mod tests {
     }
 
     #[test]
-    fn rotation_keeps_one_generation_and_empties_the_live_file() {
+    fn without_a_log_writer_an_oversized_log_is_truncated_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("module-x.log");
         std::fs::write(&log, "a\n".repeat(100)).unwrap();
-        rotate_if_big(&log, 1000);
+        truncate_if_big(&log, 1000);
         assert_eq!(
             std::fs::metadata(&log).unwrap().len(),
             200,
             "below the cap: untouched"
         );
-        rotate_if_big(&log, 100);
+        truncate_if_big(&log, 100);
         assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
-        let old = std::fs::read_to_string(dir.path().join("module-x.log.1")).unwrap();
-        assert_eq!(old.len(), 200);
+        assert!(
+            !dir.path().join("module-x.log.1").exists(),
+            "nothing copied"
+        );
     }
 
     #[tokio::test]
@@ -1230,8 +1352,9 @@ mod tests {
             },
         )
         .unwrap();
-        rotate_if_big(&log, 1);
-        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        // What the log writer does: rename, then a new file.
+        std::fs::rename(&log, crate::runtime::logwriter::rotated_path(&log)).unwrap();
+        let mut f = std::fs::File::create(&log).unwrap();
         f.write_all(b"four\n").unwrap();
         let next = tokio::time::timeout(Duration::from_secs(5), follow.next())
             .await

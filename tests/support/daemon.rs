@@ -177,6 +177,7 @@ pub fn sweep(home: &Path) {
             .args(["-KILL", &pid.to_string()])
             .status();
     }
+    remove_cgroups(home);
     let label = format!("localaistack.io/stack={}", home.display());
     if let Ok(o) = Command::new("docker")
         .args(["ps", "-aq", "--filter", &format!("label={label}")])
@@ -232,4 +233,28 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Removes the (emptied) cgroups of this home's native workloads: `runtime::limits` names them
+/// `las-<first 10 hex of sha256(LAS_HOME/logs)>-<owner>`.
+pub fn remove_cgroups(home: &Path) {
+    use sha2::Digest;
+    let stack = hex::encode(sha2::Sha256::digest(
+        home.join("logs").as_os_str().as_encoded_bytes(),
+    ));
+    let prefix = format!("las-{}-", &stack[..10]);
+    for base in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        for e in std::fs::read_dir(base).into_iter().flatten().flatten() {
+            if !e.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
+            for _ in 0..100 {
+                if std::fs::remove_dir(e.path()).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
 }

@@ -47,6 +47,13 @@ pub(crate) struct FileStamp {
 }
 
 impl FileStamp {
+    /// The same version of a file, as far as a source file goes: device, inode, size and mtime
+    /// (not ctime, which a hardlink or a chmod also moves).
+    pub fn same_version(&self, other: &FileStamp) -> bool {
+        (self.dev, self.ino, self.size, self.mtime_ns)
+            == (other.dev, other.ino, other.size, other.mtime_ns)
+    }
+
     pub fn of(m: &fs::Metadata) -> Self {
         FileStamp {
             dev: m.dev(),

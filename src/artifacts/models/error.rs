@@ -72,6 +72,19 @@ pub enum ModelError {
     },
     #[error("{model_source} is being fetched by another process; retry once it is done")]
     InProgress { model_source: String },
+    /// The bytes passed the most a caller allows ([`super::EnsureOptions::max_bytes`]); the fetch
+    /// was stopped and nothing of it is kept.
+    #[error(
+        "{model_source} is larger than {limit} bytes, the most allowed here ({seen} bytes seen); the download was stopped and nothing is kept"
+    )]
+    TooLarge {
+        model_source: String,
+        limit: u64,
+        seen: u64,
+    },
+    /// The caller cancelled the fetch ([`super::EnsureOptions::cancel`]); nothing of it is kept.
+    #[error("{model_source}: the download was cancelled")]
+    Cancelled { model_source: String },
     #[error("cannot {op} {}: {source}", path.display())]
     Io {
         op: &'static str,
@@ -92,8 +105,16 @@ impl ModelError {
             ModelError::BlobMissing(_) => "BlobMissing",
             ModelError::InsufficientDisk { .. } => "InsufficientDisk",
             ModelError::InProgress { .. } => Phase::Downloading.reason(),
+            ModelError::TooLarge { .. } => "TooLarge",
+            ModelError::Cancelled { .. } => "Cancelled",
             ModelError::Io { .. } | ModelError::Client(_) => "StorageError",
         }
+    }
+
+    /// An IO error that means the disk (or the quota) is full.
+    pub(crate) fn is_no_space(&self) -> bool {
+        matches!(self, ModelError::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
     }
 
     pub(crate) fn io(

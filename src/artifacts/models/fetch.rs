@@ -19,10 +19,10 @@ use reqwest::header::{CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256 as Hasher};
 
-use super::ModelStore;
 use super::blobs::{self, PARTIAL_PREFIX, check_disk, finish, hash_reader, write_atomic};
 use super::error::{ModelError, Phase};
 use super::progress::Reporter;
+use super::{EnsureOptions, ModelStore};
 use crate::api::model::Sha256;
 
 /// How often a download fsyncs and records its offset, so a crash loses at most this much.
@@ -93,6 +93,16 @@ fn describe(e: &reqwest::Error) -> String {
     s
 }
 
+/// Resolves once `cancel` turns true; never when there is none (or its sender is gone).
+async fn cancelled(cancel: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    if let Some(rx) = cancel
+        && rx.wait_for(|c| *c).await.is_ok()
+    {
+        return;
+    }
+    std::future::pending::<()>().await
+}
+
 /// `Content-Range: bytes START-END/TOTAL` or `bytes */TOTAL` → (start, total).
 fn parse_content_range(v: &str) -> (Option<u64>, Option<u64>) {
     let Some(rest) = v.trim().strip_prefix("bytes ") else {
@@ -111,6 +121,7 @@ impl ModelStore {
         url: &str,
         bearer: Option<&str>,
         rep: &Reporter,
+        opts: &EnsureOptions,
     ) -> Result<Fetched, ModelError> {
         let cfg = &self.inner.config;
         if cfg.offline {
@@ -141,11 +152,27 @@ impl ModelStore {
             }
         };
         let mut failures = 0u32;
+        let mut cancel = opts.cancel.clone();
         loop {
-            match self
-                .attempt(src, url, bearer, &partial, &meta_path, rep)
-                .await?
-            {
+            let attempt = self
+                .attempt(src, url, bearer, &partial, &meta_path, rep, opts)
+                .await;
+            let attempt = match attempt {
+                Ok(a) => a,
+                // Too large, cancelled, or the disk is full: nothing of it is worth keeping.
+                Err(
+                    e @ (ModelError::TooLarge { .. }
+                    | ModelError::Cancelled { .. }
+                    | ModelError::InsufficientDisk { .. }),
+                ) => {
+                    let _ = fs::remove_file(&meta_path);
+                    let _ = fs::remove_file(&partial);
+                    tracing::info!(source = %src, reason = e.reason(), "download stopped; its partial file is removed");
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
+            match attempt {
                 Attempt::Done { digest, size } => {
                     return Ok(Fetched {
                         path: partial,
@@ -167,12 +194,20 @@ impl ModelStore {
                         ));
                     }
                     tracing::warn!(source = %src, attempt = failures, reason = %why, "download interrupted; resuming");
-                    tokio::time::sleep(cfg.retry_backoff * failures).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(cfg.retry_backoff * failures) => {}
+                        _ = cancelled(&mut cancel) => {
+                            let _ = fs::remove_file(&meta_path);
+                            let _ = fs::remove_file(&partial);
+                            return Err(ModelError::Cancelled { model_source: src.to_string() });
+                        }
+                    }
                 }
             }
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         src: &str,
@@ -181,7 +216,12 @@ impl ModelStore {
         partial: &Path,
         meta_path: &Path,
         rep: &Reporter,
+        opts: &EnsureOptions,
     ) -> Result<Attempt, ModelError> {
+        let mut cancel = opts.cancel.clone();
+        let cancelled_err = || ModelError::Cancelled {
+            model_source: src.to_string(),
+        };
         let prior = read_meta(meta_path).filter(|m| m.url == url);
         let on_disk = fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
         let offset = prior.as_ref().map_or(0, |m| m.offset.min(on_disk));
@@ -199,8 +239,12 @@ impl ModelStore {
         // once: the caller's backoff decides when to try again.
         // Bounded even if a server accepts the connection and never answers.
         let cfg = &self.inner.config;
-        let resp = tokio::time::timeout(cfg.connect_timeout + cfg.read_timeout, req.send())
-            .await
+        let send = tokio::time::timeout(cfg.connect_timeout + cfg.read_timeout, req.send());
+        let resp = tokio::select! {
+            r = send => r,
+            _ = cancelled(&mut cancel) => return Err(cancelled_err()),
+        };
+        let resp = resp
             .map_err(|_| {
                 unavailable(
                     src,
@@ -250,6 +294,15 @@ impl ModelStore {
         };
         let remaining = resp.content_length();
         let total = remaining.map(|r| start + r);
+        if let (Some(limit), Some(t)) = (opts.max_bytes, total)
+            && t > limit
+        {
+            return Err(ModelError::TooLarge {
+                model_source: src.to_string(),
+                limit,
+                seen: t,
+            });
+        }
         if let Some(r) = remaining {
             check_disk(&self.inner.blobs, r, self.inner.config.disk_reserve_bytes)?;
         }
@@ -276,9 +329,30 @@ impl ModelStore {
         let writer = tokio::task::spawn_blocking(move || write_partial(&p, &m, meta, rx, &r));
         let mut stream = resp.bytes_stream();
         let mut interrupted = None;
-        while let Some(item) = stream.next().await {
+        let mut stop = None;
+        let mut received = start;
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                _ = cancelled(&mut cancel) => {
+                    stop = Some(cancelled_err());
+                    break;
+                }
+            };
+            let Some(item) = item else { break };
             match item {
                 Ok(b) => {
+                    received += b.len() as u64;
+                    if let Some(limit) = opts.max_bytes
+                        && received > limit
+                    {
+                        stop = Some(ModelError::TooLarge {
+                            model_source: src.to_string(),
+                            limit,
+                            seen: received,
+                        });
+                        break;
+                    }
                     if tx.send(b).await.is_err() {
                         break; // the writer failed; its error is reported below
                     }
@@ -290,9 +364,23 @@ impl ModelStore {
             }
         }
         drop(tx);
-        let (h, len) = writer.await.map_err(|e| {
-            ModelError::io("write", partial)(std::io::Error::other(e.to_string()))
-        })??;
+        let written = writer
+            .await
+            .map_err(|e| ModelError::io("write", partial)(std::io::Error::other(e.to_string())))?;
+        if let Some(e) = stop {
+            return Err(e);
+        }
+        let (h, len) = match written {
+            Ok(w) => w,
+            Err(e) if e.is_no_space() => {
+                return Err(ModelError::InsufficientDisk {
+                    path: self.inner.blobs.clone(),
+                    needed: total.unwrap_or(received),
+                    available: blobs::free_bytes(&self.inner.blobs).unwrap_or(0),
+                });
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(why) = interrupted {
             return Ok(Attempt::Retry(format!("{url}: {why} (after {len} bytes)")));
         }

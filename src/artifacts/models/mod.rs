@@ -21,6 +21,11 @@
 //! - [`ModelStore::ensure`] is idempotent: when the blob is present and unchanged since it was last
 //!   hashed (same inode, size, mtime and ctime), it returns without reading the bytes or touching
 //!   the network. A changed blob is re-hashed, and quarantined if its bytes no longer match.
+//! - A local file is copied (hashing while copying) into a read-only blob by default, so nothing
+//!   done to the user's file — rewritten in place (`cp new old`) or replaced by a rename — changes
+//!   a stored blob. A source file whose stamp (device, inode, size, mtime) differs from the one it
+//!   had when imported is imported again, as a new revision ([`ModelStore::source_changed`]
+//!   tells cheaply); with `spec.sha256` pinning the old bytes that is a `DigestMismatch`.
 //! - An interrupted download keeps its bytes (fsynced every 64 MiB and on interruption) and the next
 //!   attempt — in the same call, up to [`StoreConfig::retries`] times, or a later call — resumes
 //!   with `Range`.
@@ -30,9 +35,11 @@
 //!   put in place less than [`StoreConfig::gc_grace`] ago (a Model applied while GC ran).
 //!
 //! # Caveats
-//! - A blob imported by hardlink shares its inode with the source file: if someone rewrites that
-//!   file in place, the blob changes too. `ensure` and `verify` detect it (the blob is quarantined
-//!   and re-imported); choose [`ImportMode::Copy`] to avoid sharing.
+//! - Hardlinking is an opt-in ([`ImportMode::HardlinkOrCopy`], `LAS_MODEL_IMPORT=hardlink`): such
+//!   a blob shares its inode with the source file and is not made read-only; if someone rewrites
+//!   that file in place, the blob changes too. `ensure` (blob stamp) and `verify` (hash) detect
+//!   it — the blob is quarantined and re-imported — but an engine reading it meanwhile sees the
+//!   new bytes.
 //! - Without `spec.sha256`, an `http(s)://` or floating `hf://` source is fetched once: later calls
 //!   return the blob it gave then, even if the server now has other bytes. Pin with `sha256`.
 //! - A server without `ETag`/`Last-Modified` gets `Range` without `If-Range`; if the file changed
@@ -73,11 +80,14 @@ use progress::Reporter;
 /// How local files are imported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ImportMode {
-    /// A hardlink when the file is on the same filesystem and linking is allowed; else a copy.
+    /// A copy, hashed while copying, made read-only: the blob never shares an inode with the
+    /// user's file, so nothing done to that file changes it.
     #[default]
-    HardlinkOrCopy,
-    /// Always a copy (the blob never shares an inode with the user's file).
     Copy,
+    /// Opt-in (`LAS_MODEL_IMPORT=hardlink`): a hardlink when the file is on the same filesystem
+    /// and linking is allowed, else a copy. Saves the space and time of a copy, at the price that
+    /// rewriting the source in place rewrites the blob (detected by its stamp, see the caveats).
+    HardlinkOrCopy,
 }
 
 /// Settings of the store. [`StoreConfig::from_env`] reads the environment; `Default` does not.
@@ -100,7 +110,7 @@ pub struct StoreConfig {
     /// Pause before the n-th resumption: n × this.
     pub retry_backoff: Duration,
     pub import_mode: ImportMode,
-    /// Free space that a fetch must leave on the disk.
+    /// Free space that a fetch must leave on the disk (`LAS_DISK_RESERVE_BYTES`, default 64 MiB).
     pub disk_reserve_bytes: u64,
     /// Draw a progress bar on stderr when it is a terminal.
     pub progress_bar: bool,
@@ -123,7 +133,7 @@ impl Default for StoreConfig {
             max_redirects: 10,
             retries: 3,
             retry_backoff: Duration::from_millis(500),
-            import_mode: ImportMode::HardlinkOrCopy,
+            import_mode: ImportMode::Copy,
             disk_reserve_bytes: 64 << 20,
             progress_bar: true,
             gc_grace: Duration::from_secs(600),
@@ -149,6 +159,12 @@ impl StoreConfig {
         }
         c.hf_token = set("HF_TOKEN");
         c.offline = truthy("LAS_OFFLINE") || truthy("HF_HUB_OFFLINE");
+        if let Some(r) = set("LAS_DISK_RESERVE_BYTES").and_then(|v| v.parse().ok()) {
+            c.disk_reserve_bytes = r;
+        }
+        if set("LAS_MODEL_IMPORT").is_some_and(|v| v == "hardlink") {
+            c.import_mode = ImportMode::HardlinkOrCopy;
+        }
         c
     }
 }
@@ -159,6 +175,12 @@ pub struct EnsureOptions {
     /// Accept `hf://` sources without `@revision` (they then follow `main`). A policy decides.
     pub allow_floating: bool,
     pub progress: Option<ProgressFn>,
+    /// The most bytes the Model may have (a tier's `maxModelBytes`). A download stops as soon as
+    /// it passes this (or at once when the announced length does) and keeps nothing: `TooLarge`.
+    pub max_bytes: Option<u64>,
+    /// Set to `true` to abort an in-flight download (its Model was deleted): `Cancelled`, and
+    /// nothing of it is kept.
+    pub cancel: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 /// A verified blob in the store.
@@ -293,6 +315,24 @@ impl ModelStore {
         idx.sources.get(&src.to_string()).map(|e| e.digest.clone())
     }
 
+    /// Whether the local file `src` names was changed or replaced (device, inode, size or mtime
+    /// differ) since its bytes were last imported. Cheap: one `stat`. `false` for network sources,
+    /// for files never imported, and for a file that is gone (its verified blob keeps serving).
+    pub fn source_changed(&self, src: &ModelSource) -> bool {
+        let ModelSource::File(p) = src else {
+            return false;
+        };
+        let idx = self.inner.index.load();
+        let Some(origin) = idx
+            .sources
+            .get(&src.to_string())
+            .and_then(|e| e.origin.as_ref())
+        else {
+            return false;
+        };
+        fs::metadata(p).is_ok_and(|m| !origin.same_version(&FileStamp::of(&m)))
+    }
+
     /// The blobs now in the store (not re-hashed).
     pub fn list_blobs(&self) -> Result<Vec<Blob>, ModelError> {
         let dir = &self.inner.blobs;
@@ -354,7 +394,8 @@ impl ModelStore {
                 ModelSource::File(p) => {
                     let this = self.clone();
                     let (k, p, r) = (key.clone(), p.clone(), rep.clone());
-                    tokio::task::spawn_blocking(move || this.import_blocking(&k, &p, &r))
+                    let max = opts.max_bytes;
+                    tokio::task::spawn_blocking(move || this.import_blocking(&k, &p, max, &r))
                         .await
                         .map_err(join_error)??
                 }
@@ -365,7 +406,8 @@ impl ModelStore {
                         _ => None,
                     };
                     (
-                        self.download(&key, &url, bearer.as_deref(), &rep).await?,
+                        self.download(&key, &url, bearer.as_deref(), &rep, opts)
+                            .await?,
                         None,
                     )
                 }
@@ -583,18 +625,20 @@ impl ModelStore {
         let key = src.to_string();
         let idx = self.inner.index.load();
         let entry = idx.sources.get(&key);
+        // A local file that changed since it was imported is a new revision: import it again
+        // (also when spec.sha256 names a blob we have: the new bytes must be checked against it).
+        if self.source_changed(src) {
+            tracing::info!(source = %key, "the model file changed since it was imported; importing it again");
+            // A hardlinked blob changed with it: this re-hashes it (its stamp moved) and
+            // quarantines it. A copied blob is untouched and returns at once.
+            if let Some(e) = entry {
+                self.trusted_blob(&e.digest, idx.blobs.get(e.digest.as_str()), rep)?;
+            }
+            return Ok(None);
+        }
         let candidate = match (expected, entry) {
             (Some(d), _) => d.clone(),
-            (None, Some(e)) => {
-                // A local file that changed since it was imported must be imported again.
-                if let (ModelSource::File(p), Some(origin)) = (src, &e.origin)
-                    && let Ok(m) = fs::metadata(p)
-                    && &FileStamp::of(&m) != origin
-                {
-                    return Ok(None);
-                }
-                e.digest.clone()
-            }
+            (None, Some(e)) => e.digest.clone(),
             (None, None) => return Ok(None),
         };
         let Some(blob) = self.trusted_blob(&candidate, idx.blobs.get(candidate.as_str()), rep)?
@@ -602,13 +646,19 @@ impl ModelStore {
             return Ok(None);
         };
         if entry.is_none_or(|e| e.digest != candidate) {
+            // A local file found by its digest: remember its stamp now, so a later change of it
+            // is seen.
+            let origin = match src {
+                ModelSource::File(p) => fs::metadata(p).ok().map(|m| FileStamp::of(&m)),
+                _ => None,
+            };
             self.inner.index.update(|f| {
                 f.sources.insert(
                     key,
                     SourceEntry {
                         digest: candidate.clone(),
                         size_bytes: blob.size_bytes,
-                        origin: None,
+                        origin,
                         recorded_at: now(),
                     },
                 );
@@ -677,6 +727,7 @@ impl ModelStore {
         &self,
         key: &str,
         path: &Path,
+        max_bytes: Option<u64>,
         rep: &Reporter,
     ) -> Result<(Fetched, Option<FileStamp>), ModelError> {
         let unavailable = |message: String| ModelError::SourceUnavailable {
@@ -693,6 +744,15 @@ impl ModelStore {
                 "{} is not a regular file",
                 real.display()
             )));
+        }
+        if let Some(limit) = max_bytes
+            && meta.len() > limit
+        {
+            return Err(ModelError::TooLarge {
+                model_source: key.to_string(),
+                limit,
+                seen: meta.len(),
+            });
         }
         let origin = FileStamp::of(&meta);
         let tmp = self
@@ -734,6 +794,13 @@ impl ModelStore {
             Ok((d, n)) => Ok((fetched(d, n, false), Some(origin))),
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
+                if e.is_no_space() {
+                    return Err(ModelError::InsufficientDisk {
+                        path: self.inner.blobs.clone(),
+                        needed: meta.len(),
+                        available: blobs::free_bytes(&self.inner.blobs).unwrap_or(0),
+                    });
+                }
                 Err(e)
             }
         }

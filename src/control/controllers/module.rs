@@ -45,6 +45,13 @@ pub const RUNTIME_FINALIZER: &str = "localaistack.io/runtime";
 pub trait Admission: Send + Sync {
     /// `Err(verdict)` refuses, with the precise reason.
     fn admit(&self, module: &StoredObject, all: &[StoredObject]) -> Result<(), String>;
+
+    /// The most bytes a Model may have under the active tier (`maxModelBytes`), with the tier's
+    /// name; enforced while the Model downloads.
+    fn max_model_bytes(&self, all: &[StoredObject]) -> Option<(u64, String)> {
+        let _ = all;
+        None
+    }
 }
 
 pub struct ModuleReconciler {

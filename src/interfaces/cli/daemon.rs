@@ -34,7 +34,8 @@ use crate::interfaces::http::{
     Access, ApiContext, BackendsInfo, ByteStream, DaemonInfo, DockerInfo, LogOptions, LogsError,
     Metrics, RuntimeInfo, Server, built_in_engines, ensure_token, socket_path,
 };
-use crate::runtime::docker::{DockerConfig, DockerRuntime};
+use crate::runtime::docker::DockerConfig;
+use crate::runtime::docker_lazy::ReconnectingDocker;
 use crate::runtime::native::NativeRuntime;
 use crate::runtime::{OwnerKey, Runtime};
 
@@ -80,7 +81,7 @@ struct Info {
     store: SharedStore,
     native: Arc<dyn Runtime>,
     docker: Option<Arc<dyn Runtime>>,
-    docker_error: Option<String>,
+    docker_link: Arc<ReconnectingDocker>,
 }
 
 impl DaemonInfo for Info {
@@ -124,9 +125,9 @@ impl DaemonInfo for Info {
         Box::pin(async move {
             BackendsInfo {
                 docker: DockerInfo {
-                    reachable: self.docker.is_some(),
+                    reachable: *self.docker_link.availability().borrow(),
                     version: None,
-                    error: self.docker_error.clone(),
+                    error: self.docker_link.last_error(),
                 },
                 engines: built_in_engines(),
             }
@@ -202,14 +203,13 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
         stack: home.root().display().to_string(),
         ..Default::default()
     };
-    let (docker, docker_error): (Option<Arc<dyn Runtime>>, Option<String>) =
-        match DockerRuntime::connect(docker_cfg).await {
-            Ok(d) => (Some(Arc::new(d)), None),
-            Err(e) => {
-                tracing::warn!(error = %e, "no Docker engine: container modules will wait for one");
-                (None, Some(e.to_string()))
-            }
-        };
+    // The engine may start after the daemon, stop and come back: the link connects on use and
+    // is checked every few seconds below; container modules wait for it as a condition.
+    let docker_link = Arc::new(ReconnectingDocker::new(docker_cfg));
+    if let Err(e) = docker_link.check().await {
+        tracing::warn!(error = %e, "no Docker engine yet: container modules will wait for one");
+    }
+    let docker: Option<Arc<dyn Runtime>> = Some(docker_link.clone());
     let profile = crate::control::hardware::probe_from_env()
         .probe()
         .map_err(err)?;
@@ -239,17 +239,17 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
             }
         });
     }
+    let admission = crate::control::admission::for_daemon().map_err(err)?;
     let reconcilers: Vec<Arc<dyn Reconciler>> = vec![
-        Arc::new(ModelReconciler::new(
-            store.clone(),
-            models.clone(),
-            Duration::from_secs(600),
-        )),
+        Arc::new(
+            ModelReconciler::new(store.clone(), models.clone(), Duration::from_secs(600))
+                .with_limits(admission.clone()),
+        ),
         Arc::new(ModuleReconciler {
             store: store.clone(),
             native: native.clone(),
             docker: docker.clone(),
-            admission: crate::control::admission::for_daemon().map_err(err)?,
+            admission,
             catalog: Arc::new(
                 crate::artifacts::catalog::Catalog::from_env()
                     .map_err(err)?
@@ -296,12 +296,38 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
         })
         .collect();
 
+    // When the engine becomes available (it started after us, or came back), every Module is
+    // reconciled: events of the time it was away are lost, and waiting ones can start now.
+    let engine_watch = {
+        let (link, t, s) = (docker_link.clone(), tx.clone(), store.clone());
+        tokio::spawn(async move {
+            let mut up = link.availability();
+            loop {
+                let _ = link.check().await;
+                if up.has_changed().unwrap_or(false) && *up.borrow_and_update() {
+                    let modules = s
+                        .with(|st| st.list(Some(Kind::Module), &Default::default()))
+                        .await
+                        .unwrap_or_default();
+                    for m in modules {
+                        if t.send(Trigger::Object((Kind::Module, m.name.to_string())))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        })
+    };
     let info = Arc::new(Info {
         profile,
         store: store.clone(),
         native: native.clone(),
         docker: docker.clone(),
-        docker_error,
+        docker_link: docker_link.clone(),
     });
     let ctx = ApiContext::new(home.clone(), metrics.clone(), changes_rx, info)
         .with_token(token)
@@ -395,6 +421,8 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
         let _ = t.await;
     }
     drop(store_watch);
+    engine_watch.abort();
+    let _ = engine_watch.await;
     for f in forwarders {
         f.abort();
         let _ = f.await;

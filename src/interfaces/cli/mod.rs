@@ -140,6 +140,14 @@ pub enum Command {
     Version,
     /// Print a shell completion script.
     Completion { shell: clap_complete::Shell },
+    /// Internal: copies a native workload's output from stdin into PATH, rotating by rename
+    /// (started by the daemon's native runtime; see `runtime::logwriter`).
+    #[command(hide = true)]
+    LogWriter {
+        #[arg(long)]
+        max_bytes: u64,
+        path: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]

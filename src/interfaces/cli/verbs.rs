@@ -34,6 +34,10 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
         Command::Plan(p) => super::plan::run(p),
         Command::Hardware(h) => super::hardware::run(h).and(ok),
         Command::Engine(e) => super::engine::run(e),
+        Command::LogWriter { max_bytes, path } => {
+            crate::runtime::logwriter::run(&path, max_bytes, std::io::stdin().lock())?;
+            ok
+        }
         Command::Model(m) => super::model::run(m).and(ok),
         Command::Events {
             object,
