@@ -332,7 +332,10 @@ impl ExtraDockerd {
             .append(true)
             .open(p.join("dockerd.log"))
             .unwrap();
-        let child = std::process::Command::new("dockerd")
+        // In a network namespace of its own: a dockerd started with `--bridge none` deletes any
+        // `docker0` it can see, which would be the system engine's.
+        let child = std::process::Command::new("unshare")
+            .args(["--net", "--", "dockerd"])
             .arg("--config-file")
             .arg(p.join("config.json"))
             .arg("--data-root")

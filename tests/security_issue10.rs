@@ -251,12 +251,19 @@ fn issue10_cross_site_and_foreign_requests_change_nothing_regression() {
         .args(["events", "module/pwn", "-w"])
         .stdout(std::process::Stdio::piped());
     let mut events = support::ChildGuard::spawn(c);
-    let mut out = events.0.as_mut().unwrap().stdout.take().unwrap();
-    let mut buf = [0u8; 4096];
-    let n = out.read(&mut buf).unwrap();
+    let out = events.0.as_mut().unwrap().stdout.take().unwrap();
+    let mut seen = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("module/pwn") {
+            break;
+        }
+    }
     assert!(
-        String::from_utf8_lossy(&buf[..n]).contains("module/pwn"),
-        "events over TCP with the token"
+        seen.contains("module/pwn"),
+        "events over TCP with the token:\n{seen}"
     );
     drop(events);
     env.run(&["delete", "module", "pwn"]).ok();
