@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps venv build test lint fmt bench run crds clean
+.PHONY: all deps venv build test lint fmt bench soak run crds clean
 
 all: build
 
@@ -41,6 +41,11 @@ crds:
 
 bench: deps venv
 	LAS_PYTHON=$(CURDIR)/$(VENV)/bin/python $(CARGO) bench --profile dev
+
+# kill -9 x100 while a mixed stack converges (make test runs the same test with 5 kills).
+soak: deps venv
+	@bash deps/ensure-docker.sh
+	LAS_SOAK_KILLS=$${LAS_SOAK_KILLS:-100} LAS_REQUIRE_DOCKER=1 $(CARGO) test --test soak -- --nocapture
 
 run: deps
 	$(CARGO) build

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::FreshEnv;
 use support::daemon::{Daemon, free_port, get_json, is_ready, wait_ready, wait_until};
+use support::docker::{E2E_IMAGE, e2e_image as docker_image};
 
 fn httpd_module(name: &str, port: u16, depends_on: &[&str]) -> String {
     let deps = if depends_on.is_empty() {
@@ -459,60 +460,6 @@ fn engine_module_serves_the_model_through_the_openai_endpoint_and_is_replaced_an
     });
     assert!(!alive(pid));
     assert!(support::daemon::workload_pids_except(env.home_path(), Some(d.guard.id())).is_empty());
-}
-
-const E2E_IMAGE: &str = "localaistack-e2e/busybox:1";
-
-/// Builds the test image from Debian's static busybox (no registry is reachable), or fails loudly
-/// when no Docker engine answers and LAS_REQUIRE_DOCKER=1; otherwise a counted, loud skip.
-fn docker_image() -> bool {
-    let engine = std::process::Command::new("docker")
-        .arg("info")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !engine {
-        assert_ne!(
-            std::env::var("LAS_REQUIRE_DOCKER").as_deref(),
-            Ok("1"),
-            "LAS_REQUIRE_DOCKER=1 but no Docker engine answers"
-        );
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED (loudly): no Docker engine answers; set LAS_REQUIRE_DOCKER=1 to fail instead"
-        );
-        return false;
-    }
-    let present = std::process::Command::new("docker")
-        .args(["image", "inspect", E2E_IMAGE])
-        .output()
-        .unwrap()
-        .status
-        .success();
-    if !present {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        for d in ["bin", "www", "tmp"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-            .expect("install busybox-static (make deps)");
-        std::fs::write(root.join("www/index.html"), "container-ok\n").unwrap();
-        let st = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "tar -C {} -cf - . | docker import - {E2E_IMAGE}",
-                root.display()
-            ))
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "{}",
-            String::from_utf8_lossy(&st.stderr)
-        );
-    }
-    true
 }
 
 #[test]

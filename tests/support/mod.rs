@@ -202,6 +202,7 @@ pub fn model_doc(name: &str, source: &str) -> String {
 }
 
 pub mod daemon;
+pub mod docker;
 
 /// The next event of `owner` on a runtime's event stream that satisfies `want`, skipping others;
 /// panics with what was seen when none comes within `timeout`.
