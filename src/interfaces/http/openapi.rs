@@ -139,7 +139,7 @@ pub fn document() -> Value {
             "description": "The management API of `lasctl daemon` (TCP, default 127.0.0.1:7411, and the unix socket $LAS_HOME/run/lasd.sock) and its OpenAI-compatible endpoint. When the daemon listens beyond loopback, every TCP request but /healthz needs `Authorization: Bearer <token>` (the token is in $LAS_HOME/run/token); a missing or wrong token is 401.",
         },
         "paths": {
-            "/healthz": {"get": op("Liveness", json!([]), json!({"200": {"description": "ok", "content": {"text/plain": {"schema": {"type": "string"}}}}}))},
+            "/healthz": {"get": op("Health: 200 `ok` while the state database opens and reads; 503 `unhealthy: <reason>` when it is missing, replaced or corrupt", json!([]), json!({"200": {"description": "ok", "content": {"text/plain": {"schema": {"type": "string"}}}}, "503": {"description": "unhealthy, with the reason", "content": {"text/plain": {"schema": {"type": "string"}}}}}))},
             "/metrics": {"get": op("Prometheus metrics: reconciles, errors, queue depth, workloads by state, request latency", json!([]), json!({"200": {"description": "text exposition format 0.0.4", "content": {"text/plain": {"schema": {"type": "string"}}}}}))},
             "/api/v1/openapi.json": {"get": op("This document", json!([]), json!({"200": json_ok("OpenAPI 3.1", json!({"type": "object"}))}))},
             "/api/v1/runtime": {"get": op("Version, hardware profile and policy tier", json!([]), json!({"200": json_ok("runtime", json!({"$ref": "#/components/schemas/RuntimeInfo"}))}))},
