@@ -549,7 +549,7 @@ pub async fn watch_sources(
     loop {
         let now = Instant::now();
         for i in 0..state.len() {
-            if !pending[i].is_some_and(|d| d <= now) {
+            if pending[i].is_none_or(|d| d > now) {
                 continue;
             }
             pending[i] = None;
