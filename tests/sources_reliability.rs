@@ -442,11 +442,21 @@ fn concurrent_writers_lose_no_update_and_losers_get_conflicts() {
             .unwrap_or("")
             .to_string()
     };
-    let (mut conflicts, mut successes) = (0, 0);
+    let (mut conflicts, mut successes, mut put_won) = (0, 0, 0);
     let mut last_rv = 0u64;
     for round in 0..15 {
         let store = Store::open(&db).unwrap();
-        let rv = store.get(Kind::Module, "w").unwrap().resource_version;
+        // Let the controller's status write of the last round land first, so that the PUT races
+        // the two applies only.
+        let mut rv = store.get(Kind::Module, "w").unwrap().resource_version;
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = store.get(Kind::Module, "w").unwrap().resource_version;
+            if now == rv {
+                break;
+            }
+            rv = now;
+        }
         let gen_before = store.history().unwrap().last().map_or(0, |g| g.number);
         drop(store);
         let a = env.write(
@@ -464,10 +474,19 @@ fn concurrent_writers_lose_no_update_and_losers_get_conflicts() {
                 .stderr(std::process::Stdio::piped());
             support::ChildGuard::spawn(c)
         };
-        let (mut ca, mut cb) = (spawn(&a), spawn(&b));
         let put_body = writer_doc(&format!("c{round}"), Some(&rv.to_string()));
         let url = d.url("/api/v1/modules/w");
-        let put = std::thread::spawn(move || curl("PUT", &url, Some(&put_body)));
+        // The PUT is the slower writer (curl, then a store opened per request): in even rounds it
+        // starts first, so each writer wins some rounds.
+        let put_first = round % 2 == 0;
+        let mut put = None;
+        if put_first {
+            let (u, b) = (url.clone(), put_body.clone());
+            put = Some(std::thread::spawn(move || curl("PUT", &u, Some(&b))));
+        }
+        let (mut ca, mut cb) = (spawn(&a), spawn(&b));
+        let put =
+            put.unwrap_or_else(|| std::thread::spawn(move || curl("PUT", &url, Some(&put_body))));
         let (ra, rb) = (
             ca.wait_output(Duration::from_secs(60)),
             cb.wait_output(Duration::from_secs(60)),
@@ -486,8 +505,14 @@ fn concurrent_writers_lose_no_update_and_losers_get_conflicts() {
             }
         }
         match pc {
-            200 | 201 => won.push(format!("c{round}")),
-            409 => conflicts += 1,
+            200 | 201 => {
+                won.push(format!("c{round}"));
+                put_won += 1;
+            }
+            409 => {
+                assert!(pbody.contains("Conflict"), "round {round}: {pbody}");
+                conflicts += 1;
+            }
             _ => panic!("round {round}: PUT answered {pc}: {pbody}"),
         }
         successes += won.len();
@@ -529,5 +554,7 @@ fn concurrent_writers_lose_no_update_and_losers_get_conflicts() {
     let snap = store.generation_state(newest).unwrap();
     let now = store.get(Kind::Module, "w").unwrap();
     assert_eq!(snap.iter().find(|o| o.name == "w").unwrap().spec, now.spec);
-    eprintln!("concurrent writers: 15 rounds, {successes} writes recorded, {conflicts} conflicts");
+    eprintln!(
+        "concurrent writers: 15 rounds, {successes} writes recorded ({put_won} by PUT), {conflicts} conflicts"
+    );
 }
