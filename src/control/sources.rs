@@ -453,26 +453,6 @@ impl Commit {
     }
 }
 
-/// Applies `dir` (recursive, with prune scoped to it) once, without waiting for it to settle, and
-/// records the outcome. Returns true when desired state changed.
-pub async fn apply_source(store: &SharedStore, dir: &Path) -> bool {
-    let d = dir.to_path_buf();
-    let snapshot = tokio::task::spawn_blocking(move || read_dir_snapshot(&d))
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-    let commit = Commit {
-        key: source_key(dir),
-        dir: dir.to_path_buf(),
-        objects: snapshot.and_then(|f| decode_files(&f).map_err(|e| e.to_string())),
-        others: BTreeSet::new(),
-        prune_wait: None,
-    };
-    matches!(
-        store.with(move |s| commit.run(s)).await,
-        Attempt::Done(true)
-    )
-}
-
 fn read_dir_snapshot(dir: &Path) -> Snapshot {
     read_paths(&[dir.to_path_buf()], true).map_err(|e| e.to_string())
 }
