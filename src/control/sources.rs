@@ -194,11 +194,11 @@ pub fn rollback_owners(
 #[derive(Debug, thiserror::Error)]
 pub enum RollbackError {
     #[error(
-        "rollback to generation {target} changes objects that watched director{} own{}: {}; the daemon \
+        "rollback to generation {target} changes objects that {} {}: {}; the daemon \
          would apply {} again and undo the rollback. Pass --suspend-source to suspend {} (resume with \
          `lasctl resume source PATH`), or revert the files instead",
-        if owned.len() == 1 { "y" } else { "ies" },
-        if owned.len() == 1 { "s" } else { "" },
+        if owned.len() == 1 { "a watched directory" } else { "watched directories" },
+        if owned.len() == 1 { "owns" } else { "own" },
         owned.iter().map(|(s, o)| format!("{s} ({})", o.join(", "))).collect::<Vec<_>>().join("; "),
         if owned.len() == 1 { "it" } else { "them" },
         if owned.len() == 1 { "it" } else { "them" }
