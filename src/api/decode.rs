@@ -133,20 +133,63 @@ fn collect_dir(dir: &Path, recursive: bool, out: &mut Vec<PathBuf>) -> std::io::
     Ok(())
 }
 
+/// Reads one file: only a regular file (a symlink is followed), opened with `O_NONBLOCK` so a FIFO
+/// or device that appears between the check and the open cannot block, and read up to the bound.
 fn read_one(p: &Path, out: &mut Vec<InputFile>, total: &mut usize) -> Result<(), InputErrors> {
+    use std::os::unix::fs::OpenOptionsExt;
     let name = p.display().to_string();
-    let len = std::fs::metadata(p)
-        .map_err(|e| whole_file_error(&name, format!("cannot read: {e}")))?
-        .len();
+    let cannot = |e: std::io::Error| whole_file_error(&name, format!("cannot read: {e}"));
+    let not_regular = |ft: std::fs::FileType| {
+        whole_file_error(
+            &name,
+            format!(
+                "not a regular file ({}): only regular files are read; remove it or rename it \
+                 without a .yaml/.yml/.json suffix",
+                file_type_name(ft)
+            ),
+        )
+    };
+    let meta = std::fs::metadata(p).map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(p)
+        .map_err(cannot)?;
+    // The path may have been replaced between the check and the open: check what was opened.
+    let meta = f.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(not_regular(meta.file_type()));
+    }
+    let len = meta.len();
     if len as usize > MAX_CALL_BYTES {
         return Err(whole_file_error(
             &name,
             format!("file is {len} bytes; one call accepts at most {MAX_CALL_BYTES} bytes"),
         ));
     }
-    let bytes =
-        std::fs::read(p).map_err(|e| whole_file_error(&name, format!("cannot read: {e}")))?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    f.take(MAX_CALL_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
     push_file(out, total, name, bytes)
+}
+
+fn file_type_name(ft: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "a device"
+    } else {
+        "not a file"
+    }
 }
 
 fn push_file(

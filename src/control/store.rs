@@ -58,6 +58,10 @@ pub enum StoreError {
     NoSuchGeneration(u64),
     #[error("there is no earlier generation to roll back to")]
     NothingToRollBack,
+    #[error(
+        "not applied: {key} is recorded (a suspended source; `lasctl resume source PATH` resumes it)"
+    )]
+    Suspended { key: String },
     #[error("stored object {kind}/{name} is unreadable: {message}")]
     Corrupt {
         kind: String,
@@ -536,6 +540,17 @@ impl Store {
 
     /// Applies desired state in one transaction. See the module docs for the guarantees.
     pub fn apply(&mut self, req: &ApplyRequest) -> Result<Outcome> {
+        self.apply_unless_record(req, None)
+    }
+
+    /// [`Store::apply`], refused with [`StoreError::Suspended`] when the record `guard` exists at the
+    /// moment of writing (checked inside the write transaction, so a suspension recorded by another
+    /// process is never overtaken).
+    pub fn apply_unless_record(
+        &mut self,
+        req: &ApplyRequest,
+        guard: Option<&str>,
+    ) -> Result<Outcome> {
         // Fast path: a read-only comparison. An unchanged re-apply writes nothing.
         let plan = Self::plan_apply(&self.conn, req)?;
         if req.dry_run || (!plan.writes_anything()) {
@@ -544,6 +559,16 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(key) = guard {
+            let present: Option<i64> = tx
+                .query_row("SELECT 1 FROM records WHERE key = ?1", [key], |r| r.get(0))
+                .optional()?;
+            if present.is_some() {
+                return Err(StoreError::Suspended {
+                    key: key.to_string(),
+                });
+            }
+        }
         // Re-plan under the write lock: another writer may have committed since the read.
         let plan = Self::plan_apply(&tx, req)?;
         let generation = Self::execute(&tx, &plan, &req.description)?;
@@ -966,19 +991,29 @@ impl Store {
         Ok(out)
     }
 
-    /// Makes desired state equal to generation `target` (default: the one before the newest), as a
-    /// new generation, in one transaction. Status is untouched: controllers converge to it.
-    pub fn rollback(&mut self, target: Option<u64>) -> Result<Outcome> {
+    /// The generation `rollback(target)` restores: `target`, or the one before the newest.
+    pub fn rollback_target(&self, target: Option<u64>) -> Result<u64> {
         let latest: Option<i64> =
             self.conn
                 .query_row("SELECT MAX(number) FROM generations", [], |r| r.get(0))?;
-        let target = match target {
-            Some(t) => t,
+        match target {
+            Some(t) => Ok(t),
             None => match latest {
-                Some(l) if l > 1 => (l - 1) as u64,
-                _ => return Err(StoreError::NothingToRollBack),
+                Some(l) if l > 1 => Ok((l - 1) as u64),
+                _ => Err(StoreError::NothingToRollBack),
             },
-        };
+        }
+    }
+
+    /// The prune inventory: which source (PATH key) each object was last applied from.
+    pub fn owners(&self) -> Result<HashMap<(Kind, String), String>> {
+        Self::inventory(&self.conn)
+    }
+
+    /// Makes desired state equal to generation `target` (default: the one before the newest), as a
+    /// new generation, in one transaction. Status is untouched: controllers converge to it.
+    pub fn rollback(&mut self, target: Option<u64>) -> Result<Outcome> {
+        let target = self.rollback_target(target)?;
         let state = self.generation_state(target)?;
         let tx = self
             .conn

@@ -27,7 +27,7 @@ use crate::control::controllers::{
     self, MetricsSink, Reconciler, SchedulerConfig, SharedStore, Trigger,
 };
 use crate::control::hardware::HardwareProfile;
-use crate::control::sources::{watch_sources, watch_store};
+use crate::control::sources::{SourcesConfig, watch_sources, watch_store};
 use crate::control::store::Store;
 use crate::home::LasHome;
 use crate::interfaces::http::{
@@ -53,6 +53,9 @@ pub struct DaemonArgs {
     /// Seconds between full resyncs of every object.
     #[arg(long, env = "LAS_RESYNC_SECONDS", default_value_t = 30)]
     pub resync_seconds: u64,
+    /// Seconds between full re-reads of every watched directory (file events apply at once).
+    #[arg(long, env = "LAS_SOURCE_RESCAN_SECONDS", default_value_t = 30)]
+    pub source_rescan_seconds: u64,
     /// Kept for scripts: the bearer token ($LAS_HOME/run/token, mode 0600) is now always created.
     #[arg(long, hide = true)]
     pub generate_token: bool,
@@ -190,13 +193,15 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
     // Every TCP client but /healthz, /metrics and /v1 on loopback must send this token: any local
     // user or web page could otherwise drive the daemon (see interfaces::http's auth module).
     let token = ensure_token(&home).map_err(err)?;
-    let _lock = lock_home(&home)?;
+    let mut lock = super::lock::DaemonLock::acquire(&home, super::lock::LOCK_WAIT)?;
     for d in &args.watch {
         if !d.is_dir() {
             return Err(err(format!("--watch {}: not a directory", d.display())));
         }
     }
     let store = SharedStore::new(Store::open(&home.state_db())?);
+    lock.record_db(&home.state_db())?;
+    let db_identity = db_identity(&home.state_db());
     let models = ModelStore::open(&home).map_err(err)?;
     let native: Arc<dyn Runtime> = Arc::new(NativeRuntime::open(&home).map_err(err)?);
     let docker_cfg = DockerConfig {
@@ -329,10 +334,13 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
         docker: docker.clone(),
         docker_link: docker_link.clone(),
     });
+    let (source_changes, db_changes) = (changes_rx.clone(), changes_rx.clone());
     let ctx = ApiContext::new(home.clone(), metrics.clone(), changes_rx, info)
         .with_token(token)
         .with_access(Access::new(&args.allow_hosts, !args.v1_requires_token));
     let access = ctx.access.clone();
+    let health = ctx.health.clone();
+    health.require_db();
     let server = Server::bind(ctx, args.listen, socket_path(&home))
         .await
         .map_err(err)?;
@@ -355,16 +363,12 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
     let mut sources_task = None;
     if !args.watch.is_empty() {
         let (s, dirs, t) = (store.clone(), args.watch.clone(), tx.clone());
+        let config = SourcesConfig {
+            rescan: Duration::from_secs(args.source_rescan_seconds.max(1)),
+            ..Default::default()
+        };
         sources_task = Some(tokio::spawn(async move {
-            if let Err(e) = watch_sources(
-                s,
-                dirs,
-                Duration::from_millis(25),
-                Duration::from_secs(30),
-                t,
-            )
-            .await
-            {
+            if let Err(e) = watch_sources(s, dirs, config, t, Some(source_changes)).await {
                 tracing::error!(error = %e, "watching directories failed");
             }
         }));
@@ -400,11 +404,25 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
         access.mint_login()
     );
 
+    // The state database under us: deleted or replaced → stop (a restart opens the current one);
+    // unreadable → /healthz says so.
+    let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(1);
+    tokio::spawn(watch_state_db(
+        home.state_db(),
+        db_identity,
+        store.clone(),
+        health,
+        db_changes,
+        fatal_tx,
+    ));
+
     let mut term = signal(SignalKind::terminate()).map_err(err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(err)?;
+    let mut fatal = None;
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        Some(reason) = fatal_rx.recv() => fatal = Some(reason),
     }
     eprintln!("lasctl daemon: shutting down (a second signal exits at once)");
     tokio::spawn(async move {
@@ -430,6 +448,9 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
     drop(tx);
     let _ = scheduler.await;
     let _ = http.await;
+    if let Some(reason) = fatal {
+        return Err(err(reason));
+    }
     if args.stop_workloads_on_exit {
         for rt in std::iter::once(&native).chain(docker.iter()) {
             if let Ok(all) = rt.list().await {
@@ -442,20 +463,98 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// An exclusive lock on `run/lasd.lock`, held for the daemon's life.
-fn lock_home(home: &LasHome) -> Result<nix::fcntl::Flock<std::fs::File>, CliError> {
-    let path = home.run().join("lasd.lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(err)?;
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
-        err(format!(
-            "another lasctl daemon runs on {} (lock {} is held)",
-            home.root().display(),
-            path.display()
-        ))
-    })
+fn db_identity(p: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Checks the state database every second and whenever the store changes: the file must still be
+/// the one opened (else `fatal` gets the reason and the daemon stops), and readable (else
+/// `/healthz` answers 503 with the reason until it is again).
+async fn watch_state_db(
+    path: PathBuf,
+    opened: Option<(u64, u64)>,
+    store: SharedStore,
+    health: crate::interfaces::http::Health,
+    mut changes: watch::Receiver<u64>,
+    fatal: mpsc::Sender<String>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut checks = 0u64;
+    loop {
+        // A store change (perhaps a CLI that just created a new file) checks the file at once; the
+        // reads through the store are left to the tick, so busy stores cost nothing more.
+        let on_tick = tokio::select! {
+            _ = tick.tick() => true,
+            r = changes.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                false
+            }
+        };
+        let now = db_identity(&path);
+        if now != opened {
+            let reason = format!(
+                "state database {} was {} while the daemon ran: stopping so that no write goes \
+                 to a file nobody reads; start the daemon again to use the current one",
+                path.display(),
+                if now.is_none() { "deleted" } else { "replaced" }
+            );
+            tracing::error!(path = %path.display(), "{reason}");
+            health.fail(reason.clone());
+            let _ = fatal.send(reason).await;
+            return;
+        }
+        if !on_tick {
+            continue;
+        }
+        // A cheap read every second, a full page check every 10th.
+        checks += 1;
+        let full = checks % 10 == 1;
+        let r = store
+            .with(move |s| {
+                s.current_resource_version()?;
+                if full {
+                    let verdict = s.integrity_check()?;
+                    if verdict != "ok" {
+                        return Ok(Some(verdict));
+                    }
+                }
+                Ok::<_, crate::control::store::StoreError>(None)
+            })
+            .await;
+        let failure = match r {
+            Ok(None) => None,
+            Ok(Some(v)) => Some(format!(
+                "state database {} fails its integrity check: {v}",
+                path.display()
+            )),
+            Err(e) => Some(format!(
+                "state database {} is unreadable: {e}",
+                path.display()
+            )),
+        };
+        match failure {
+            Some(f) if health.failure().as_ref() != Some(&f) => {
+                tracing::error!(path = %path.display(), "{f}; restore it from a backup or move it away and re-apply");
+                let msg = f.clone();
+                store
+                    .with(move |s| {
+                        let _ = s.record_event(
+                            "Daemon",
+                            "state",
+                            crate::control::store::EventType::Warning,
+                            "StateDatabaseCorrupt",
+                            &msg,
+                        );
+                    })
+                    .await;
+                health.fail(f);
+            }
+            Some(_) => {}
+            None if full => health.clear(),
+            None => {}
+        }
+    }
 }

@@ -4,10 +4,12 @@ mod daemon;
 mod engine;
 mod events;
 mod hardware;
+mod lock;
 mod logs;
 mod model;
 mod output;
 mod plan;
+mod resume;
 mod sources;
 mod ui;
 mod verbs;
@@ -109,7 +111,18 @@ pub enum Command {
         output: OutputFormat,
     },
     /// Make desired state equal to an earlier generation (default: the previous one).
-    Rollback { generation: Option<u64> },
+    ///
+    /// Objects owned by a watched directory are refused unless --suspend-source: the daemon would
+    /// apply the directory again and undo the rollback.
+    Rollback {
+        generation: Option<u64>,
+        /// Suspend the watched directories that own rolled-back objects (until `resume source`).
+        #[arg(long)]
+        suspend_source: bool,
+    },
+    /// Resume what a rollback suspended: resume source PATH.
+    #[command(subcommand)]
+    Resume(resume::ResumeCommand),
     /// The durable event log, of one object (KIND/NAME) or all; -w follows it from the daemon.
     Events {
         object: Option<String>,

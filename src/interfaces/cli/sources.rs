@@ -1,6 +1,7 @@
 //! `lasctl get sources`: the watched directories and how their last apply went. The daemon keeps
 //! one record per directory under the key `source/<path>`:
-//! `{path, lastApplied, generation, objects, error}` (`control::sources::SourceStatus`).
+//! `{path, lastApplied, generation, objects, error}` (`control::sources::SourceStatus`), and
+//! `suspended: {path, since, reason}` from the `suspended-source/<path>` record of a suspended one.
 
 use std::io::Write;
 
@@ -36,6 +37,25 @@ pub fn run(g: GetArgs) -> Result<(), CliError> {
             v
         })
         .collect();
+    // Suspensions (`rollback --suspend-source`) are their own records, written by the CLI.
+    for (_, v) in store.records_with_prefix(crate::control::sources::SUSPENDED_PREFIX)? {
+        let Some(path) = v.get("path").and_then(Value::as_str).map(str::to_string) else {
+            continue;
+        };
+        let pos = records
+            .iter()
+            .position(|r| r.get("path").and_then(Value::as_str) == Some(path.as_str()));
+        let r = match pos {
+            Some(i) => &mut records[i],
+            None => {
+                records.push(serde_json::json!({"path": path}));
+                records.last_mut().expect("pushed")
+            }
+        };
+        if let Some(m) = r.as_object_mut() {
+            m.insert("suspended".into(), v.clone());
+        }
+    }
     if let Some(name) = &g.name {
         records.retain(|r| r.get("path").and_then(Value::as_str) == Some(name.as_str()));
         if records.is_empty() {
@@ -79,6 +99,11 @@ pub fn run(g: GetArgs) -> Result<(), CliError> {
                     let err = s(r, "error");
                     vec![
                         s(r, "path"),
+                        if r.get("suspended").is_some() {
+                            "Suspended".into()
+                        } else {
+                            "Watching".into()
+                        },
                         if err.is_empty() {
                             "True".into()
                         } else {
@@ -102,6 +127,7 @@ pub fn run(g: GetArgs) -> Result<(), CliError> {
                 &mut out,
                 &[
                     "PATH",
+                    "STATE",
                     "OK",
                     "GENERATION",
                     "OBJECTS",

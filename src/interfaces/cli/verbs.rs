@@ -30,7 +30,11 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
             ok
         }
         Command::History { output } => history(output).and(ok),
-        Command::Rollback { generation } => rollback(generation).and(ok),
+        Command::Rollback {
+            generation,
+            suspend_source,
+        } => rollback(generation, suspend_source).and(ok),
+        Command::Resume(r) => super::resume::run(r).and(ok),
         Command::Plan(p) => super::plan::run(p),
         Command::Hardware(h) => super::hardware::run(h).and(ok),
         Command::Engine(e) => super::engine::run(e),
@@ -76,6 +80,7 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
 pub(crate) fn open_store() -> Result<Store, CliError> {
     let home = LasHome::from_env()?;
     home.ensure()?;
+    super::lock::check_same_db(&home)?;
     Ok(Store::open(&home.state_db())?)
 }
 
@@ -528,12 +533,22 @@ fn history(output: OutputFormat) -> Result<(), CliError> {
     Ok(())
 }
 
-fn rollback(generation: Option<u64>) -> Result<(), CliError> {
+fn rollback(generation: Option<u64>, suspend_source: bool) -> Result<(), CliError> {
+    use crate::control::sources::{RollbackError, rollback_guarded};
     let mut store = open_store()?;
-    let o = store.rollback(generation)?;
+    let (o, suspended) =
+        rollback_guarded(&mut store, generation, suspend_source).map_err(|e| match e {
+            RollbackError::Store(s) => CliError::Store(s),
+            e => CliError::Usage(e.to_string()),
+        })?;
     print_outcome(&o, false, None)?;
     if o.generation.is_none() {
         println!("desired state already equals that generation; nothing recorded");
+    }
+    for src in suspended {
+        println!(
+            "source {src} suspended: the daemon does not apply it until `lasctl resume source {src}`"
+        );
     }
     Ok(())
 }

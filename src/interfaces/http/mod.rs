@@ -109,6 +109,8 @@ pub struct ApiContext {
     pub access: Arc<Access>,
     /// Permits for reading and decoding apply bodies ([`HEAVY_REQUESTS`]).
     pub(crate) heavy: Arc<tokio::sync::Semaphore>,
+    /// A failure the daemon found that `/healthz` must report.
+    pub health: Health,
     pub(crate) shutdown: Arc<watch::Sender<bool>>,
     pub(crate) upstream: reqwest::Client,
     pub(crate) routes: Arc<openai::RouteCache>,
@@ -136,6 +138,7 @@ impl ApiContext {
             token: None,
             access: Arc::new(Access::default()),
             heavy: Arc::new(tokio::sync::Semaphore::new(HEAVY_REQUESTS)),
+            health: Health::default(),
             shutdown: Arc::new(watch::channel(false).0),
             upstream,
             routes: Arc::new(openai::RouteCache::default()),
@@ -221,8 +224,70 @@ pub fn router(ctx: ApiContext) -> Router {
     .with_state(ctx)
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// What `/healthz` reports beyond "the server answers": a failure the daemon found (its state
+/// database deleted, replaced or corrupt). Cheap to clone; shared with the daemon.
+#[derive(Clone, Default)]
+pub struct Health(Arc<HealthInner>);
+
+#[derive(Default)]
+struct HealthInner {
+    failure: std::sync::Mutex<Option<String>>,
+    /// The daemon opened `state.db`: its absence is a failure (and never a reason to create one).
+    db_required: std::sync::atomic::AtomicBool,
+}
+
+impl Health {
+    pub fn fail(&self, reason: String) {
+        *self.0.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+    pub fn clear(&self) {
+        *self.0.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+    pub fn failure(&self) -> Option<String> {
+        self.0
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    /// From now on a missing `state.db` is unhealthy.
+    pub fn require_db(&self) {
+        self.0
+            .db_required
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// 200 `ok` only when the daemon reports no failure and the state database opens and answers a
+/// read the way every API request's does; else 503 with the reason.
+async fn healthz(
+    axum::extract::State(ctx): axum::extract::State<ApiContext>,
+) -> (axum::http::StatusCode, String) {
+    let unhealthy = |r: String| {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {r}\n"),
+        )
+    };
+    if let Some(r) = ctx.health.failure() {
+        return unhealthy(r);
+    }
+    let db = ctx.home.state_db();
+    if !db.exists() {
+        if ctx
+            .health
+            .0
+            .db_required
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return unhealthy(format!("state database {} is missing", db.display()));
+        }
+        return (axum::http::StatusCode::OK, "ok\n".into());
+    }
+    match ctx.with_store(|s| s.current_resource_version()).await {
+        Ok(_) => (axum::http::StatusCode::OK, "ok\n".into()),
+        Err(e) => unhealthy(format!("state database {}: {e}", db.display())),
+    }
 }
 
 /// The default socket path for a state directory.
