@@ -409,8 +409,12 @@ fn writer_doc(value: &str, rv: Option<&str>) -> String {
     )
 }
 
-fn curl(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
+/// One request with the home's bearer token (the daemon requires it on TCP).
+fn curl(home: &std::path::Path, method: &str, url: &str, body: Option<&str>) -> (u16, String) {
+    let token = std::fs::read_to_string(home.join("run/token")).unwrap();
     let mut c = std::process::Command::new("curl");
+    c.arg("-H")
+        .arg(format!("Authorization: Bearer {}", token.trim()));
     c.args([
         "-s",
         "-m",
@@ -439,6 +443,7 @@ fn concurrent_writers_lose_no_update_and_losers_get_conflicts() {
     let first = env.write("w.yaml", &writer_doc("init", None));
     env.run(&["apply", "-f", first.to_str().unwrap()]).ok();
     let db = env.home_path().join("state.db");
+    let home = env.home_path().to_path_buf();
     let writer_of = |spec: &Value| {
         spec["native"]["env"]["WRITER"]
             .as_str()
@@ -484,12 +489,14 @@ fn concurrent_writers_lose_no_update_and_losers_get_conflicts() {
         let put_first = round % 2 == 0;
         let mut put = None;
         if put_first {
-            let (u, b) = (url.clone(), put_body.clone());
-            put = Some(std::thread::spawn(move || curl("PUT", &u, Some(&b))));
+            let (h, u, b) = (home.clone(), url.clone(), put_body.clone());
+            put = Some(std::thread::spawn(move || curl(&h, "PUT", &u, Some(&b))));
         }
         let (mut ca, mut cb) = (spawn(&a), spawn(&b));
-        let put =
-            put.unwrap_or_else(|| std::thread::spawn(move || curl("PUT", &url, Some(&put_body))));
+        let put = put.unwrap_or_else(|| {
+            let h = home.clone();
+            std::thread::spawn(move || curl(&h, "PUT", &url, Some(&put_body)))
+        });
         let (ra, rb) = (
             ca.wait_output(Duration::from_secs(60)),
             cb.wait_output(Duration::from_secs(60)),
