@@ -1,7 +1,8 @@
 //! The Model controller: makes a Model verified bytes on disk and reports what they are.
 //!
 //! Ready=True (`Verified`) once the blob is in the store with the expected digest and its GGUF
-//! header reads. A digest mismatch or an unreadable GGUF stalls the Model until its spec changes; an
+//! header reads. A digest mismatch or an unreadable GGUF stalls the Model until its spec changes
+//! (or, for a local file, until the file's stamp changes: [`Reconciler::retry_stalled`]); an
 //! unavailable source is retried with backoff. Every `integrity` interval the blob is re-hashed: a
 //! blob changed on disk is drift — reported, moved away, and fetched again from the source.
 
@@ -25,6 +26,21 @@ pub struct ModelReconciler {
     models: ModelStore,
     integrity: Duration,
     last_verified: Mutex<HashMap<Key, Instant>>,
+    /// The stamp of the local source file of each Stalled Model, when it stalled.
+    stalled_stamps: Mutex<HashMap<Key, Option<SourceStamp>>>,
+}
+
+/// What tells a changed local file: identity, size and modification time. Not the change time:
+/// importing (a hardlink) and quarantining the bytes move it without changing the file.
+type SourceStamp = (u64, u64, u64, i64, i64);
+
+fn source_stamp(spec: &crate::api::ModelSpec) -> Option<SourceStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let crate::api::model::ModelSource::File(p) = &spec.source else {
+        return None;
+    };
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
 impl ModelReconciler {
@@ -34,7 +50,30 @@ impl ModelReconciler {
             models,
             integrity,
             last_verified: Mutex::default(),
+            stalled_stamps: Mutex::default(),
         }
+    }
+
+    async fn converge_recording_stalls(
+        &self,
+        key: Key,
+        obj: StoredObject,
+    ) -> Result<Action, ReconcileError> {
+        let stamp = match obj.typed_spec() {
+            Ok(Spec::Model(spec)) => source_stamp(&spec),
+            _ => None,
+        };
+        let r = self.converge(key.clone(), obj).await;
+        let mut stalls = self
+            .stalled_stamps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match &r {
+            // The stamp from before the fetch: a file replaced while it was read is tried again.
+            Err(e) if e.permanent => stalls.insert(key, stamp),
+            _ => stalls.remove(&key),
+        };
+        r
     }
 
     async fn converge(&self, key: Key, obj: StoredObject) -> Result<Action, ReconcileError> {
@@ -177,11 +216,32 @@ impl Reconciler for ModelReconciler {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&key);
+                    self.stalled_stamps
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&key);
                     Ok(Action::AwaitChange)
                 }
                 Some(o) if o.deleted_at.is_some() => Ok(Action::AwaitChange),
-                Some(o) => self.converge(key, o).await,
+                Some(o) => self.converge_recording_stalls(key, o).await,
             }
         })
+    }
+
+    fn retry_stalled(&self, obj: &StoredObject) -> bool {
+        let key = (obj.kind, obj.name.to_string());
+        let Some(Some(then)) = self
+            .stalled_stamps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned()
+        else {
+            return false;
+        };
+        match obj.typed_spec() {
+            Ok(Spec::Model(spec)) => source_stamp(&spec) != Some(then),
+            _ => false,
+        }
     }
 }

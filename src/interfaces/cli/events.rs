@@ -12,10 +12,33 @@ use crate::control::store::Event;
 use crate::home::LasHome;
 use crate::interfaces::http::client::{DaemonClient, sse_messages};
 
+/// `5s`, or for a series `5s (x12 over 2m)`, as `kubectl describe` says it.
+pub(crate) fn seen(e: &Event) -> String {
+    if e.count <= 1 {
+        return age(&e.time);
+    }
+    let span = match (
+        chrono::DateTime::parse_from_rfc3339(&e.first_timestamp),
+        chrono::DateTime::parse_from_rfc3339(&e.time),
+    ) {
+        (Ok(first), Ok(last)) => {
+            let s = (last - first).num_seconds().max(0);
+            match s {
+                s if s < 120 => format!("{s}s"),
+                s if s < 7200 => format!("{}m", s / 60),
+                s if s < 172800 => format!("{}h", s / 3600),
+                s => format!("{}d", s / 86400),
+            }
+        }
+        _ => "?".into(),
+    };
+    format!("{} (x{} over {span})", age(&e.time), e.count)
+}
+
 fn line(e: &Event) -> String {
     format!(
-        "{:<10} {:<8} {:<20} {:<30} {}",
-        age(&e.time),
+        "{:<22} {:<8} {:<20} {:<30} {}",
+        seen(e),
         format!("{:?}", e.type_),
         e.reason,
         format!("{}/{}", e.kind.to_lowercase(), e.name),
@@ -56,7 +79,7 @@ pub fn watch(object: Option<&str>, limit: usize) -> Result<(), CliError> {
             let mut out = std::io::stdout().lock();
             writeln!(
                 out,
-                "{:<10} {:<8} {:<20} {:<30} MESSAGE",
+                "{:<22} {:<8} {:<20} {:<30} MESSAGE",
                 "LAST SEEN", "TYPE", "REASON", "OBJECT"
             )?;
             out.flush()?;
@@ -84,13 +107,24 @@ struct EventIn {
     type_: String,
     reason: String,
     message: String,
+    #[serde(default = "one")]
+    count: u64,
+    #[serde(default, rename = "firstTimestamp")]
+    first_timestamp: Option<String>,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl From<EventIn> for Event {
     fn from(e: EventIn) -> Self {
         Event {
             id: e.id,
+            first_timestamp: e.first_timestamp.unwrap_or_else(|| e.time.clone()),
+            last_timestamp: e.time.clone(),
             time: e.time,
+            count: e.count,
             kind: e.kind,
             name: e.name,
             type_: if e.type_ == "Warning" {
