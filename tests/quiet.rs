@@ -457,6 +457,7 @@ fn a_converged_or_stalled_stack_does_nothing() {
         ("Stalled AdmissionRefused", case_admission_refused),
         ("Stalled unresolvable from", case_unresolvable_from),
         ("CrashLoop", case_crash_loop),
+        ("container start fails", case_container_start_fails),
     ]);
 }
 
@@ -631,6 +632,145 @@ fn case_404_backs_off() {
     assert!(gaps.len() >= 2, "{gaps:?}");
     let (s, r) = condition(&env, "model", "gone", "Reconciling").unwrap();
     assert_eq!((s.as_str(), r.as_str()), ("True", "SourceUnavailable"));
+}
+
+// ---- defect 3: a failing container start flooded events and re-created its container ----
+
+const E2E_IMAGE: &str = "localaistack-e2e/busybox:1";
+
+/// The Docker engine answers and the test image is there (built from the host's busybox, as
+/// tests/daemon_e2e.rs does); loudly false without an engine, a failure with
+/// LAS_REQUIRE_DOCKER=1.
+fn docker_image() -> bool {
+    let engine = std::process::Command::new("docker")
+        .arg("info")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !engine {
+        assert_ne!(
+            std::env::var("LAS_REQUIRE_DOCKER").as_deref(),
+            Ok("1"),
+            "LAS_REQUIRE_DOCKER=1 but no Docker engine answers"
+        );
+        eprintln!(
+            "SKIPPED (loudly): no Docker engine answers; set LAS_REQUIRE_DOCKER=1 to fail instead"
+        );
+        return false;
+    }
+    let present = std::process::Command::new("docker")
+        .args(["image", "inspect", E2E_IMAGE])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if !present {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", dir.path().join("bin/busybox"))
+            .expect("install busybox-static (make deps)");
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "tar -C {} -cf - . | docker import - {E2E_IMAGE}",
+                dir.path().display()
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    }
+    true
+}
+
+/// The ids of the containers whose name contains `name`.
+fn containers_named(name: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("name={name}"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// Defect 3: a container Module that fails to start backs off (0.5 s doubling) and keeps its one
+/// container; its Warnings are one aggregated row.
+fn case_container_start_fails() {
+    if !docker_image() {
+        return;
+    }
+    let env = FreshEnv::new();
+    let d = start(&env);
+    let name = format!("nostart{}", free_port());
+    apply_text(
+        &env,
+        "m.yaml",
+        &format!(
+            "apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata: {{name: {name}}}\nspec:\n  container:\n    image: {E2E_IMAGE}\n    command: [/no/such/program]\n"
+        ),
+    );
+    // Depending on the engine, the start itself fails (RuntimeError, our backoff) or the
+    // process exits at once (CrashLoop, the engine's restart backoff).
+    wait_until("a failing start", Duration::from_secs(90), || {
+        condition(&env, "module", &name, "Reconciling")
+            .is_some_and(|(s, r)| s == "True" && r == "RuntimeError")
+            || condition(&env, "module", &name, "Degraded")
+                .is_some_and(|(s, r)| s == "True" && r == "CrashLoop")
+    });
+    let restarts = |env: &FreshEnv| {
+        get_json(env, "module", &name).unwrap()["status"]["restarts"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let restarts0 = restarts(&env);
+    let r0 = reconciles(&d);
+    let b = obj(&env, Kind::Module, &name);
+    let mut ids = std::collections::BTreeSet::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < WINDOW {
+        ids.extend(containers_named(&name));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let a = obj(&env, Kind::Module, &name);
+    let n = reconciles(&d) - r0;
+    let s = Store::open(&env.home_path().join("state.db")).unwrap();
+    let rows = s.events(Some(("Module", &name)), 0, 1000).unwrap();
+    eprintln!(
+        "failing container start: {n} reconciles, {} events, {} containers in {WINDOW:?}",
+        a.events - b.events,
+        ids.len()
+    );
+    let restarted = restarts(&env) - restarts0;
+    assert_eq!(
+        ids.len(),
+        1,
+        "one container, started again, never re-created: {ids:?}"
+    );
+    // Our retries after ~0.5, 1, 2, 4 s: at most 5 in the window; or a look per restart of the
+    // engine's (backed off) restarts, and per resync.
+    assert!(
+        n <= 5 + 2 * restarted,
+        "{n} reconciles for {restarted} restarts in {WINDOW:?}: the backoff does not hold"
+    );
+    let mut per_reason: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in &rows {
+        *per_reason.entry(e.reason.as_str()).or_default() += 1;
+    }
+    assert!(
+        per_reason.values().all(|n| *n <= 2),
+        "repeated events are aggregated: {rows:#?}"
+    );
 }
 
 #[test]

@@ -361,8 +361,8 @@ pub struct Event {
     pub last_timestamp: String,
 }
 
-/// The series key of an event message: runs of digits become `#`, and hex-looking words of 6 or
-/// more characters (container ids, digests) become `<hex>`, so "container 3f2a9c1d0e4b exited
+/// The series key of an event message: runs of digits become `#`, and hex-looking words
+/// (container ids, digests) become `<hex>`, so "container 3f2a9c1d0e4b exited
 /// with code 137 (restart 4)" and the same with other ids and counts are one series.
 pub fn event_series(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
@@ -371,9 +371,9 @@ pub fn event_series(message: &str) -> String {
         if word.is_empty() {
             return;
         }
-        let hexlike = word.len() >= 6
-            && word.chars().all(|c| c.is_ascii_hexdigit())
-            && word.chars().any(|c| c.is_ascii_digit());
+        // Ids: 8+ hex characters, or 6+ with a digit (so short words like "added" stay).
+        let hexlike = word.chars().all(|c| c.is_ascii_hexdigit())
+            && (word.len() >= 8 || (word.len() >= 6 && word.chars().any(|c| c.is_ascii_digit())));
         if hexlike {
             out.push_str("<hex>");
         } else {
