@@ -417,7 +417,7 @@ fn case_crash_loop() {
         "CrashLoop: {} events for {restarted} restarts",
         a.events - b.events
     );
-    // At most the two series a restart writes (Restarted, Started) appear; repeats add no row.
+    // At most the series of a first restart appear (Restarted, Started); repeats add no row.
     assert!(
         rows1 <= rows0 + 2,
         "CrashLoop: repeated events were not aggregated: {:#?}",

@@ -578,7 +578,8 @@ impl ModuleReconciler {
                     );
                     event(s, &o, EventType::Warning, "Restarted", &msg);
                 }
-                if started {
+                // A restart is one event (Restarted), not two.
+                if started && !restarted {
                     let what = which(&st);
                     event(
                         s,
