@@ -11,6 +11,11 @@
 //!   depends on changes ([`Reconciler::unstalled_by`], [`Reconciler::retry_stalled`]).
 //! - Every other object is resynced periodically, so a missed trigger is healed.
 //! - Each reconcile runs in a tracing span with `kind`, `name` and `generation`.
+//!
+//! # Caveats
+//! - What the queue knows (backoffs, stalls) lives in memory: after a daemon restart every object
+//!   is reconciled once, so a Stalled Model from `http(s)://` is downloaded once more (its bytes
+//!   are quarantined once per digest).
 
 pub mod from_catalog;
 pub mod model;
