@@ -551,6 +551,19 @@ fn case_http_mismatch_fetched_once() {
     w.assert_quiet("http DigestMismatch", 0);
     assert_eq!(server.hits("/ok.gguf").len(), 1, "downloaded once");
     assert_eq!(quarantined(&env), 1);
+    // A restart (here kill -9) does not download it again either.
+    let mut d = d;
+    d.kill9();
+    let d = start(&env);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(reconciles(&d) >= 1, "the new daemon looked at it");
+    assert_eq!(
+        server.hits("/ok.gguf").len(),
+        1,
+        "not downloaded after a restart"
+    );
+    let (s, r) = condition(&env, "model", "remote", "Stalled").unwrap();
+    assert_eq!((s.as_str(), r.as_str()), ("True", "DigestMismatch"));
 }
 
 /// Defect 1: with a wrong sha256, a file:// source made 2,668 quarantine entries in 6 s. Stalled

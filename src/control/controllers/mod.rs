@@ -14,8 +14,8 @@
 //!
 //! # Caveats
 //! - What the queue knows (backoffs, stalls) lives in memory: after a daemon restart every object
-//!   is reconciled once, so a Stalled Model from `http(s)://` is downloaded once more (its bytes
-//!   are quarantined once per digest).
+//!   is reconciled once (a Model Stalled on a remote source's digest answers from its status,
+//!   without a download).
 
 pub mod from_catalog;
 pub mod model;

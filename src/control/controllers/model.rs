@@ -2,8 +2,9 @@
 //!
 //! Ready=True (`Verified`) once the blob is in the store with the expected digest and its GGUF
 //! header reads. A digest mismatch or an unreadable GGUF stalls the Model until its spec changes
-//! (or, for a local file, until the file's stamp changes: [`Reconciler::retry_stalled`]); an
-//! unavailable source is retried with backoff. Every `integrity` interval the blob is re-hashed: a
+//! (or, for a local file, until the file's stamp changes: [`Reconciler::retry_stalled`]), also
+//! across daemon restarts for a remote source (its status says so); an unavailable source is
+//! retried with backoff. Every `integrity` interval the blob is re-hashed: a
 //! blob changed on disk is drift — reported, moved away, and fetched again from the source.
 
 use std::collections::HashMap;
@@ -80,6 +81,16 @@ impl ModelReconciler {
         let Spec::Model(spec) = obj.typed_spec()? else {
             return Ok(Action::AwaitChange);
         };
+        // Stalled on a digest mismatch at this generation (by an earlier life of the daemon: a
+        // restart, kill -9): a remote source would give the same bytes again, so it stays
+        // Stalled without a download. A local file is looked at again (it may have changed).
+        if let Some((ConditionStatus::True, reason, message)) = obj.condition("Stalled")
+            && reason == "DigestMismatch"
+            && obj.observed_generation() == Some(obj.generation)
+            && !matches!(spec.source, crate::api::model::ModelSource::File(_))
+        {
+            return Err(ReconcileError::stalled("DigestMismatch", message));
+        }
         let was_ready = super::status::is_ready(&obj);
         let stored_digest = obj
             .status
