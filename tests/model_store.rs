@@ -669,14 +669,46 @@ async fn digest_mismatch_quarantines_and_never_serves() {
         "mismatched bytes are never a blob"
     );
 
-    // Asking again does not serve them either (and fetches again to check).
+    // Asking again does not serve them either (and fetches again to check); the same bytes are
+    // quarantined once (issue 11, defect 1: a refetch loop filled the disk).
     let err = store
         .ensure(&spec(&url, Some(&wrong)), &opts())
         .await
         .unwrap_err();
     assert_eq!(err.reason(), "DigestMismatch");
     assert!(blob_names(home.path()).is_empty());
-    assert_eq!(quarantined_blobs(home.path()).len(), 2);
+    assert_eq!(quarantined_blobs(home.path()).len(), 1);
+}
+
+/// Issue 11, defect 1: quarantined bytes are collected like blobs, also when they take more
+/// than the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantine_is_one_entry_per_digest_and_capped_regression() {
+    let server = TestServer::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let wrong = sha(b"something else");
+    let store = open(
+        home.path(),
+        StoreConfig {
+            quarantine_max_bytes: 0,
+            ..test_config()
+        },
+    );
+    let url = server.put("bad.gguf", &data(9, 100_000));
+    for _ in 0..3 {
+        store
+            .ensure(&spec(&url, Some(&wrong)), &opts())
+            .await
+            .unwrap_err();
+    }
+    assert_eq!(quarantined_blobs(home.path()).len(), 1);
+    let report = store.gc(&[]).await.unwrap();
+    assert_eq!(report.removed_quarantined, 1);
+    assert!(quarantined_blobs(home.path()).is_empty());
+    let notes = std::fs::read_dir(home.path().join("models/quarantine"))
+        .unwrap()
+        .count();
+    assert_eq!(notes, 0, "the note goes with its bytes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::api::Desired;
 use crate::api::decode::{InputErrors, InputFile, decode_files, read_paths};
+use crate::api::{Desired, Kind};
 
-use super::store::{ApplyItem, ApplyRequest, Outcome, Store, StoreError};
+use super::store::{Action, ApplyItem, ApplyRequest, Outcome, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -85,12 +85,44 @@ pub fn request(
     }
 }
 
-/// Reads, validates and records PATHs in one transaction.
+/// Reads, validates and records PATHs in one transaction. A `dependsOn` cycle among the
+/// Modules (stored and applied together) refuses the whole apply, dry runs included.
 pub fn apply_paths(
     store: &mut Store,
     paths: &[PathBuf],
     opts: &ApplyOptions,
 ) -> Result<Outcome, ApplyError> {
     let objects = load(paths, opts.recursive)?;
-    Ok(store.apply(&request(paths, objects, opts))?)
+    let req = request(paths, objects, opts);
+    refuse_cycles(store, &req)?;
+    Ok(store.apply(&req)?)
+}
+
+/// Refuses `req` when its Modules would be on a `dependsOn` cycle with what is stored (minus
+/// what it prunes): one input error per applied member, naming the whole cycle.
+pub fn refuse_cycles(store: &mut Store, req: &ApplyRequest) -> Result<(), ApplyError> {
+    let desired: Vec<&Desired> = req.items.iter().map(|i| &i.desired).collect();
+    if !desired.iter().any(|d| d.kind() == Kind::Module) {
+        return Ok(());
+    }
+    let stored = store.list(None, &Default::default())?;
+    let removed: Vec<String> = if req.prune_sources.is_empty() {
+        Vec::new()
+    } else {
+        let dry = store.apply(&ApplyRequest {
+            dry_run: true,
+            ..req.clone()
+        })?;
+        dry.changes
+            .iter()
+            .filter(|c| c.kind == Kind::Module && c.action == Action::Pruned)
+            .map(|c| c.name.clone())
+            .collect()
+    };
+    let errors = super::cycles::check(&stored, &desired, &removed);
+    if errors.0.is_empty() {
+        Ok(())
+    } else {
+        Err(ApplyError::Input(errors))
+    }
 }

@@ -3,10 +3,12 @@
 pub mod admission;
 pub mod apply;
 pub mod controllers;
+pub mod cycles;
 pub mod hardware;
 pub mod model_gc;
 pub mod plan;
 pub mod policy;
 pub mod resolver;
+pub mod retention;
 pub mod sources;
 pub mod store;

@@ -326,6 +326,18 @@ pub fn plan(input: &PlanInput<'_>) -> Planned {
             Spec::Policy(_) => {}
         }
     }
+    // A dependsOn cycle (among the stored and desired Modules together) can never start.
+    let desired_refs: Vec<&Desired> = input.desired.iter().collect();
+    let cycles = crate::control::cycles::cycles(&crate::control::cycles::graph(
+        input.state,
+        &desired_refs,
+        &[],
+    ));
+    for n in modules.keys() {
+        if let Some(c) = crate::control::cycles::cycle_of(&cycles, n) {
+            refusals.insert(obj(Kind::Module, n), crate::control::cycles::reason(c));
+        }
+    }
     // Models the modules may use: desired ones, else stored ones.
     let mut all_models: BTreeMap<String, ModelFacts> = BTreeMap::new();
     for o in input

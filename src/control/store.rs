@@ -138,6 +138,15 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE TABLE records (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at TEXT NOT NULL);
     "#,
+    // 2: events aggregated like Kubernetes': one row per object, type, reason and normalised
+    // message (`series`), with a count and the first time; a repeat moves the row to a new id.
+    r#"
+    ALTER TABLE events ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE events ADD COLUMN first_time TEXT;
+    ALTER TABLE events ADD COLUMN series TEXT;
+    UPDATE events SET first_time = time;
+    CREATE INDEX events_by_series ON events(kind, name, reason, series);
+    "#,
 ];
 
 /// An object as stored.
@@ -334,16 +343,69 @@ pub enum EventType {
     Warning,
 }
 
+/// One row of the event log: a series of events of one object with the same type, reason and
+/// message up to ids, numbers and hex strings (see [`event_series`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Event {
+    /// Moves to a new, higher id with every repeat (a stream resumed after an id sees it again).
     pub id: i64,
+    /// When it last happened (= `lastTimestamp`).
     pub time: String,
     pub kind: String,
     pub name: String,
     #[serde(rename = "type")]
     pub type_: EventType,
     pub reason: String,
+    /// The latest message of the series.
     pub message: String,
+    /// How many times it happened.
+    pub count: u64,
+    pub first_timestamp: String,
+    pub last_timestamp: String,
+}
+
+/// The series key of an event message: runs of digits become `#`, and hex-looking words
+/// (container ids, digests) become `<hex>`, so "container 3f2a9c1d0e4b exited
+/// with code 137 (restart 4)" and the same with other ids and counts are one series.
+pub fn event_series(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.is_empty() {
+            return;
+        }
+        // Ids: 8+ hex characters, or 6+ with a digit (so short words like "added" stay).
+        let hexlike = word.chars().all(|c| c.is_ascii_hexdigit())
+            && (word.len() >= 8 || (word.len() >= 6 && word.chars().any(|c| c.is_ascii_digit())));
+        if hexlike {
+            out.push_str("<hex>");
+        } else {
+            let mut in_digits = false;
+            for c in word.chars() {
+                if c.is_ascii_digit() {
+                    if !in_digits {
+                        out.push('#');
+                    }
+                    in_digits = true;
+                } else {
+                    in_digits = false;
+                    out.push(c);
+                }
+            }
+        }
+        word.clear();
+    };
+    for c in message.chars() {
+        if c.is_ascii_alphanumeric() {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
 }
 
 /// A handle on `state.db`. Cheap to open; not shared between threads (open one per task).
@@ -991,6 +1053,30 @@ impl Store {
         Ok(out)
     }
 
+    /// Deletes all but the newest `keep` generations (at least one is kept); returns how many went.
+    pub fn prune_generations(&mut self, keep: usize) -> Result<usize> {
+        let keep = keep.max(1) as i64;
+        Ok(self.conn.execute(
+            "DELETE FROM generations WHERE number <= (SELECT MAX(number) FROM generations) - ?1",
+            [keep],
+        )?)
+    }
+
+    /// Deletes events last seen before `older_than` (RFC 3339, UTC) and all but the newest
+    /// `keep` rows; returns how many went.
+    pub fn prune_events(&mut self, older_than: &str, keep: usize) -> Result<usize> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut n = tx.execute("DELETE FROM events WHERE time < ?1", [older_than])?;
+        n += tx.execute(
+            "DELETE FROM events WHERE id < (SELECT MIN(id) FROM (SELECT id FROM events ORDER BY id DESC LIMIT ?1))",
+            [keep as i64],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
     /// The generation `rollback(target)` restores: `target`, or the one before the newest.
     pub fn rollback_target(&self, target: Option<u64>) -> Result<u64> {
         let latest: Option<i64> =
@@ -1150,25 +1236,55 @@ impl Store {
         reason: &str,
         message: &str,
     ) -> Result<()> {
+        Self::append_event(tx, kind.as_str(), name, uid, type_, reason, message)
+    }
+
+    /// Appends an event, or adds one to the count of its series (moving that row to a new id).
+    /// The caller holds a transaction.
+    fn append_event(
+        tx: &Connection,
+        kind: &str,
+        name: &str,
+        uid: Option<&str>,
+        type_: EventType,
+        reason: &str,
+        message: &str,
+    ) -> Result<()> {
+        let type_s = match type_ {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        };
+        let series = event_series(message);
+        let t = now();
+        let previous: Option<(i64, i64, String)> = tx
+            .prepare_cached(
+                "SELECT id, count, COALESCE(first_time, time) FROM events
+                 WHERE kind = ?1 AND name = ?2 AND reason = ?3 AND series = ?4 AND type = ?5
+                 ORDER BY id DESC LIMIT 1",
+            )?
+            .query_row(params![kind, name, reason, series, type_s], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?;
+        let (count, first) = match previous {
+            Some((id, count, first)) => {
+                tx.prepare_cached("DELETE FROM events WHERE id = ?1")?
+                    .execute([id])?;
+                (count + 1, first)
+            }
+            None => (1, t.clone()),
+        };
         tx.prepare_cached(
-            "INSERT INTO events (time, kind, name, uid, type, reason, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO events (time, kind, name, uid, type, reason, message, count, first_time, series)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
         .execute(params![
-            now(),
-            kind.as_str(),
-            name,
-            uid,
-            match type_ {
-                EventType::Normal => "Normal",
-                EventType::Warning => "Warning",
-            },
-            reason,
-            message
+            t, kind, name, uid, type_s, reason, message, count, first, series
         ])?;
         Ok(())
     }
 
-    /// Appends an event to the durable log.
+    /// Records an event in the durable log, aggregated into its series (see [`Event`]).
     pub fn record_event(
         &mut self,
         kind: &str,
@@ -1177,20 +1293,11 @@ impl Store {
         reason: &str,
         message: &str,
     ) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO events (time, kind, name, type, reason, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                now(),
-                kind,
-                name,
-                match type_ {
-                    EventType::Normal => "Normal",
-                    EventType::Warning => "Warning",
-                },
-                reason,
-                message
-            ],
-        )?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Self::append_event(&tx, kind, name, None, type_, reason, message)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -1203,14 +1310,16 @@ impl Store {
     ) -> Result<Vec<Event>> {
         let (k, n) = object.unzip();
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, time, kind, name, type, reason, message FROM (
+            "SELECT id, time, kind, name, type, reason, message, count, COALESCE(first_time, time) FROM (
                 SELECT * FROM events WHERE id > ?1 AND (?2 IS NULL OR (kind = ?2 AND name = ?3))
                 ORDER BY id DESC LIMIT ?4) ORDER BY id",
         )?;
         let rows = stmt.query_map(params![after_id, k, n, limit as i64], |r| {
+            let time: String = r.get(1)?;
             Ok(Event {
                 id: r.get(0)?,
-                time: r.get(1)?,
+                last_timestamp: time.clone(),
+                time,
                 kind: r.get(2)?,
                 name: r.get(3)?,
                 type_: if r.get::<_, String>(4)? == "Warning" {
@@ -1220,6 +1329,8 @@ impl Store {
                 },
                 reason: r.get(5)?,
                 message: r.get(6)?,
+                count: r.get::<_, i64>(7)? as u64,
+                first_timestamp: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

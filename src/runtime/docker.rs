@@ -666,9 +666,13 @@ impl DockerRuntime {
                 let restarting = c.state.as_ref().and_then(|s| s.restarting) == Some(true);
                 let exit_code = c.state.as_ref().and_then(|s| s.exit_code);
                 // Finished by its restart policy (not stopped by us): leave it, as the engine would.
+                // A container that never started (its start failed) is not finished.
+                let never_started = c.state.as_ref().and_then(|s| s.status)
+                    == Some(ContainerStateStatusEnum::CREATED);
                 let finished = !running
                     && !restarting
                     && !was_stopped
+                    && !never_started
                     && match spec.restart {
                         RestartPolicy::Never => true,
                         RestartPolicy::OnFailure => exit_code == Some(0),
@@ -722,10 +726,9 @@ impl DockerRuntime {
                     Err(e) => return Err(Self::docker_err(format!("create container {name}"))(e)),
                 };
                 tracing::info!(container = %created.id, "created container");
-                if let Err(e) = self.start(spec, &created.id).await {
-                    let _ = self.remove_container(&created.id).await;
-                    return Err(e);
-                }
+                // A start that fails leaves the container: the next `ensure` (after the
+                // controller's backoff) starts it again instead of creating another.
+                self.start(spec, &created.id).await?;
                 created.id
             }
         };

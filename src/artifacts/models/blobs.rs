@@ -228,17 +228,34 @@ pub(crate) struct QuarantineNote {
     pub time: String,
 }
 
-/// Moves `path` into `quarantine_dir` (never served from there) and records why.
+/// Moves `path` into `quarantine_dir` (never served from there) and records why. Bytes already
+/// quarantined (the same digest) are kept once: `path` is removed, the note rewritten, and the
+/// existing entry returned, so a source fetched again and again cannot fill the disk.
 pub(crate) fn quarantine(
     path: &Path,
     quarantine_dir: &Path,
     note: &QuarantineNote,
 ) -> Result<PathBuf, ModelError> {
+    let suffix = format!("-{BLOB_PREFIX}{}", note.actual);
+    let existing = fs::read_dir(quarantine_dir).ok().and_then(|entries| {
+        entries.flatten().map(|e| e.path()).find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(&suffix))
+        })
+    });
+    if let Some(dst) = existing {
+        fs::remove_file(path).map_err(ModelError::io("remove quarantined duplicate", path))?;
+        let json = serde_json::to_vec_pretty(note).unwrap_or_default();
+        let mut note_path = dst.clone().into_os_string();
+        note_path.push(".json");
+        write_atomic(Path::new(&note_path), &json)?;
+        return Ok(dst);
+    }
     let name = format!(
         "{}-{}{}",
         chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
         &uuid::Uuid::new_v4().simple().to_string()[..8],
-        format_args!("-{BLOB_PREFIX}{}", note.actual)
+        suffix
     );
     let dst = quarantine_dir.join(&name);
     fs::rename(path, &dst).map_err(ModelError::io("move into quarantine", &dst))?;

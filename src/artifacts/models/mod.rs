@@ -118,6 +118,8 @@ pub struct StoreConfig {
     pub gc_grace: Duration,
     /// GC removes quarantined bytes older than this.
     pub quarantine_retention: Duration,
+    /// GC removes the oldest quarantined bytes while they take more than this.
+    pub quarantine_max_bytes: u64,
     /// GC removes leftover temporary files older than this (a crashed import).
     pub temp_max_age: Duration,
 }
@@ -138,6 +140,7 @@ impl Default for StoreConfig {
             progress_bar: true,
             gc_grace: Duration::from_secs(600),
             quarantine_retention: Duration::from_secs(7 * 24 * 3600),
+            quarantine_max_bytes: 4 << 30,
             temp_max_age: Duration::from_secs(3600),
         }
     }
@@ -598,17 +601,39 @@ impl ModelStore {
             })?;
         }
 
+        // Quarantined bytes: the old ones go, then the oldest while over the size cap.
         let q = &self.inner.quarantine;
+        let mut kept: Vec<(SystemTime, PathBuf, u64)> = Vec::new();
         if let Ok(entries) = fs::read_dir(q) {
             for e in entries.flatten() {
                 let Ok(meta) = e.metadata() else { continue };
-                if age(&meta, false) > cfg.quarantine_retention {
-                    let _ = fs::remove_file(e.path());
-                    if !e.file_name().to_string_lossy().ends_with(".json") {
-                        report.removed_quarantined += 1;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(bytes) = name.strip_suffix(".json") {
+                    // A note whose bytes are gone.
+                    if !q.join(bytes).exists() {
+                        let _ = fs::remove_file(e.path());
                     }
+                    continue;
+                }
+                if age(&meta, false) > cfg.quarantine_retention {
+                    remove_quarantined(&e.path());
+                    report.removed_quarantined += 1;
+                } else {
+                    let t = meta.modified().unwrap_or(UNIX_EPOCH);
+                    kept.push((t, e.path(), meta.len()));
                 }
             }
+        }
+        kept.sort();
+        let mut total: u64 = kept.iter().map(|k| k.2).sum();
+        for (_, path, len) in kept {
+            if total <= cfg.quarantine_max_bytes {
+                break;
+            }
+            remove_quarantined(&path);
+            report.removed_quarantined += 1;
+            report.freed_bytes += len;
+            total -= len;
         }
         Ok(report)
     }
@@ -882,6 +907,14 @@ impl ModelStore {
             path,
         })
     }
+}
+
+/// Removes quarantined bytes and their note.
+fn remove_quarantined(path: &Path) {
+    let _ = fs::remove_file(path);
+    let mut note = path.to_path_buf().into_os_string();
+    note.push(".json");
+    let _ = fs::remove_file(note);
 }
 
 #[cfg(test)]

@@ -2,10 +2,20 @@
 //!
 //! # Guarantees
 //! - One reconcile per object at a time; a trigger during a reconcile runs it again afterwards.
-//! - Errors back off exponentially with jitter (capped); errors no retry can fix mark the object
-//!   `Stalled` until its spec changes.
-//! - Every object is resynced periodically, so a missed trigger is healed.
+//! - A reconcile's own status writes never run it again: an object is woken by changes of its
+//!   desired state (spec, deletion, finalizers, labels), by changes of what it depends on
+//!   ([`Reconciler::dependents`]), by runtime events and by the resync.
+//! - Errors back off exponentially with jitter (capped), and nothing but a change of the object's
+//!   own desired state cuts a backoff short. Errors no retry can fix mark the object `Stalled`: it
+//!   is not reconciled again (the resync included) until its desired state or something it
+//!   depends on changes ([`Reconciler::unstalled_by`], [`Reconciler::retry_stalled`]).
+//! - Every other object is resynced periodically, so a missed trigger is healed.
 //! - Each reconcile runs in a tracing span with `kind`, `name` and `generation`.
+//!
+//! # Caveats
+//! - What the queue knows (backoffs, stalls) lives in memory: after a daemon restart every object
+//!   is reconciled once (a Model Stalled on a remote source's digest answers from its status,
+//!   without a download).
 
 pub mod from_catalog;
 pub mod model;
@@ -25,7 +35,7 @@ use tracing::Instrument;
 
 use crate::api::{ConditionStatus, Kind};
 use crate::control::store::{EventType, Store, StoreError, StoredObject};
-use queue::{Backoff, Finish, Key, WorkQueue};
+use queue::{Backoff, Finish, Key, Wake, WorkQueue};
 use status::{cond, event, write_status};
 
 /// A store shared by the daemon's tasks; every use happens on a blocking thread.
@@ -113,6 +123,22 @@ pub trait Reconciler: Send + Sync + 'static {
         let _ = (changed, all);
         Vec::new()
     }
+
+    /// Stalled objects of this kind whose stall may end because the desired state of `changed`
+    /// changed (not its status): e.g. a Module refused by admission when a Policy or another
+    /// Module changes.
+    fn unstalled_by(&self, changed: &Key, all: &[StoredObject]) -> Vec<Key> {
+        let _ = (changed, all);
+        Vec::new()
+    }
+
+    /// Whether a Stalled object should be tried again at a resync although nothing in the store
+    /// changed (e.g. the local file a Model comes from changed). Runs on a blocking thread; must
+    /// be cheap (a `stat`, not a hash).
+    fn retry_stalled(&self, obj: &StoredObject) -> bool {
+        let _ = obj;
+        false
+    }
 }
 
 /// Where the scheduler reports what it does (the daemon's /metrics).
@@ -179,17 +205,30 @@ pub async fn run(
     let by_kind: HashMap<Kind, Arc<dyn Reconciler>> =
         reconcilers.iter().map(|r| (r.kind(), r.clone())).collect();
     let mut queue = WorkQueue::new(config.backoff);
-    let mut seen: HashMap<Key, u64> = HashMap::new();
+    let mut seen: HashMap<Key, Seen> = HashMap::new();
     let mut tasks: JoinSet<(Key, Finish)> = JoinSet::new();
     let mut next_resync = Instant::now();
     let mut open = true;
     loop {
         let now = Instant::now();
         if now >= next_resync {
-            // Periodic resync: everything, and the store diff (covers missed triggers).
+            // Periodic resync: everything but Stalled objects, and the store diff (covers missed
+            // triggers).
             let objects = list_all(&store).await;
+            let stalled: Vec<StoredObject> = objects
+                .iter()
+                .filter(|o| queue.is_stalled(&(o.kind, o.name.to_string())))
+                .cloned()
+                .collect();
+            let retry = retry_stalled(&by_kind, stalled).await;
             for o in &objects {
-                queue.trigger((o.kind, o.name.to_string()));
+                let key = (o.kind, o.name.to_string());
+                let why = if retry.contains(&key) {
+                    Wake::Related
+                } else {
+                    Wake::Look
+                };
+                queue.wake(key, why);
             }
             diff_store(&objects, &mut seen, &mut queue, &by_kind);
             next_resync = now + config.resync;
@@ -217,7 +256,7 @@ pub async fn run(
                     let objects = list_all(&store).await;
                     diff_store(&objects, &mut seen, &mut queue, &by_kind);
                 }
-                Some(Trigger::Object(k)) => queue.trigger(k),
+                Some(Trigger::Object(k)) => queue.wake(k, Wake::Look),
                 None => open = false,
             },
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
@@ -226,6 +265,55 @@ pub async fn run(
                 }
             }
             _ = tokio::time::sleep_until(wake.into()), if open => {}
+        }
+    }
+}
+
+/// The Stalled objects whose reconciler wants them tried again (see [`Reconciler::retry_stalled`]).
+async fn retry_stalled(
+    by_kind: &HashMap<Kind, Arc<dyn Reconciler>>,
+    stalled: Vec<StoredObject>,
+) -> std::collections::HashSet<Key> {
+    if stalled.is_empty() {
+        return Default::default();
+    }
+    let by_kind = by_kind.clone();
+    tokio::task::spawn_blocking(move || {
+        stalled
+            .iter()
+            .filter(|o| by_kind.get(&o.kind).is_some_and(|r| r.retry_stalled(o)))
+            .map(|o| (o.kind, o.name.to_string()))
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// What the scheduler last saw of an object: any write moves `resource_version`; `desired` is a
+/// fingerprint of everything but status (uid, generation, deletion, finalizers, labels,
+/// annotations), so the object's own status writes can be told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    resource_version: u64,
+    desired: u64,
+}
+
+impl Seen {
+    fn of(o: &StoredObject) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            &o.uid,
+            o.generation,
+            &o.deleted_at,
+            &o.finalizers,
+            &o.labels,
+            &o.annotations,
+        )
+            .hash(&mut h);
+        Seen {
+            resource_version: o.resource_version,
+            desired: h.finish(),
         }
     }
 }
@@ -240,35 +328,50 @@ async fn list_all(store: &SharedStore) -> Vec<StoredObject> {
         })
 }
 
-/// Enqueues objects whose resourceVersion changed, objects that vanished, and their dependents.
+/// Wakes what a store change concerns. An object whose desired state changed (or that appeared
+/// or vanished) is woken as [`Wake::Changed`]; an object whose status alone changed is not woken
+/// at all (that write was its own reconcile's), only what depends on it ([`Wake::Related`]).
 fn diff_store(
     objects: &[StoredObject],
-    seen: &mut HashMap<Key, u64>,
+    seen: &mut HashMap<Key, Seen>,
     queue: &mut WorkQueue,
     by_kind: &HashMap<Kind, Arc<dyn Reconciler>>,
 ) {
-    let mut changed: Vec<Key> = Vec::new();
+    // (key, whether its desired state changed)
+    let mut changed: Vec<(Key, bool)> = Vec::new();
     let mut now_seen = HashMap::with_capacity(objects.len());
     for o in objects {
         let key = (o.kind, o.name.to_string());
-        if seen.get(&key) != Some(&o.resource_version) {
-            changed.push(key.clone());
+        let now = Seen::of(o);
+        match seen.get(&key) {
+            Some(s) if *s == now => {}
+            Some(s) if s.desired == now.desired => changed.push((key.clone(), false)),
+            _ => changed.push((key.clone(), true)),
         }
-        now_seen.insert(key, o.resource_version);
+        now_seen.insert(key, now);
     }
     for key in seen.keys() {
         if !now_seen.contains_key(key) {
-            changed.push(key.clone());
+            changed.push((key.clone(), true));
         }
     }
     *seen = now_seen;
-    for key in changed {
+    for (key, desired) in changed {
         for r in by_kind.values() {
             for d in r.dependents(&key, objects) {
-                queue.trigger(d);
+                queue.wake(d, Wake::Related);
+            }
+            if desired {
+                for d in r.unstalled_by(&key, objects) {
+                    if d != key {
+                        queue.wake(d, Wake::Related);
+                    }
+                }
             }
         }
-        queue.trigger(key);
+        if desired {
+            queue.wake(key, Wake::Changed);
+        }
     }
 }
 
@@ -318,7 +421,19 @@ async fn reconcile_one(
 }
 
 /// The error policy's visible half: conditions and a Warning event (once per distinct message).
+/// `obj` is the object as the reconcile started; the write goes onto the stored one (the reconcile
+/// may have written status meanwhile), and is skipped when the desired state changed (the
+/// scheduler runs it again anyway).
 fn record_failure(store: &mut Store, obj: &StoredObject, e: &ReconcileError) {
+    let obj = match store.get(obj.kind, obj.name.as_str()) {
+        Ok(cur) if cur.uid == obj.uid && cur.generation == obj.generation => cur,
+        Ok(_) | Err(StoreError::NotFound { .. }) => return,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read the object to record its failure");
+            return;
+        }
+    };
+    let obj = &obj;
     let already = obj.condition("Ready").is_some_and(|(s, reason, msg)| {
         s == ConditionStatus::False && reason == e.reason && msg == e.message
     });
@@ -511,5 +626,141 @@ mod tests {
             (ConditionStatus::True, "DigestMismatch")
         );
         assert_eq!(o.observed_generation(), Some(1));
+    }
+
+    /// Writes its status on every run and tells the scheduler (as the daemon's store watcher
+    /// does), plus a runtime event about itself; then ends as `outcome` says. Records its runs.
+    struct SelfWriting {
+        store: SharedStore,
+        tx: mpsc::Sender<Trigger>,
+        runs: Mutex<Vec<Instant>>,
+        outcome: fn() -> Result<Action, ReconcileError>,
+        runtime_event: bool,
+    }
+
+    impl Reconciler for SelfWriting {
+        fn kind(&self) -> Kind {
+            Kind::Model
+        }
+        fn reconcile(
+            &self,
+            _key: Key,
+            obj: Option<StoredObject>,
+        ) -> BoxFuture<'_, Result<Action, ReconcileError>> {
+            Box::pin(async move {
+                let n = {
+                    let mut r = self.runs.lock().unwrap();
+                    r.push(Instant::now());
+                    r.len()
+                };
+                let o = obj.expect("stored");
+                self.store
+                    .with(move |s| {
+                        write_status(s, &o, &serde_json::json!({ "run": n }), vec![]).unwrap()
+                    })
+                    .await;
+                self.tx.send(Trigger::StoreChanged).await.unwrap();
+                if self.runtime_event {
+                    self.tx
+                        .send(Trigger::Object((Kind::Model, "m".into())))
+                        .await
+                        .unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                (self.outcome)()
+            })
+        }
+    }
+
+    /// Runs `outcome` for `for_` with a 100 ms backoff base; the gaps between runs.
+    async fn self_writing_runs(
+        outcome: fn() -> Result<Action, ReconcileError>,
+        for_: Duration,
+        resync: Duration,
+        runtime_event: bool,
+    ) -> Vec<Duration> {
+        let (_d, store) = store_with_model();
+        let (tx, rx) = mpsc::channel(64);
+        let r = Arc::new(SelfWriting {
+            store: store.clone(),
+            tx: tx.clone(),
+            runs: Mutex::default(),
+            outcome,
+            runtime_event,
+        });
+        let cfg = SchedulerConfig {
+            workers: 4,
+            resync,
+            backoff: Backoff {
+                base: Duration::from_millis(100),
+                cap: Duration::from_secs(10),
+            },
+        };
+        let h = tokio::spawn(run(
+            store,
+            vec![r.clone() as Arc<dyn Reconciler>],
+            rx,
+            cfg,
+            Arc::new(ControllerMetrics::default()),
+        ));
+        tokio::time::sleep(for_).await;
+        // The reconciler holds a sender: stop it by aborting.
+        h.abort();
+        drop(tx);
+        let runs = r.runs.lock().unwrap().clone();
+        runs.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    /// Defect 1 of issue 11: a reconcile's own status write (and a runtime event, and a resync
+    /// every 50 ms) re-ran a failed reconcile at once; the backoff never applied.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn backoff_holds_against_own_writes_resyncs_and_runtime_events_regression() {
+        let gaps = self_writing_runs(
+            || Err(ReconcileError::retry("SourceUnavailable", "404")),
+            Duration::from_millis(1700),
+            Duration::from_millis(50),
+            true,
+        )
+        .await;
+        // Retries after 100, 200, 400, 800 ms (±20%).
+        assert!((3..=5).contains(&gaps.len()), "{gaps:?}");
+        for (i, g) in gaps.iter().take(4).enumerate() {
+            let nominal = Duration::from_millis(100 << i);
+            assert!(
+                *g >= nominal.mul_f64(0.8),
+                "retry {} after {g:?}, nominal {nominal:?}: {gaps:?}",
+                i + 1
+            );
+        }
+    }
+
+    /// Defect 1 of issue 11: a Stalled object was reconciled again and again by its own writes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_object_is_not_reconciled_again_by_its_own_writes_regression() {
+        let gaps = self_writing_runs(
+            || Err(ReconcileError::stalled("DigestMismatch", "bytes differ")),
+            Duration::from_millis(600),
+            Duration::from_millis(50),
+            true,
+        )
+        .await;
+        assert!(gaps.is_empty(), "ran again after stalling: {gaps:?}");
+    }
+
+    /// A reconcile that asks to be requeued is not run sooner by its own writes (a runtime event
+    /// is a reason to look sooner, and the resync may too).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_requeue_is_not_cut_short_by_own_writes() {
+        let gaps = self_writing_runs(
+            || Ok(Action::Requeue(Duration::from_millis(300))),
+            Duration::from_millis(1000),
+            Duration::from_secs(3600),
+            false,
+        )
+        .await;
+        assert!((2..=3).contains(&gaps.len()), "{gaps:?}");
+        for g in &gaps {
+            assert!(*g >= Duration::from_millis(300), "{gaps:?}");
+        }
     }
 }

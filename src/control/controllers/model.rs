@@ -1,12 +1,14 @@
 //! The Model controller: makes a Model verified bytes on disk and reports what they are.
 //!
 //! Ready=True (`Verified`) once the blob is in the store with the expected digest and its GGUF
-//! header reads. A digest mismatch or an unreadable GGUF stalls the Model until its spec changes; an
-//! unavailable source is retried with backoff. Every `integrity` interval the blob is re-hashed: a
-//! blob changed on disk is drift — reported, moved away, and fetched again from the source. A local
-//! source file whose stamp changed (rewritten in place or replaced by a rename) is checked on every
-//! reconcile and imported again as a new revision (`SourceChanged`): the digest in status follows,
-//! or the Model stalls with `DigestMismatch` when `spec.sha256` pins the old bytes.
+//! header reads. A digest mismatch or an unreadable GGUF stalls the Model until its spec changes
+//! (or, for a local file, until the file's stamp changes: [`Reconciler::retry_stalled`]), also
+//! across daemon restarts for a remote source (its status says so); an unavailable source is
+//! retried with backoff. Every `integrity` interval the blob is re-hashed: a blob changed on disk is
+//! drift — reported, moved away, and fetched again from the source. A local source file whose stamp
+//! changed (rewritten in place or replaced by a rename) is checked on every reconcile and imported
+//! again as a new revision (`SourceChanged`): the digest in status follows, or the Model stalls with
+//! `DigestMismatch` when `spec.sha256` pins the old bytes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,6 +37,21 @@ pub struct ModelReconciler {
     /// Models found too large: (uid, generation, limit) and the message. Not fetched again until
     /// one of those changes (each attempt would download `limit` bytes to find out again).
     too_large: Mutex<HashMap<Key, (TooLargeAt, String)>>,
+    /// The stamp of the local source file of each Stalled Model, when it stalled.
+    stalled_stamps: Mutex<HashMap<Key, Option<SourceStamp>>>,
+}
+
+/// What tells a changed local file: identity, size and modification time. Not the change time:
+/// importing (a hardlink) and quarantining the bytes move it without changing the file.
+type SourceStamp = (u64, u64, u64, i64, i64);
+
+fn source_stamp(spec: &crate::api::ModelSpec) -> Option<SourceStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let crate::api::model::ModelSource::File(p) = &spec.source else {
+        return None;
+    };
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
 /// What a "too large" verdict holds for: the object's uid and generation, and the limit.
@@ -49,6 +66,7 @@ impl ModelReconciler {
             last_verified: Mutex::default(),
             limits: None,
             too_large: Mutex::default(),
+            stalled_stamps: Mutex::default(),
         }
     }
 
@@ -76,10 +94,42 @@ impl ModelReconciler {
         (rx, AbortOnDrop(task))
     }
 
+    async fn converge_recording_stalls(
+        &self,
+        key: Key,
+        obj: StoredObject,
+    ) -> Result<Action, ReconcileError> {
+        let stamp = match obj.typed_spec() {
+            Ok(Spec::Model(spec)) => source_stamp(&spec),
+            _ => None,
+        };
+        let r = self.converge(key.clone(), obj).await;
+        let mut stalls = self
+            .stalled_stamps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match &r {
+            // The stamp from before the fetch: a file replaced while it was read is tried again.
+            Err(e) if e.permanent => stalls.insert(key, stamp),
+            _ => stalls.remove(&key),
+        };
+        r
+    }
+
     async fn converge(&self, key: Key, obj: StoredObject) -> Result<Action, ReconcileError> {
         let Spec::Model(spec) = obj.typed_spec()? else {
             return Ok(Action::AwaitChange);
         };
+        // Stalled on a digest mismatch at this generation (by an earlier life of the daemon: a
+        // restart, kill -9): a remote source would give the same bytes again, so it stays
+        // Stalled without a download. A local file is looked at again (it may have changed).
+        if let Some((ConditionStatus::True, reason, message)) = obj.condition("Stalled")
+            && reason == "DigestMismatch"
+            && obj.observed_generation() == Some(obj.generation)
+            && !matches!(spec.source, crate::api::model::ModelSource::File(_))
+        {
+            return Err(ReconcileError::stalled("DigestMismatch", message));
+        }
         let was_ready = super::status::is_ready(&obj);
         let stored_digest = obj
             .status
@@ -298,11 +348,32 @@ impl Reconciler for ModelReconciler {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&key);
+                    self.stalled_stamps
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&key);
                     Ok(Action::AwaitChange)
                 }
                 Some(o) if o.deleted_at.is_some() => Ok(Action::AwaitChange),
-                Some(o) => self.converge(key, o).await,
+                Some(o) => self.converge_recording_stalls(key, o).await,
             }
         })
+    }
+
+    fn retry_stalled(&self, obj: &StoredObject) -> bool {
+        let key = (obj.kind, obj.name.to_string());
+        let Some(Some(then)) = self
+            .stalled_stamps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned()
+        else {
+            return false;
+        };
+        match obj.typed_spec() {
+            Ok(Spec::Model(spec)) => source_stamp(&spec) != Some(then),
+            _ => false,
+        }
     }
 }

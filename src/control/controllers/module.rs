@@ -120,6 +120,15 @@ impl ModuleReconciler {
             .store
             .with(|s| s.list(None, &Default::default()))
             .await?;
+        // A dependsOn cycle never starts: said once, not waited on forever (objects written
+        // through the HTTP API, or a cycle closed by concurrent applies, get here).
+        let cycles = crate::control::cycles::cycles(&crate::control::cycles::graph(&all, &[], &[]));
+        if let Some(c) = crate::control::cycles::cycle_of(&cycles, obj.name.as_str()) {
+            return Err(ReconcileError::stalled(
+                "DependencyCycle",
+                crate::control::cycles::reason(c),
+            ));
+        }
         if let Some(waiting) = gate(&spec, &all) {
             let (reason, message) = waiting;
             update_status(
@@ -506,6 +515,7 @@ impl ModuleReconciler {
         let restarted = u64::from(st.restarts) > seen_restarts && !replacing;
         let endpoint = st.endpoint.clone().or_else(|| w.endpoint());
         let ready = st.state.is_ready();
+        let st_state = st.state;
         let host_ports: Vec<u16> = w.ports.iter().map(|p| p.host_port).collect();
         let fields = json!({
             "runtime": kind,
@@ -575,7 +585,8 @@ impl ModuleReconciler {
                     );
                     event(s, &o, EventType::Warning, "Restarted", &msg);
                 }
-                if started {
+                // A restart is one event (Restarted), not two.
+                if started && !restarted {
                     let what = which(&st);
                     event(
                         s,
@@ -591,8 +602,14 @@ impl ModuleReconciler {
                 write_status(s, &o, &fields, conds)
             })
             .await?;
-        // Ready: runtime events and the resync bring the next look; starting: poll for health.
-        let action = if ready {
+        // Ready, or failing (CrashLoop, Exited: the runtime announces every restart and exit):
+        // runtime events and the resync bring the next look; starting: poll for health.
+        let settled = ready
+            || matches!(
+                st_state,
+                WorkloadState::CrashLoop | WorkloadState::Exited | WorkloadState::Stopped
+            );
+        let action = if settled {
             Action::Requeue(READY_RECHECK)
         } else {
             Action::Requeue(Duration::from_millis(500))
@@ -884,6 +901,24 @@ impl Reconciler for ModuleReconciler {
                     || m.depends_on
                         .iter()
                         .any(|r| r.kind == changed.0 && r.name.as_str() == changed.1)
+            })
+            .map(|o| (o.kind, o.name.to_string()))
+            .collect()
+    }
+
+    /// Modules stalled for a reason that lies in other objects: admission (policies, the other
+    /// Modules and Models) and `dependsOn` cycles.
+    fn unstalled_by(&self, changed: &Key, all: &[StoredObject]) -> Vec<Key> {
+        if !matches!(changed.0, Kind::Module | Kind::Model | Kind::Policy) {
+            return Vec::new();
+        }
+        all.iter()
+            .filter(|o| o.kind == Kind::Module)
+            .filter(|o| {
+                o.condition("Stalled").is_some_and(|(s, reason, _)| {
+                    s == ConditionStatus::True
+                        && matches!(reason.as_str(), "AdmissionRefused" | "DependencyCycle")
+                })
             })
             .map(|o| (o.kind, o.name.to_string()))
             .collect()

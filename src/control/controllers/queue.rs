@@ -42,14 +42,38 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Why an object is woken, strongest last. The queue treats them differently so that a reconcile
+/// that failed keeps its backoff and a Stalled object stays quiet until something relevant changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Wake {
+    /// The periodic resync, or a runtime event about the object's workload: skips Stalled
+    /// objects and waits out a backoff.
+    Look,
+    /// Something the object depends on changed: wakes a Stalled object, but waits out a backoff.
+    Related,
+    /// The object's own desired state changed (spec, deletion, finalizers, labels): forgets the
+    /// backoff and the stall, and runs now.
+    Changed,
+}
+
 /// The queue. Not thread-safe by itself: the scheduler task owns it.
+///
+/// # Guarantees
+/// - A key is never handed out twice at once; a wake while it runs is kept and applied when it
+///   ends (the strongest one, if several).
+/// - After a failure the key is not run again before its backoff ends, except on
+///   [`Wake::Changed`]: the 1st, 2nd, 3rd retry come `base`, `2·base`, `4·base` (±20%) apart.
+/// - A Stalled key is run again only on [`Wake::Related`] or [`Wake::Changed`].
 #[derive(Debug, Default)]
 pub struct WorkQueue {
     due: BTreeMap<Key, Instant>,
     running: HashSet<Key>,
-    /// Objects triggered while running: run again as soon as the current reconcile ends.
-    dirty: HashSet<Key>,
+    /// Objects woken while running: applied as soon as the current reconcile ends.
+    dirty: HashMap<Key, Wake>,
     attempts: HashMap<Key, u32>,
+    /// Until when a failed key waits.
+    backing_off: HashMap<Key, Instant>,
+    stalled: HashSet<Key>,
     backoff: Backoff,
     seed: u64,
 }
@@ -62,24 +86,34 @@ impl WorkQueue {
         }
     }
 
-    /// Schedules `key` now (or keeps an earlier due time).
-    pub fn trigger(&mut self, key: Key) {
-        self.schedule(key, Instant::now());
+    /// Wakes `key` for `why` (see [`Wake`]).
+    pub fn wake(&mut self, key: Key, why: Wake) {
+        if self.running.contains(&key) {
+            let w = self.dirty.entry(key).or_insert(why);
+            *w = (*w).max(why);
+            return;
+        }
+        let now = Instant::now();
+        match why {
+            Wake::Changed => {
+                self.attempts.remove(&key);
+                self.backing_off.remove(&key);
+                self.stalled.remove(&key);
+                self.due.insert(key, now);
+            }
+            Wake::Related | Wake::Look => {
+                if why == Wake::Look && self.stalled.contains(&key) {
+                    return;
+                }
+                self.stalled.remove(&key);
+                let at = self.backing_off.get(&key).map_or(now, |b| (*b).max(now));
+                self.schedule(key, at);
+            }
+        }
     }
 
     /// Schedules `key` at `at`, unless it is already due sooner.
-    pub fn schedule(&mut self, key: Key, at: Instant) {
-        if self.running.contains(&key) {
-            if at <= Instant::now() {
-                self.dirty.insert(key);
-            } else {
-                self.due
-                    .entry(key)
-                    .and_modify(|d| *d = (*d).min(at))
-                    .or_insert(at);
-            }
-            return;
-        }
+    fn schedule(&mut self, key: Key, at: Instant) {
         self.due
             .entry(key)
             .and_modify(|d| *d = (*d).min(at))
@@ -111,14 +145,16 @@ impl WorkQueue {
             .min()
     }
 
-    /// Records the end of a reconcile: success resets the backoff; failure schedules a retry.
-    /// `requeue_after` is the reconciler's own request on success.
+    /// Records the end of a reconcile: success resets the backoff; failure schedules a retry;
+    /// a stall waits for a relevant change. A wake during the run is applied afterwards.
     pub fn finish(&mut self, key: &Key, result: Finish) {
         self.running.remove(key);
         let now = Instant::now();
         match result {
             Finish::Ok(requeue) => {
                 self.attempts.remove(key);
+                self.backing_off.remove(key);
+                self.stalled.remove(key);
                 if let Some(after) = requeue {
                     self.schedule(key.clone(), now + after);
                 }
@@ -128,21 +164,28 @@ impl WorkQueue {
                 self.seed = self.seed.wrapping_add(1);
                 let delay = self.backoff.delay(*a, self.seed);
                 *a = a.saturating_add(1);
-                self.schedule(key.clone(), now + delay);
+                self.backing_off.insert(key.clone(), now + delay);
+                // The backoff wins over anything scheduled sooner.
+                self.due.insert(key.clone(), now + delay);
             }
             Finish::Stalled => {
-                // Will not progress without a change: wait for a trigger.
+                // Will not progress without a change: wait for one.
                 self.attempts.remove(key);
+                self.backing_off.remove(key);
+                self.due.remove(key);
+                self.stalled.insert(key.clone());
             }
         }
-        if self.dirty.remove(key) {
-            self.schedule(key.clone(), now);
+        if let Some(why) = self.dirty.remove(key) {
+            self.wake(key.clone(), why);
         }
     }
 
     pub fn forget(&mut self, key: &Key) {
         self.due.remove(key);
         self.attempts.remove(key);
+        self.backing_off.remove(key);
+        self.stalled.remove(key);
     }
 
     pub fn depth(&self) -> usize {
@@ -151,6 +194,10 @@ impl WorkQueue {
 
     pub fn attempts(&self, key: &Key) -> u32 {
         self.attempts.get(key).copied().unwrap_or(0)
+    }
+
+    pub fn is_stalled(&self, key: &Key) -> bool {
+        self.stalled.contains(key)
     }
 }
 
@@ -173,10 +220,10 @@ mod tests {
     #[test]
     fn never_runs_one_key_twice_at_once() {
         let mut q = WorkQueue::new(Backoff::default());
-        q.trigger(k("a"));
+        q.wake(k("a"), Wake::Changed);
         let now = Instant::now();
         assert_eq!(q.take_due(now, 10), vec![k("a")]);
-        q.trigger(k("a"));
+        q.wake(k("a"), Wake::Related);
         assert!(q.take_due(Instant::now(), 10).is_empty(), "a is running");
         q.finish(&k("a"), Finish::Ok(None));
         assert_eq!(
@@ -205,7 +252,7 @@ mod tests {
     #[test]
     fn failures_back_off_and_success_resets() {
         let mut q = WorkQueue::new(Backoff::default());
-        q.trigger(k("a"));
+        q.wake(k("a"), Wake::Changed);
         for expected in 1..4 {
             let now = Instant::now() + Duration::from_secs(3600);
             assert_eq!(q.take_due(now, 10).len(), 1);
@@ -221,11 +268,69 @@ mod tests {
     #[test]
     fn stalled_waits_for_a_change() {
         let mut q = WorkQueue::new(Backoff::default());
-        q.trigger(k("a"));
+        q.wake(k("a"), Wake::Changed);
         q.take_due(Instant::now(), 10);
         q.finish(&k("a"), Finish::Stalled);
         assert_eq!(q.next_due(), None);
-        q.trigger(k("a"));
+        q.wake(k("a"), Wake::Look);
+        assert_eq!(
+            q.next_due(),
+            None,
+            "the resync leaves a Stalled object alone"
+        );
+        q.wake(k("a"), Wake::Related);
         assert!(q.next_due().is_some());
+    }
+
+    /// Defect 1 of issue 11: a wake during a failed reconcile (its own status write, a resync, a
+    /// runtime event) re-ran it at once, so the backoff never applied.
+    #[test]
+    fn backoff_holds_against_wakes_during_and_after_the_run_regression() {
+        let base = Duration::from_secs(10);
+        let mut q = WorkQueue::new(Backoff {
+            base,
+            cap: Duration::from_secs(300),
+        });
+        q.wake(k("a"), Wake::Changed);
+        for attempt in 0..3u32 {
+            let t0 = Instant::now();
+            assert_eq!(q.take_due(t0 + Duration::from_secs(3600), 10).len(), 1);
+            // Woken while it runs (a status write, a runtime event) and right after (a resync).
+            q.wake(k("a"), Wake::Related);
+            q.finish(&k("a"), Finish::Retry);
+            q.wake(k("a"), Wake::Look);
+            q.wake(k("a"), Wake::Related);
+            let next = q.next_due().expect("a retry is scheduled");
+            let nominal = base * (1 << attempt);
+            assert!(
+                next >= t0 + nominal.mul_f64(0.8),
+                "retry {} came after {:?}, nominal {nominal:?}",
+                attempt + 1,
+                next - t0
+            );
+            assert!(next <= Instant::now() + nominal.mul_f64(1.2));
+            assert!(
+                q.take_due(Instant::now(), 10).is_empty(),
+                "not before the backoff ends"
+            );
+        }
+        // A change of the object itself runs it now and forgets the backoff.
+        q.wake(k("a"), Wake::Changed);
+        assert_eq!(q.take_due(Instant::now(), 10), vec![k("a")]);
+        q.finish(&k("a"), Finish::Retry);
+        assert_eq!(q.attempts(&k("a")), 1);
+    }
+
+    /// Defect 1 of issue 11: a Stalled object woken by its own status write during the run was
+    /// reconciled again and again.
+    #[test]
+    fn a_stalled_object_woken_by_a_resync_during_its_run_stays_quiet_regression() {
+        let mut q = WorkQueue::new(Backoff::default());
+        q.wake(k("a"), Wake::Changed);
+        q.take_due(Instant::now(), 10);
+        q.wake(k("a"), Wake::Look);
+        q.finish(&k("a"), Finish::Stalled);
+        assert!(q.is_stalled(&k("a")));
+        assert_eq!(q.next_due(), None);
     }
 }

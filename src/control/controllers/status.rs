@@ -23,15 +23,31 @@ pub fn cond(
 }
 
 /// Merges `fields` into the object's status (a null removes the field), sets `conditions`, stamps
-/// observedGeneration (unless `fields` sets it), and writes
-/// it compare-and-swap on the object's resourceVersion. Returns false on a conflict (the object
-/// changed meanwhile: the caller is triggered again anyway). Writes nothing when nothing changed.
+/// observedGeneration (unless `fields` sets it), and writes it compare-and-swap on the
+/// object's resourceVersion. Writes nothing when nothing changed.
+///
+/// `obj` is the object as the reconcile read it; the merge is onto the stored status, which
+/// may hold the same reconcile's earlier writes (they do not wake it again, so a write against the
+/// stale copy would be lost). Returns false, writing nothing, when the object's desired state
+/// changed meanwhile (its generation, uid or deletion: the scheduler runs it again anyway) or on a
+/// conflict with a concurrent writer.
 pub fn write_status(
     store: &mut Store,
     obj: &StoredObject,
     fields: &Value,
     conditions: Vec<Condition>,
 ) -> Result<bool, StoreError> {
+    let obj = &match store.get(obj.kind, obj.name.as_str()) {
+        Ok(cur)
+            if cur.uid == obj.uid
+                && cur.generation == obj.generation
+                && cur.deleted_at.is_some() == obj.deleted_at.is_some() =>
+        {
+            cur
+        }
+        Ok(_) | Err(StoreError::NotFound { .. }) => return Ok(false),
+        Err(e) => return Err(e),
+    };
     let mut status = obj.status.clone();
     if !status.is_object() {
         status = json!({});

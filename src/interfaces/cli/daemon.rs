@@ -67,6 +67,15 @@ pub struct DaemonArgs {
     /// may generate text without it, as with Ollama).
     #[arg(long, env = "LAS_V1_REQUIRES_TOKEN")]
     pub v1_requires_token: bool,
+    /// Stack generations kept in the history (never fewer than the model GC's window of 5).
+    #[arg(long, env = "LAS_KEEP_GENERATIONS", default_value_t = 50)]
+    pub keep_generations: usize,
+    /// Event rows kept (a repeated event is one row with a count).
+    #[arg(long, env = "LAS_KEEP_EVENTS", default_value_t = 5000)]
+    pub keep_events: usize,
+    /// Days an event is kept after it was last seen.
+    #[arg(long, env = "LAS_EVENT_RETENTION_DAYS", default_value_t = 7)]
+    pub event_retention_days: u64,
 }
 
 impl MetricsSink for Metrics {
@@ -239,6 +248,34 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
                     .await;
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "model garbage collection failed");
+                }
+                tokio::time::sleep(Duration::from_secs(300)).await;
+            }
+        });
+    }
+    // History and events are kept bounded (at start, then every 5 minutes).
+    {
+        let s = store.clone();
+        let r = crate::control::retention::Retention {
+            generations: args.keep_generations,
+            events: args.keep_events,
+            event_max_age: Duration::from_secs(args.event_retention_days.saturating_mul(86400)),
+        };
+        tokio::spawn(async move {
+            loop {
+                match s
+                    .with(move |st| crate::control::retention::enforce(st, &r))
+                    .await
+                {
+                    Ok(p) if p != Default::default() => {
+                        tracing::info!(
+                            generations = p.generations,
+                            events = p.events,
+                            "history and events pruned"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot prune history and events"),
                 }
                 tokio::time::sleep(Duration::from_secs(300)).await;
             }

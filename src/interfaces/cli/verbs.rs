@@ -386,7 +386,7 @@ fn describe(kind: &str, name: &str) -> Result<(), CliError> {
                 vec![
                     format!("  {:?}", e.type_),
                     e.reason.clone(),
-                    age(&e.time),
+                    super::events::seen(e),
                     e.message.clone(),
                 ]
             })
@@ -573,7 +573,7 @@ fn events(object: Option<&str>, limit: usize) -> Result<(), CliError> {
         .iter()
         .map(|e| {
             vec![
-                age(&e.time),
+                super::events::seen(e),
                 format!("{:?}", e.type_),
                 e.reason.clone(),
                 format!("{}/{}", e.kind.to_lowercase(), e.name),

@@ -3,6 +3,8 @@
 //! # Guarantees
 //! - Each SSE message carries the event's id; reconnecting with `Last-Event-ID` (or `?after=`)
 //!   resumes after it, with nothing skipped or repeated.
+//! - Events are aggregated (`count`, `firstTimestamp`, `lastTimestamp`): a repeat moves its row to
+//!   a new id, so a stream sends it again with the higher count.
 //! - No polling: a stream reads the store again only when the daemon's change counter moves.
 //!
 //! # Caveats

@@ -231,6 +231,8 @@ pub fn document() -> Value {
             "Event": {"type": "object", "properties": {
                 "id": {"type": "integer"}, "time": {"type": "string"}, "kind": {"type": "string"}, "name": {"type": "string"},
                 "type": {"enum": ["Normal", "Warning"]}, "reason": {"type": "string"}, "message": {"type": "string"},
+                "count": {"type": "integer", "description": "how many times it happened (one row per object, type, reason and message up to ids and numbers); a repeat moves it to a new id"},
+                "firstTimestamp": {"type": "string"}, "lastTimestamp": {"type": "string"},
             }},
             "RuntimeInfo": {"type": "object", "properties": {
                 "version": {"type": "string"}, "hardware": {}, "tier": {"type": ["string", "null"]}, "tierReason": {"type": ["string", "null"]},
