@@ -47,7 +47,12 @@ fn event_reasons(env: &FreshEnv, obj: &str) -> Vec<String> {
         .stdout
         .lines()
         .skip(1)
-        .map(|l| l.split_whitespace().nth(2).unwrap_or_default().to_string())
+        // LAST SEEN may be "5s (x2 over 3s)": the reason follows the TYPE column.
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "Normal" || *w == "Warning")?;
+            words.next().map(String::from)
+        })
         .collect()
 }
 
@@ -493,14 +498,19 @@ fn container_module_converges_heals_drift_and_is_removed() {
         .output()
         .unwrap();
     assert!(rm.status.success());
-    wait_until(
-        "the container to be recreated",
-        Duration::from_secs(25),
-        || {
-            get_json(&env, "module", "e2eweb")
-                .is_some_and(|o| is_ready(&o) && o["status"]["containerId"] != id.as_str())
-        },
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(25);
+    while !get_json(&env, "module", "e2eweb")
+        .is_some_and(|o| is_ready(&o) && o["status"]["containerId"] != id.as_str())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container was not recreated within 25 s; status {}\nevents:\n{}\ndaemon log:\n{}",
+            get_json(&env, "module", "e2eweb").unwrap_or_default()["status"],
+            env.run(&["events"]).stdout,
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(
         env.run(&["events", "module/e2eweb"])
             .stdout

@@ -706,15 +706,20 @@ impl DockerRuntime {
                 {
                     Ok(r) => r,
                     Err(e) if is_status(&e, 409) => {
-                        // Ours, still being removed: try again shortly. Anyone else's: refuse.
-                        let ours = self
+                        // Ours, still being removed (or gone by now): try again shortly.
+                        // Anyone else's: refuse.
+                        let foreign = match self
                             .docker
                             .inspect_container(&name, None::<InspectContainerOptions>)
                             .await
-                            .ok()
-                            .and_then(|c| c.config?.labels)
-                            .is_some_and(|l| l.get(LABEL_OWNER) == Some(&key.0));
-                        return Err(if ours {
+                        {
+                            Ok(c) => !c
+                                .config
+                                .and_then(|c| c.labels)
+                                .is_some_and(|l| l.get(LABEL_OWNER) == Some(&key.0)),
+                            Err(_) => false,
+                        };
+                        return Err(if !foreign {
                             RuntimeError::Spawn {
                                 owner: key,
                                 reason: format!("container {name} is still being removed"),
