@@ -114,6 +114,10 @@ fn native_stack_converges_orders_heals_replaces_prunes_and_survives_a_typo() {
     wait_until("the old api process to go", Duration::from_secs(20), || {
         !alive(old_api)
     });
+    // The event follows the old workload's removal.
+    wait_until("the Replaced event", Duration::from_secs(10), || {
+        event_reasons(&env, "module/api").contains(&"Replaced".to_string())
+    });
     let reasons = event_reasons(&env, "module/api");
     let at = |r: &str| reasons.iter().position(|x| x == r);
     assert!(
@@ -453,7 +457,9 @@ fn engine_module_serves_the_model_through_the_openai_endpoint_and_is_replaced_an
     let chat = get_json(&env, "module", "chat").unwrap();
     assert_ne!(chat["status"]["endpoint"], first_endpoint, "{chat}");
     assert_eq!(chat["status"]["slot"], 1, "{chat}");
-    assert!(event_reasons(&env, "module/chat").contains(&"Replaced".to_string()));
+    wait_until("the Replaced event", Duration::from_secs(10), || {
+        event_reasons(&env, "module/chat").contains(&"Replaced".to_string())
+    });
     let (code, _) = curl_json(&d.url("/v1/chat/completions"), Some(req));
     assert_eq!(code, 200);
 
