@@ -40,13 +40,15 @@ fn http_get(listen: &str, path: &str) -> String {
     out
 }
 
-/// Writes `yaml` through the management API (no CLI checks on the way).
-fn http_apply(listen: &str, yaml: &str) {
+/// Writes `yaml` through the management API (no CLI checks on the way), as the owner.
+fn http_apply(env: &FreshEnv, listen: &str, yaml: &str) {
+    let token = std::fs::read_to_string(env.home_path().join("run/token")).unwrap();
     let mut s = std::net::TcpStream::connect(listen).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "POST /api/v1/apply HTTP/1.1\r\nHost: {listen}\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{yaml}",
+        "POST /api/v1/apply HTTP/1.1\r\nHost: {listen}\r\nAuthorization: Bearer {}\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{yaml}",
+        token.trim(),
         yaml.len()
     )
     .unwrap();
@@ -281,7 +283,7 @@ fn case_dependency_cycle() {
         native_yaml("pong", cmd, "  dependsOn: [{kind: Module, name: ping}]\n")
     );
     // Through the HTTP API: the CLI refuses a cycle, the daemon is the second line of defence.
-    http_apply(&d.listen, &yaml);
+    http_apply(&env, &d.listen, &yaml);
     wait_condition(&env, &d, "module", "ping", "Stalled", &["DependencyCycle"]);
     wait_condition(&env, &d, "module", "pong", "Stalled", &["DependencyCycle"]);
     let o = get_json(&env, "module", "ping").unwrap();
