@@ -708,18 +708,18 @@ impl DockerRuntime {
                     Err(e) if is_status(&e, 409) => {
                         // Ours, still being removed (or gone by now): try again shortly.
                         // Anyone else's: refuse.
-                        let foreign = match self
+                        let ours = match self
                             .docker
                             .inspect_container(&name, None::<InspectContainerOptions>)
                             .await
                         {
-                            Ok(c) => !c
+                            Ok(c) => c
                                 .config
                                 .and_then(|c| c.labels)
                                 .is_some_and(|l| l.get(LABEL_OWNER) == Some(&key.0)),
-                            Err(_) => false,
+                            Err(_) => true,
                         };
-                        return Err(if !foreign {
+                        return Err(if ours {
                             RuntimeError::Spawn {
                                 owner: key,
                                 reason: format!("container {name} is still being removed"),
