@@ -170,7 +170,7 @@ impl Access {
         a
     }
 
-    /// Called once the TCP address is known: a non-loopback bind address is a name clients use.
+    /// Called once the TCP address is known: its port is part of our own `Origin`.
     pub(crate) fn bound(&self, addr: SocketAddr) {
         let _ = self.bound.set(addr);
     }
