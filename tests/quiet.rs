@@ -19,6 +19,7 @@ use localaistack::api::Kind;
 use localaistack::control::store::Store;
 use support::FreshEnv;
 use support::daemon::{Daemon, free_port, get_json, wait_until};
+use support::docker::{E2E_IMAGE, e2e_image as docker_image};
 
 const WINDOW: Duration = Duration::from_secs(10);
 const RESYNC: &str = "5";
@@ -650,55 +651,6 @@ fn case_404_backs_off() {
 }
 
 // ---- defect 3: a failing container start flooded events and re-created its container ----
-
-const E2E_IMAGE: &str = "localaistack-e2e/busybox:1";
-
-/// The Docker engine answers and the test image is there (built from the host's busybox, as
-/// tests/daemon_e2e.rs does); loudly false without an engine, a failure with
-/// LAS_REQUIRE_DOCKER=1.
-fn docker_image() -> bool {
-    let engine = std::process::Command::new("docker")
-        .arg("info")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !engine {
-        assert_ne!(
-            std::env::var("LAS_REQUIRE_DOCKER").as_deref(),
-            Ok("1"),
-            "LAS_REQUIRE_DOCKER=1 but no Docker engine answers"
-        );
-        eprintln!(
-            "SKIPPED (loudly): no Docker engine answers; set LAS_REQUIRE_DOCKER=1 to fail instead"
-        );
-        return false;
-    }
-    let present = std::process::Command::new("docker")
-        .args(["image", "inspect", E2E_IMAGE])
-        .output()
-        .unwrap()
-        .status
-        .success();
-    if !present {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("bin")).unwrap();
-        std::fs::copy("/bin/busybox", dir.path().join("bin/busybox"))
-            .expect("install busybox-static (make deps)");
-        let st = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "tar -C {} -cf - . | docker import - {E2E_IMAGE}",
-                dir.path().display()
-            ))
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "{}",
-            String::from_utf8_lossy(&st.stderr)
-        );
-    }
-    true
-}
 
 /// The ids of the containers whose name contains `name`.
 fn containers_named(name: &str) -> Vec<String> {
