@@ -35,10 +35,14 @@ fn generate_test_writes_a_deterministic_model_that_inspect_reads() {
 #[test]
 fn bad_model_arguments_are_clear_errors() {
     let env = FreshEnv::new();
+    // A path under a regular file cannot be created; the error names it, not a temporary file.
+    let file = env.write("plain", "x");
+    let under = file.join("x.gguf");
     let r = env
-        .run(&["model", "generate-test", "/nonexistent-dir/x.gguf"])
+        .run(&["model", "generate-test", under.to_str().unwrap()])
         .fails();
     assert!(r.stderr.contains("cannot create"), "{}", r.stderr);
+    assert!(!r.stderr.contains(".partial"), "{}", r.stderr);
     let r = env.run(&["model", "generate-test", "/tmp/x.gguf", "--preset", "huge"]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("huge"), "{}", r.stderr);
@@ -51,4 +55,14 @@ fn bad_model_arguments_are_clear_errors() {
         "{}",
         r.stderr
     );
+}
+
+/// Issue 12 defect 5: on a fresh machine the model's directory does not exist yet.
+#[test]
+fn generate_test_creates_a_missing_parent_directory_regression() {
+    let env = FreshEnv::new();
+    let path = env.work.path().join("new/deeper/tiny.gguf");
+    env.run(&["model", "generate-test", path.to_str().unwrap()])
+        .ok();
+    assert!(path.is_file());
 }

@@ -272,13 +272,19 @@ pub struct GeneratedModel {
 /// end, so a reader never sees half a model).
 pub fn generate(path: &Path, cfg: &TestModelConfig) -> Result<GeneratedModel, TestModelError> {
     cfg.validate()?;
+    // A fresh machine may not have the directory yet; errors name the file asked for, not the
+    // temporary one.
+    let create_err = |source| TestModelError::Create {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(create_err)?;
+    }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".partial");
     let tmp = PathBuf::from(tmp);
-    let file = File::create(&tmp).map_err(|source| TestModelError::Create {
-        path: tmp.clone(),
-        source,
-    })?;
+    let file = File::create(&tmp).map_err(create_err)?;
     let result = write_to(BufWriter::with_capacity(1 << 20, file), cfg);
     if let Err(source) = result {
         let _ = std::fs::remove_file(&tmp);
