@@ -392,6 +392,15 @@ fn engine_module_serves_the_model_through_the_openai_endpoint_and_is_replaced_an
     let (code, models) = curl_json(&d.url("/v1/models"), None);
     assert_eq!(code, 200, "{models}");
     assert!(models.to_string().contains("\"tiny\""), "{models}");
+    // Every listed id works with the real engine, the module's name included (issue 12, defect 2).
+    for m in models["data"].as_array().unwrap() {
+        let req = format!(
+            r#"{{"model":"{}","messages":[{{"role":"user","content":"Hi"}}],"max_tokens":2}}"#,
+            m["id"].as_str().unwrap()
+        );
+        let (code, out) = curl_json(&d.url("/v1/chat/completions"), Some(&req));
+        assert_eq!(code, 200, "listed id {}: {out}", m["id"]);
+    }
     let req = r#"{"model":"tiny","messages":[{"role":"user","content":"Hello"}],"max_tokens":8,"temperature":0}"#;
     let (code, a) = curl_json(&d.url("/v1/chat/completions"), Some(req));
     assert_eq!(code, 200, "{a}\n{}", d.log());

@@ -30,11 +30,22 @@ use crate::control::store::StoredObject;
 /// The longest a cached route table is used without re-reading the store.
 pub const ROUTE_TTL: Duration = Duration::from_secs(2);
 
-/// A served model name → the endpoint (base URL) that serves it.
+/// Where a listed id goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// The base URL of the serving workload.
+    pub endpoint: String,
+    /// The Module that serves it.
+    pub module: String,
+    /// The model name the engine answers to (a request by module name is rewritten to it, so
+    /// every id `/v1/models` lists works).
+    pub model: String,
+}
+
+/// A served model name (or the serving module's name) → its route.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Routes {
-    /// id → (endpoint, owning module)
-    pub by_model: BTreeMap<String, (String, String)>,
+    pub by_model: BTreeMap<String, Route>,
 }
 
 #[derive(Default)]
@@ -62,12 +73,13 @@ pub fn routes_from(objects: &[StoredObject]) -> Routes {
             .and_then(Value::as_str);
         let endpoint = o.status.get("endpoint").and_then(Value::as_str);
         if let (true, Some(model), Some(endpoint)) = (ready, model, endpoint) {
-            let ep = endpoint.trim_end_matches('/').to_string();
-            let module = o.name.to_string();
-            r.by_model
-                .entry(model.to_string())
-                .or_insert((ep.clone(), module.clone()));
-            r.by_model.insert(module.clone(), (ep, module));
+            let route = Route {
+                endpoint: endpoint.trim_end_matches('/').to_string(),
+                module: o.name.to_string(),
+                model: model.to_string(),
+            };
+            r.by_model.entry(model.to_string()).or_insert(route.clone());
+            r.by_model.insert(route.module.clone(), route);
         }
     }
     r
@@ -125,9 +137,7 @@ pub(super) async fn models(State(ctx): State<ApiContext>) -> Response {
     let data: Vec<Value> = routes
         .by_model
         .iter()
-        .map(|(id, (_, module))| {
-            json!({"id": id, "object": "model", "created": 0, "owned_by": module})
-        })
+        .map(|(id, r)| json!({"id": id, "object": "model", "created": 0, "owned_by": r.module}))
         .collect();
     Json(json!({"object": "list", "data": data})).into_response()
 }
@@ -153,18 +163,8 @@ pub(super) async fn proxy(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let model = match serde_json::from_slice::<Value>(&body) {
-        Ok(v) => match v.get("model").and_then(Value::as_str) {
-            Some(m) => m.to_string(),
-            None => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "the request has no \"model\" field: name a served model (see GET /v1/models)",
-                    "invalid_request_error",
-                    "missing_model",
-                );
-            }
-        },
+    let mut request = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => v,
         Err(e) => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -174,11 +174,28 @@ pub(super) async fn proxy(
             );
         }
     };
+    let Some(model) = request
+        .get("model")
+        .and_then(Value::as_str)
+        .map(String::from)
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the request has no \"model\" field: name a served model (see GET /v1/models)",
+            "invalid_request_error",
+            "missing_model",
+        );
+    };
     let routes = match ctx.routes().await {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let Some((endpoint, module)) = routes.by_model.get(&model) else {
+    let Some(Route {
+        endpoint,
+        module,
+        model: served,
+    }) = routes.by_model.get(&model)
+    else {
         let served: Vec<&str> = routes.by_model.keys().map(String::as_str).collect();
         let list = if served.is_empty() {
             "none is Ready yet".to_string()
@@ -191,6 +208,13 @@ pub(super) async fn proxy(
             "invalid_request_error",
             "model_not_found",
         );
+    };
+    // Asked by module name: the engine knows the model by its own name.
+    let body = if *served != model {
+        request["model"] = Value::String(served.clone());
+        Bytes::from(request.to_string())
+    } else {
+        body
     };
     let url = format!("{endpoint}{}", uri.path());
     let mut req = ctx.upstream.post(&url).body(body);
