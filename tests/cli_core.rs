@@ -433,3 +433,21 @@ fn concurrent_writers_never_lose_an_update() {
     let h = json(&env.run(&["history", "-o", "json"]));
     assert_eq!(h.as_array().unwrap().len(), 2 * rounds as usize);
 }
+
+/// Issue 12: an upper-case sha256 (as some tools print it) names the same bytes; it is accepted
+/// and recorded in lower case.
+#[test]
+fn uppercase_sha256_is_accepted_and_normalised_regression() {
+    let env = FreshEnv::new();
+    let digest = "AB".repeat(32);
+    let f = env.write(
+        "m.yaml",
+        &format!(
+            "apiVersion: localaistack.io/v1alpha1\nkind: Model\nmetadata:\n  name: m\nspec:\n  source: /srv/m.gguf\n  sha256: {digest}\n"
+        ),
+    );
+    env.run(&["apply", "-f", f.to_str().unwrap()]).ok();
+    let out = env.run(&["get", "model", "m", "-o", "json"]).ok().stdout;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["spec"]["sha256"], "ab".repeat(32), "{out}");
+}

@@ -8,11 +8,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::meta::Condition;
 
-/// A lower-case hex sha256 digest (64 characters).
+/// A sha256 digest, kept as 64 lower-case hex characters (upper case is accepted and normalised).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
 #[schemars(
-    description = "sha256 digest: 64 lower-case hexadecimal characters",
-    extend("pattern" = "^[0-9a-f]{64}$")
+    description = "sha256 digest: 64 hexadecimal characters (stored in lower case)",
+    extend("pattern" = "^(sha256:)?[0-9a-fA-F]{64}$")
 )]
 #[serde(transparent)]
 pub struct Sha256(String);
@@ -20,14 +20,12 @@ pub struct Sha256(String);
 impl Sha256 {
     pub fn new(s: &str) -> Result<Self, String> {
         let s = s.strip_prefix("sha256:").unwrap_or(s);
-        if s.len() == 64
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            Ok(Self(s.to_string()))
+        // `sha256sum` prints lower case, some tools upper case: both name the same bytes.
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Self(s.to_ascii_lowercase()))
         } else {
             Err(format!(
-                "{s:?} is not a sha256 digest: expected 64 lower-case hexadecimal characters"
+                "{s:?} is not a sha256 digest: expected 64 hexadecimal characters"
             ))
         }
     }
@@ -250,7 +248,12 @@ mod tests {
     #[test]
     fn digests() {
         assert!(Sha256::new(&"a".repeat(64)).is_ok());
-        assert!(Sha256::new(&"A".repeat(64)).is_err());
+        // Issue 12: upper case names the same bytes; it is accepted and normalised.
+        assert_eq!(
+            Sha256::new(&"A".repeat(64)).unwrap().as_str(),
+            "a".repeat(64)
+        );
+        assert!(Sha256::new(&"g".repeat(64)).is_err());
         assert!(Sha256::new("abc").is_err());
     }
 }
