@@ -192,6 +192,14 @@ impl ReconnectingDocker {
     }
 }
 
+/// Without an engine there is nothing to inspect, stop or remove: `fallback` stands for that.
+fn absent_engine_is<T>(r: Result<T, RuntimeError>, fallback: T) -> Result<T, RuntimeError> {
+    match r {
+        Err(RuntimeError::DockerUnavailable { .. }) => Ok(fallback),
+        other => other,
+    }
+}
+
 impl Runtime for ReconnectingDocker {
     fn kind(&self) -> RuntimeKind {
         RuntimeKind::Container
@@ -210,13 +218,11 @@ impl Runtime for ReconnectingDocker {
         owner: &'a OwnerKey,
     ) -> BoxFuture<'a, Result<Option<WorkloadStatus>, RuntimeError>> {
         async move {
-            match self
-                .run(move |rt: Arc<DockerRuntime>| async move { rt.inspect(owner).await })
-                .await
-            {
-                Err(RuntimeError::DockerUnavailable { .. }) => Ok(None),
-                other => other,
-            }
+            absent_engine_is(
+                self.run(move |rt: Arc<DockerRuntime>| async move { rt.inspect(owner).await })
+                    .await,
+                None,
+            )
         }
         .boxed()
     }
@@ -227,13 +233,11 @@ impl Runtime for ReconnectingDocker {
         grace: Duration,
     ) -> BoxFuture<'a, Result<(), RuntimeError>> {
         async move {
-            match self
-                .run(move |rt: Arc<DockerRuntime>| async move { rt.stop(owner, grace).await })
-                .await
-            {
-                Err(RuntimeError::DockerUnavailable { .. }) => Ok(()),
-                other => other,
-            }
+            absent_engine_is(
+                self.run(move |rt: Arc<DockerRuntime>| async move { rt.stop(owner, grace).await })
+                    .await,
+                (),
+            )
         }
         .boxed()
     }
@@ -244,13 +248,13 @@ impl Runtime for ReconnectingDocker {
         grace: Duration,
     ) -> BoxFuture<'a, Result<(), RuntimeError>> {
         async move {
-            match self
-                .run(move |rt: Arc<DockerRuntime>| async move { rt.remove(owner, grace).await })
-                .await
-            {
-                Err(RuntimeError::DockerUnavailable { .. }) => Ok(()),
-                other => other,
-            }
+            absent_engine_is(
+                self.run(
+                    move |rt: Arc<DockerRuntime>| async move { rt.remove(owner, grace).await },
+                )
+                .await,
+                (),
+            )
         }
         .boxed()
     }
