@@ -451,3 +451,69 @@ fn uppercase_sha256_is_accepted_and_normalised_regression() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["spec"]["sha256"], "ab".repeat(32), "{out}");
 }
+
+/// Issue 12, defect 4: `get`/`describe` took `KIND NAME` while `wait`, `logs` and `events` required
+/// `KIND/NAME`. Every verb now takes both forms and kubectl-style short names.
+#[test]
+fn object_arguments_are_inconsistent_across_verbs_regression() {
+    let env = FreshEnv::new();
+    let w = env.write("w.yaml", MODULE);
+    env.run(&["apply", "-f", w.to_str().unwrap()]).ok();
+
+    for form in [
+        &["module", "web"][..],
+        &["module/web"],
+        &["mod", "web"],
+        &["Modules/web"],
+    ] {
+        let mut get = vec!["get"];
+        get.extend_from_slice(form);
+        get.extend(["-o", "name"]);
+        assert_eq!(env.run(&get).ok().stdout.trim(), "module/web", "{form:?}");
+
+        let mut describe = vec!["describe"];
+        describe.extend_from_slice(form);
+        assert!(
+            env.run(&describe)
+                .ok()
+                .stdout
+                .contains("Name:             web")
+        );
+
+        let mut events = vec!["events"];
+        events.extend_from_slice(form);
+        env.run(&events).ok();
+
+        // No daemon converges it: the wait runs out of time, having understood the object.
+        let mut wait = vec!["wait"];
+        wait.extend_from_slice(form);
+        wait.push("--timeout=100ms");
+        let r = env.run(&wait).fails();
+        assert!(
+            r.stderr.contains("timed out") && r.stderr.contains("Module/web"),
+            "{}",
+            r.stderr
+        );
+    }
+
+    for bad in [
+        &["module"][..],
+        &["module/"],
+        &["pods", "web"],
+        &["module", "web", "extra"],
+    ] {
+        let mut describe = vec!["describe"];
+        describe.extend_from_slice(bad);
+        let r = env.run(&describe);
+        assert_ne!(r.code, 0, "{bad:?}: {}", r.stdout);
+        assert!(!r.stderr.is_empty(), "{bad:?}");
+    }
+
+    env.run(&["delete", "mod/web"]).ok();
+    assert!(
+        env.run(&["get", "modules", "-o", "name"])
+            .ok()
+            .stdout
+            .is_empty()
+    );
+}

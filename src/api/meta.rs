@@ -93,13 +93,22 @@ impl Kind {
             Kind::Policy => "policies",
         }
     }
-    /// Accepts `Model`, `model`, `models`, and the short names `mo`/`mod`/`pol` are deliberately not
-    /// supported to keep the vocabulary small.
+    /// kubectl-style short names, accepted wherever a kind is.
+    pub fn short_names(self) -> &'static [&'static str] {
+        match self {
+            Kind::Model => &["mo"],
+            Kind::Module => &["mod"],
+            Kind::Policy => &["pol", "pl"],
+        }
+    }
+    /// Accepts `Model`, `model`, `models` and the short names, in any case.
     pub fn parse_loose(s: &str) -> Option<Kind> {
         let l = s.to_ascii_lowercase();
-        Kind::ALL
-            .into_iter()
-            .find(|k| l == k.as_str().to_ascii_lowercase() || l == k.plural())
+        Kind::ALL.into_iter().find(|k| {
+            l == k.as_str().to_ascii_lowercase()
+                || l == k.plural()
+                || k.short_names().contains(&l.as_str())
+        })
     }
     pub fn known_list() -> String {
         Kind::ALL.map(|k| k.as_str()).join(", ")

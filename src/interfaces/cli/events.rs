@@ -1,13 +1,12 @@
-//! `lasctl events [KIND/NAME] -w`: the event log, then every new event as the daemon records it
+//! `lasctl events [KIND NAME | KIND/NAME] [-w]`: the event log, then every new event as the daemon records it
 //! (server-sent events, resumed after the last id printed).
 
 use std::io::Write;
 
 use futures_util::StreamExt;
 
-use super::CliError;
 use super::output::age;
-use crate::api::Kind;
+use super::{CliError, objref};
 use crate::control::store::Event;
 use crate::home::LasHome;
 use crate::interfaces::http::client::{DaemonClient, sse_messages};
@@ -47,22 +46,8 @@ fn line(e: &Event) -> String {
 }
 
 /// Prints the last `limit` events and then follows.
-pub fn watch(object: Option<&str>, limit: usize) -> Result<(), CliError> {
-    let obj = match object {
-        Some(s) => {
-            let (k, n) = s
-                .split_once('/')
-                .ok_or_else(|| CliError::Usage(format!("{s:?} is not of the form KIND/NAME")))?;
-            let kind = Kind::parse_loose(k).ok_or_else(|| {
-                CliError::Usage(format!(
-                    "unknown kind {k:?}: known kinds are {}",
-                    Kind::known_list()
-                ))
-            })?;
-            Some(format!("{}/{n}", kind.as_str()))
-        }
-        None => None,
-    };
+pub fn watch(object: &[String], limit: usize) -> Result<(), CliError> {
+    let obj = objref::optional(object)?.map(|(kind, n)| format!("{}/{n}", kind.as_str()));
     let home = LasHome::from_env()?;
     let client = DaemonClient::from_env(&home)?;
     let mut path = format!("/api/v1/events?limit={limit}");
@@ -136,6 +121,35 @@ impl From<EventIn> for Event {
             message: e.message,
         }
     }
+}
+
+/// Prints the last `limit` events from the state database.
+pub fn list(object: &[String], limit: usize) -> Result<(), CliError> {
+    let store = super::verbs::open_store()?;
+    let obj = objref::optional(object)?;
+    let ev = store.events(
+        obj.as_ref().map(|(k, n)| (k.as_str(), n.as_str())),
+        0,
+        limit,
+    )?;
+    let rows: Vec<Vec<String>> = ev
+        .iter()
+        .map(|e| {
+            vec![
+                seen(e),
+                format!("{:?}", e.type_),
+                e.reason.clone(),
+                format!("{}/{}", e.kind.to_lowercase(), e.name),
+                e.message.clone(),
+            ]
+        })
+        .collect();
+    super::output::print_table(
+        &mut std::io::stdout().lock(),
+        &["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+        &rows,
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,21 +5,11 @@ use std::io::Write;
 use futures_util::StreamExt;
 
 use super::{CliError, LogsArgs};
-use crate::api::Kind;
 use crate::home::LasHome;
 use crate::interfaces::http::client::DaemonClient;
 
 pub fn run(a: LogsArgs) -> Result<(), CliError> {
-    let (k, name) = a
-        .object
-        .split_once('/')
-        .ok_or_else(|| CliError::Usage(format!("{:?} is not of the form KIND/NAME", a.object)))?;
-    let kind = Kind::parse_loose(k).ok_or_else(|| {
-        CliError::Usage(format!(
-            "unknown kind {k:?}: known kinds are {}",
-            Kind::known_list()
-        ))
-    })?;
+    let (kind, name) = super::objref::one(&a.object)?;
     let home = LasHome::from_env()?;
     let client = DaemonClient::from_env(&home)?;
     let mut path = format!("/api/v1/{}/{name}/logs?follow={}", kind.plural(), a.follow);

@@ -1,12 +1,19 @@
 //! `lasctl`: parse, resolve arguments, call the library, map errors to exit codes.
 
+mod apply;
 mod daemon;
+mod delete;
+mod describe;
+mod diff;
 mod engine;
 mod events;
+mod get;
 mod hardware;
+mod history;
 mod lock;
 mod logs;
 mod model;
+mod objref;
 mod output;
 mod plan;
 mod resume;
@@ -93,8 +100,11 @@ pub enum Command {
     Apply(ApplyArgs),
     /// List objects: get KIND [NAME], or get all.
     Get(GetArgs),
-    /// Show an object's spec, status, conditions and recent events.
-    Describe { kind: String, name: String },
+    /// Show an object's spec, status, conditions and recent events: describe KIND NAME (or KIND/NAME).
+    Describe {
+        #[arg(required = true, num_args = 1..=2, value_name = "KIND NAME | KIND/NAME")]
+        object: Vec<String>,
+    },
     /// Show what an apply would change, as a unified YAML diff (exit 0: none, 1: changes, >1: error).
     Diff(FileArgs),
     /// Record the deletion of objects: delete -f PATH, or delete KIND NAME...
@@ -123,9 +133,10 @@ pub enum Command {
     /// Resume what a rollback suspended: resume source PATH.
     #[command(subcommand)]
     Resume(resume::ResumeCommand),
-    /// The durable event log, of one object (KIND/NAME) or all; -w follows it from the daemon.
+    /// The durable event log, of one object (KIND NAME or KIND/NAME) or all; -w follows it from the daemon.
     Events {
-        object: Option<String>,
+        #[arg(num_args = 0..=2, value_name = "KIND NAME | KIND/NAME")]
+        object: Vec<String>,
         #[arg(long, default_value_t = 100)]
         limit: usize,
         /// After the log, print every new event as the daemon records it.
@@ -192,7 +203,7 @@ pub struct ApplyArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
-    /// model, module, policy (singular, plural or capitalized), or all.
+    /// model, module, policy (singular, plural or short: mo, mod, pol), KIND/NAME, all or sources.
     pub kind: String,
     pub name: Option<String>,
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
@@ -204,8 +215,9 @@ pub struct GetArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct WaitArgs {
-    /// KIND/NAME, e.g. module/chat.
-    pub object: String,
+    /// KIND NAME or KIND/NAME, e.g. module/chat.
+    #[arg(required = true, num_args = 1..=2, value_name = "KIND NAME | KIND/NAME")]
+    pub object: Vec<String>,
     /// condition=TYPE[=True|False|Unknown]
     #[arg(long = "for", default_value = "condition=Ready")]
     pub for_: String,
@@ -216,8 +228,9 @@ pub struct WaitArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct LogsArgs {
-    /// KIND/NAME, e.g. module/chat.
-    pub object: String,
+    /// KIND NAME or KIND/NAME, e.g. module/chat.
+    #[arg(required = true, num_args = 1..=2, value_name = "KIND NAME | KIND/NAME")]
+    pub object: Vec<String>,
     /// Keep streaming new output.
     #[arg(short = 'f', long)]
     pub follow: bool,
@@ -232,7 +245,7 @@ pub struct DeleteArgs {
     pub paths: Vec<PathBuf>,
     #[arg(short = 'R', long)]
     pub recursive: bool,
-    /// KIND NAME... when no -f is given.
+    /// KIND NAME... or KIND/NAME... when no -f is given.
     pub args: Vec<String>,
 }
 

@@ -112,16 +112,7 @@ fn check(store: &Store, kind: Kind, name: &str, want: &Condition) -> Result<Chec
 }
 
 pub fn run(a: WaitArgs) -> Result<(), CliError> {
-    let (k, name) = a
-        .object
-        .split_once('/')
-        .ok_or_else(|| CliError::Usage(format!("{:?} is not of the form KIND/NAME", a.object)))?;
-    let kind = Kind::parse_loose(k).ok_or_else(|| {
-        CliError::Usage(format!(
-            "unknown kind {k:?}: known kinds are {}",
-            Kind::known_list()
-        ))
-    })?;
+    let (kind, name) = super::objref::one(&a.object)?;
     let want = parse_for(&a.for_)?;
     let timeout = parse_duration(&a.timeout)?;
     let home = LasHome::from_env()?;
@@ -144,7 +135,7 @@ pub fn run(a: WaitArgs) -> Result<(), CliError> {
             None => None,
         };
         loop {
-            let why = match check(&store, kind, name, &want)? {
+            let why = match check(&store, kind, &name, &want)? {
                 Check::Met => {
                     println!("{}/{} condition met", kind.as_str().to_lowercase(), name);
                     return Ok(());

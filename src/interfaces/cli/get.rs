@@ -1,0 +1,170 @@
+//! `lasctl get KIND [NAME]`, `get all`: objects as tables or documents.
+
+use std::io::Write;
+
+use serde_json::Value;
+
+use super::objref;
+use super::output::{OutputFormat, age, human_bytes, list_value, print_table, to_yaml};
+use super::verbs::{lower, open_store};
+use super::{CliError, GetArgs, parse_selector};
+use crate::api::Kind;
+use crate::control::store::StoredObject;
+
+fn ready(o: &StoredObject) -> (String, String) {
+    match o.condition("Ready") {
+        Some((s, reason, _)) => (s.as_str().to_string(), reason),
+        None if o.deleted_at.is_some() => ("False".into(), "Deleting".into()),
+        None => ("-".into(), String::new()),
+    }
+}
+
+fn row(o: &StoredObject, wide: bool, prefix_kind: bool) -> Vec<String> {
+    let name = if prefix_kind {
+        format!("{}/{}", lower(o.kind), o.name)
+    } else {
+        o.name.to_string()
+    };
+    let (ready, reason) = ready(o);
+    let s = |k: &str| {
+        o.status
+            .get(k)
+            .map(|v| v.as_str().map(String::from).unwrap_or(v.to_string()))
+    };
+    let mut r = vec![name, ready];
+    match o.kind {
+        Kind::Model => {
+            r.push(
+                o.status
+                    .get("sizeBytes")
+                    .and_then(Value::as_u64)
+                    .map(human_bytes)
+                    .unwrap_or_else(|| "-".into()),
+            );
+            r.push(age(&o.created_at));
+            if wide {
+                r.push(reason);
+                r.push(o.spec["source"].as_str().unwrap_or_default().to_string());
+                r.push(
+                    s("digest")
+                        .map(|d| d.chars().take(12).collect())
+                        .unwrap_or("-".into()),
+                );
+            }
+        }
+        Kind::Module => {
+            r.push(s("runtime").unwrap_or("-".into()));
+            r.push(s("endpoint").unwrap_or("-".into()));
+            r.push(s("restarts").unwrap_or("0".into()));
+            r.push(age(&o.created_at));
+            if wide {
+                r.push(reason);
+                r.push(o.generation.to_string());
+                r.push(s("observedGeneration").unwrap_or("-".into()));
+            }
+        }
+        Kind::Policy => {
+            r.push(
+                o.spec["tiers"]
+                    .as_array()
+                    .map(|t| t.len())
+                    .unwrap_or(0)
+                    .to_string(),
+            );
+            r.push(age(&o.created_at));
+            if wide {
+                r.push(o.spec["priority"].to_string());
+            }
+        }
+    }
+    r
+}
+
+fn header(kind: Kind, wide: bool) -> Vec<&'static str> {
+    let mut h = match kind {
+        Kind::Model => vec!["NAME", "READY", "SIZE", "AGE"],
+        Kind::Module => vec!["NAME", "READY", "RUNTIME", "ENDPOINT", "RESTARTS", "AGE"],
+        Kind::Policy => vec!["NAME", "READY", "TIERS", "AGE"],
+    };
+    if wide {
+        h.extend(match kind {
+            Kind::Model => vec!["REASON", "SOURCE", "DIGEST"],
+            Kind::Module => vec!["REASON", "GENERATION", "OBSERVED"],
+            Kind::Policy => vec!["PRIORITY"],
+        });
+    }
+    h
+}
+
+pub fn run(mut g: GetArgs) -> Result<(), CliError> {
+    let all = g.kind.eq_ignore_ascii_case("all");
+    let kind = if all {
+        None
+    } else if g.kind.contains('/') {
+        // get KIND/NAME, as kubectl takes it.
+        if g.name.is_some() {
+            return Err(CliError::Usage(format!(
+                "{:?} already names an object; give KIND NAME or KIND/NAME",
+                g.kind
+            )));
+        }
+        let (k, n) = objref::one(std::slice::from_ref(&g.kind))?;
+        g.name = Some(n);
+        Some(k)
+    } else {
+        Some(objref::parse_kind(&g.kind)?)
+    };
+    if all && g.name.is_some() {
+        return Err(CliError::Usage("get all takes no NAME".into()));
+    }
+    let store = open_store()?;
+    let selector = parse_selector(g.selector.as_deref())?;
+    let objects = match (kind, &g.name) {
+        (Some(k), Some(n)) => vec![store.get(k, n)?],
+        _ => store.list(kind, &selector)?,
+    };
+    let mut out = std::io::stdout().lock();
+    match g.output {
+        OutputFormat::Json | OutputFormat::Yaml => {
+            let v = if g.name.is_some() {
+                objects[0].to_json()
+            } else {
+                list_value(objects.iter().map(StoredObject::to_json).collect())
+            };
+            if g.output == OutputFormat::Json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&v).expect("json"))?;
+            } else {
+                write!(out, "{}", to_yaml(&v))?;
+            }
+        }
+        OutputFormat::Name => {
+            for o in &objects {
+                writeln!(out, "{}/{}", lower(o.kind), o.name)?;
+            }
+        }
+        OutputFormat::Table | OutputFormat::Wide => {
+            let wide = g.output == OutputFormat::Wide;
+            if objects.is_empty() {
+                eprintln!("No resources found.");
+                return Ok(());
+            }
+            let mut first = true;
+            for k in Kind::ALL {
+                let rows: Vec<Vec<String>> = objects
+                    .iter()
+                    .filter(|o| o.kind == k)
+                    .map(|o| row(o, wide, all))
+                    .collect();
+                if rows.is_empty() {
+                    continue;
+                }
+                if !first {
+                    writeln!(out)?;
+                }
+                first = false;
+                print_table(&mut out, &header(k, wide), &rows)?;
+            }
+        }
+    }
+    Ok(())
+}
