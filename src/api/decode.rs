@@ -15,7 +15,9 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::meta::{API_VERSION, InputMeta, Kind, SystemSet};
-use super::{Desired, ModelSpec, ModuleSpec, Origin, PolicySpec, Spec};
+use super::{
+    Desired, ModelSpec, ModuleSpec, Origin, PluginActivationSpec, PluginSpec, PolicySpec, Spec,
+};
 
 /// Largest single YAML/JSON document accepted.
 pub const MAX_DOC_BYTES: usize = 1 << 20;
@@ -448,6 +450,10 @@ fn decode_doc(doc: &RawDoc<'_>) -> Result<Option<Desired>, InputError> {
         Kind::Model => parse_typed::<ModelSpec>(doc).map(|(m, s)| (m, Spec::Model(s))),
         Kind::Module => parse_typed::<ModuleSpec>(doc).map(|(m, s)| (m, Spec::Module(s))),
         Kind::Policy => parse_typed::<PolicySpec>(doc).map(|(m, s)| (m, Spec::Policy(s))),
+        Kind::Plugin => parse_typed::<PluginSpec>(doc).map(|(m, s)| (m, Spec::Plugin(s))),
+        Kind::PluginActivation => {
+            parse_typed::<PluginActivationSpec>(doc).map(|(m, s)| (m, Spec::PluginActivation(s)))
+        }
     })?;
     validate_spec(&spec).map_err(|(path, message)| {
         let (l, c) = locate(&doc.text, &path_keys(&path)).unwrap_or((start, 1));
@@ -468,6 +474,16 @@ fn decode_doc(doc: &RawDoc<'_>) -> Result<Option<Desired>, InputError> {
 /// name, the spec and the line of `metadata.name` of each document, or every error.
 pub fn decode_kind<S: DeserializeOwned>(
     file: &InputFile,
+    kind: &str,
+    validate: impl Fn(&S) -> Result<(), (String, String)>,
+) -> Result<Vec<(super::ObjectName, S, usize)>, InputErrors> {
+    decode_kind_of(file, API_VERSION, kind, validate)
+}
+
+/// [`decode_kind`] for documents of another apiVersion (plugin manifests).
+pub fn decode_kind_of<S: DeserializeOwned>(
+    file: &InputFile,
+    api_version: &str,
     kind: &str,
     validate: impl Fn(&S) -> Result<(), (String, String)>,
 ) -> Result<Vec<(super::ObjectName, S, usize)>, InputErrors> {
@@ -515,13 +531,13 @@ pub fn decode_kind<S: DeserializeOwned>(
             .get("apiVersion")
             .and_then(|v| v.as_str())
             .unwrap_or_default();
-        if got_api != API_VERSION {
+        if got_api != api_version {
             let (l, c) = locate(&doc.text, &["apiVersion"]).unwrap_or((start, 1));
             errors.push(err_at(
                 l,
                 c,
                 "apiVersion",
-                format!("expected apiVersion: {API_VERSION}"),
+                format!("expected apiVersion: {api_version}"),
             ));
             continue;
         }
@@ -565,7 +581,8 @@ pub fn decode_kind<S: DeserializeOwned>(
 fn validate_spec(spec: &Spec) -> Result<(), (String, String)> {
     match spec {
         Spec::Module(m) => m.validate(),
-        Spec::Model(_) => Ok(()),
+        Spec::Model(_) | Spec::Plugin(_) => Ok(()),
+        Spec::PluginActivation(a) => a.validate(),
         Spec::Policy(p) => {
             let mut names = std::collections::BTreeSet::new();
             for (i, t) in p.tiers.iter().enumerate() {

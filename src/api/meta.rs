@@ -74,16 +74,26 @@ pub enum Kind {
     Model,
     Module,
     Policy,
+    Plugin,
+    PluginActivation,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Model, Kind::Module, Kind::Policy];
+    pub const ALL: [Kind; 5] = [
+        Kind::Model,
+        Kind::Module,
+        Kind::Policy,
+        Kind::Plugin,
+        Kind::PluginActivation,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Model => "Model",
             Kind::Module => "Module",
             Kind::Policy => "Policy",
+            Kind::Plugin => "Plugin",
+            Kind::PluginActivation => "PluginActivation",
         }
     }
     pub fn plural(self) -> &'static str {
@@ -91,6 +101,8 @@ impl Kind {
             Kind::Model => "models",
             Kind::Module => "modules",
             Kind::Policy => "policies",
+            Kind::Plugin => "plugins",
+            Kind::PluginActivation => "pluginactivations",
         }
     }
     /// kubectl-style short names, accepted wherever a kind is.
@@ -99,6 +111,8 @@ impl Kind {
             Kind::Model => &["mo"],
             Kind::Module => &["mod"],
             Kind::Policy => &["pol", "pl"],
+            Kind::Plugin => &["plug"],
+            Kind::PluginActivation => &["pa", "activation", "activations"],
         }
     }
     /// Accepts `Model`, `model`, `models` and the short names, in any case.

@@ -5,6 +5,7 @@ pub mod decode;
 pub mod meta;
 pub mod model;
 pub mod module;
+pub mod plugin;
 pub mod policy;
 pub mod schema;
 
@@ -18,6 +19,7 @@ pub use meta::{
 };
 pub use model::{ModelSpec, ModelStatus};
 pub use module::{ModuleSpec, ModuleStatus};
+pub use plugin::{PluginActivationSpec, PluginActivationStatus, PluginSpec, PluginStatus};
 pub use policy::{PolicySpec, PolicyStatus};
 
 /// A typed spec of one of the known kinds.
@@ -28,6 +30,8 @@ pub enum Spec {
     Model(ModelSpec),
     Module(ModuleSpec),
     Policy(PolicySpec),
+    Plugin(PluginSpec),
+    PluginActivation(PluginActivationSpec),
 }
 
 impl Spec {
@@ -36,6 +40,8 @@ impl Spec {
             Spec::Model(_) => Kind::Model,
             Spec::Module(_) => Kind::Module,
             Spec::Policy(_) => Kind::Policy,
+            Spec::Plugin(_) => Kind::Plugin,
+            Spec::PluginActivation(_) => Kind::PluginActivation,
         }
     }
 
@@ -45,6 +51,8 @@ impl Spec {
             Spec::Model(s) => serde_json::to_value(s),
             Spec::Module(s) => serde_json::to_value(s),
             Spec::Policy(s) => serde_json::to_value(s),
+            Spec::Plugin(s) => serde_json::to_value(s),
+            Spec::PluginActivation(s) => serde_json::to_value(s),
         };
         r.expect("specs always serialize")
     }
@@ -54,6 +62,8 @@ impl Spec {
             Kind::Model => Spec::Model(serde_json::from_value(v)?),
             Kind::Module => Spec::Module(serde_json::from_value(v)?),
             Kind::Policy => Spec::Policy(serde_json::from_value(v)?),
+            Kind::Plugin => Spec::Plugin(serde_json::from_value(v)?),
+            Kind::PluginActivation => Spec::PluginActivation(serde_json::from_value(v)?),
         })
     }
 }
@@ -98,3 +108,5 @@ pub struct Resource<S, St> {
 pub type Model = Resource<ModelSpec, ModelStatus>;
 pub type Module = Resource<ModuleSpec, ModuleStatus>;
 pub type Policy = Resource<PolicySpec, PolicyStatus>;
+pub type Plugin = Resource<PluginSpec, PluginStatus>;
+pub type PluginActivation = Resource<PluginActivationSpec, PluginActivationStatus>;

@@ -126,6 +126,40 @@ impl ModelSource {
     }
 }
 
+impl ModelSource {
+    /// A file beside this one: `rel` (a relative path without `..`) resolved against this
+    /// source's directory — a plugin's artifacts beside its manifest.
+    pub fn sibling(&self, rel: &str) -> ModelSource {
+        fn dir(p: &str) -> &str {
+            p.rsplit_once('/').map_or("", |(d, _)| d)
+        }
+        match self {
+            ModelSource::File(p) => ModelSource::File(
+                p.parent()
+                    .map_or_else(|| PathBuf::from(rel), |d| d.join(rel)),
+            ),
+            ModelSource::Http(u) => {
+                let (base, _) = u.split_once(['?', '#']).unwrap_or((u, ""));
+                ModelSource::Http(format!("{}/{rel}", dir(base)))
+            }
+            ModelSource::Hf {
+                owner,
+                repo,
+                file,
+                revision,
+            } => ModelSource::Hf {
+                owner: owner.clone(),
+                repo: repo.clone(),
+                file: match dir(file) {
+                    "" => rel.to_string(),
+                    d => format!("{d}/{rel}"),
+                },
+                revision: revision.clone(),
+            },
+        }
+    }
+}
+
 impl fmt::Display for ModelSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -4,7 +4,7 @@ use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
 use super::meta::{API_VERSION, Kind};
-use super::{Model, Module, Policy};
+use super::{Model, Module, Plugin, PluginActivation, Policy};
 
 /// The JSON Schema (draft 2020-12) of one kind, as committed in `crds/<kind>.schema.json`.
 pub fn kind_schema(kind: Kind) -> Value {
@@ -13,6 +13,8 @@ pub fn kind_schema(kind: Kind) -> Value {
         Kind::Model => generator.into_root_schema_for::<Model>(),
         Kind::Module => generator.into_root_schema_for::<Module>(),
         Kind::Policy => generator.into_root_schema_for::<Policy>(),
+        Kind::Plugin => generator.into_root_schema_for::<Plugin>(),
+        Kind::PluginActivation => generator.into_root_schema_for::<PluginActivation>(),
     };
     let mut v = schema.to_value();
     let obj = v.as_object_mut().expect("root schema is an object");

@@ -7,6 +7,7 @@ pub mod cycles;
 pub mod hardware;
 pub mod model_gc;
 pub mod plan;
+pub mod plugins;
 pub mod policy;
 pub mod resolver;
 pub mod retention;

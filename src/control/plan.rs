@@ -323,7 +323,7 @@ pub fn plan(input: &PlanInput<'_>) -> Planned {
             Spec::Module(m) => {
                 modules.insert(d.name.to_string(), m);
             }
-            Spec::Policy(_) => {}
+            Spec::Policy(_) | Spec::Plugin(_) | Spec::PluginActivation(_) => {}
         }
     }
     // A dependsOn cycle (among the stored and desired Modules together) can never start.

@@ -240,6 +240,14 @@ fn join_error(e: tokio::task::JoinError) -> ModelError {
     }
 }
 
+/// Where the blob with `digest` lives under `home`'s model store (whether or not it is there),
+/// for readers that do not hold a [`ModelStore`] (the plugin host reading verified manifests).
+pub fn blob_path_in(home: &LasHome, digest: &str) -> PathBuf {
+    home.models()
+        .join("blobs")
+        .join(format!("{}{digest}", blobs::BLOB_PREFIX))
+}
+
 impl ModelStore {
     /// Opens (creating if needed) the store under `home`, configured from the environment.
     pub fn open(home: &LasHome) -> Result<Self, ModelError> {

@@ -76,6 +76,52 @@ fn row(o: &StoredObject, wide: bool, prefix_kind: bool) -> Vec<String> {
                 r.push(o.spec["priority"].to_string());
             }
         }
+        Kind::Plugin => {
+            let m = &o.status["manifest"];
+            r.push(m["version"].as_str().unwrap_or("-").to_string());
+            r.push(m["runtime"].as_str().unwrap_or("-").to_string());
+            r.push(
+                m["contributions"]
+                    .as_array()
+                    .map_or(0, |c| c.len())
+                    .to_string(),
+            );
+            r.push(age(&o.created_at));
+            if wide {
+                r.push(reason);
+                r.push(o.spec["source"].as_str().unwrap_or_default().to_string());
+                r.push(
+                    s("digest")
+                        .map(|d| d.chars().take(12).collect())
+                        .unwrap_or("-".into()),
+                );
+            }
+        }
+        Kind::PluginActivation => {
+            let words = |v: &Value| {
+                v.as_array()
+                    .filter(|a| !a.is_empty())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or("-".into())
+            };
+            r.push(o.spec["pluginRef"].as_str().unwrap_or_default().to_string());
+            r.push(words(&o.spec["contributions"]));
+            r.push(words(&o.status["effectiveGrants"]));
+            r.push(age(&o.created_at));
+            if wide {
+                r.push(reason);
+                r.push(
+                    s("boundDigest")
+                        .map(|d| d.chars().take(12).collect())
+                        .unwrap_or("-".into()),
+                );
+            }
+        }
     }
     r
 }
@@ -85,12 +131,18 @@ fn header(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::Model => vec!["NAME", "READY", "SIZE", "AGE"],
         Kind::Module => vec!["NAME", "READY", "RUNTIME", "ENDPOINT", "RESTARTS", "AGE"],
         Kind::Policy => vec!["NAME", "READY", "TIERS", "AGE"],
+        Kind::Plugin => vec!["NAME", "READY", "VERSION", "RUNTIME", "CONTRIBUTIONS", "AGE"],
+        Kind::PluginActivation => {
+            vec!["NAME", "READY", "PLUGIN", "CONTRIBUTIONS", "GRANTS", "AGE"]
+        }
     };
     if wide {
         h.extend(match kind {
             Kind::Model => vec!["REASON", "SOURCE", "DIGEST"],
             Kind::Module => vec!["REASON", "GENERATION", "OBSERVED"],
             Kind::Policy => vec!["PRIORITY"],
+            Kind::Plugin => vec!["REASON", "SOURCE", "DIGEST"],
+            Kind::PluginActivation => vec!["REASON", "BOUND"],
         });
     }
     h

@@ -1,0 +1,926 @@
+//! The Plugin and PluginActivation kinds, and the plugin manifest (`plugin.yaml`) a Plugin pins.
+//!
+//! A `Plugin` pins bytes like a Model: `spec.source` + `spec.sha256` of its manifest; the manifest
+//! pins every artifact by sha256. A `PluginActivation` is the user's approval: which contributions
+//! run, with which grants (a subset of what the manifest requests), under which limits and scope.
+//! Grants are bound to the manifest digest they were checked against.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::meta::{Condition, Kind, ObjectName};
+use super::model::{ModelSource, Sha256};
+
+/// The apiVersion of plugin manifests (`plugin.yaml`), versioned apart from the objects.
+pub const MANIFEST_API_VERSION: &str = "plugins.localaistack.io/v1alpha1";
+/// The kind of a plugin manifest document.
+pub const MANIFEST_KIND: &str = "PluginManifest";
+/// The version of the plugin API this host implements; a manifest's `hostApi` must match it.
+pub const HOST_PLUGIN_API: &str = "1.0.0";
+
+/// Desired state of a Plugin: where its manifest comes from and the sha256 that manifest must have.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PluginSpec {
+    /// The manifest (`plugin.yaml`): an absolute path, file://, http(s):// or hf://. Artifacts are
+    /// found beside it (relative paths in the manifest).
+    pub source: ModelSource,
+    /// sha256 of the manifest's bytes. Required: no unverified byte runs.
+    pub sha256: Sha256,
+}
+
+/// What the controller observed of a Plugin.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<u64>,
+    /// sha256 of the verified manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<ManifestSummary>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<ArtifactStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A verified artifact of a Plugin, in the content-addressed store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactStatus {
+    pub name: String,
+    pub digest: String,
+    pub path: String,
+    pub size_bytes: u64,
+}
+
+/// What a verified manifest says, as the Plugin's status reports it (and activations read it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestSummary {
+    pub name: String,
+    pub version: String,
+    pub host_api: String,
+    pub runtime: PluginRuntimeType,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub target_tracks: Vec<Track>,
+    /// `seam/kind/id` of every contribution, e.g. `inference/inferenceHooks/guard`.
+    pub contributions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<Capability>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bootstrap: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The manifest.
+
+/// The body of a plugin manifest (`plugin.yaml`):
+/// `apiVersion: plugins.localaistack.io/v1alpha1`, `kind: PluginManifest`, `metadata.name`, and this
+/// as `spec`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ManifestSpec {
+    /// The plugin's own version (semver).
+    pub version: String,
+    /// The plugin API versions it works with, as a semver requirement (e.g. `^1`).
+    pub host_api: String,
+    #[serde(default)]
+    pub target_tracks: Vec<Track>,
+    pub runtime: PluginRuntime,
+    #[serde(default)]
+    pub contributes: Contributions,
+    /// Capabilities the plugin asks for; an activation grants a subset.
+    #[serde(default)]
+    pub requests: Vec<Capability>,
+    /// Limits the author expects its contributions to need (activations may set their own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    /// Contributions the author proposes to activate by default; honoured only where the active
+    /// Policy tier allows auto-activation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<Bootstrap>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+pub enum Track {
+    #[serde(rename = "ai_infra")]
+    AiInfra,
+    #[serde(rename = "ai_agent")]
+    AiAgent,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PluginRuntime {
+    #[serde(rename = "type")]
+    pub type_: PluginRuntimeType,
+    /// Files the plugin ships, each pinned by sha256 (a `wasm` runtime needs one named `module`).
+    #[serde(default)]
+    pub artifacts: Vec<Artifact>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PluginRuntimeType {
+    /// A WebAssembly module run in the sandbox (no WASI; only granted host functions).
+    Wasm,
+    /// Data only (sampling profiles); nothing runs.
+    Declarative,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Artifact {
+    pub name: String,
+    /// Relative to the manifest (a file beside it, or a URL under the same base).
+    pub path: String,
+    pub sha256: Sha256,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Bootstrap {
+    /// Contribution ids.
+    #[serde(default)]
+    pub activate: Vec<String>,
+}
+
+/// What a plugin contributes, by contribution point. Ids are unique within a manifest.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Contributions {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inference_hooks: Vec<InferenceHook>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sampling_profiles: Vec<SamplingProfile>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_sources: Vec<ModelSourceContribution>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_verifiers: Vec<CodeContribution>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admission_checks: Vec<AdmissionCheck>,
+}
+
+/// A hook on the daemon's `/v1` path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InferenceHook {
+    pub id: String,
+    pub stage: HookStage,
+    /// The exported function of the `module` artifact.
+    pub entry: String,
+    /// JSON Schema (a small subset: type, properties, required, items, enum) of the activation's
+    /// `config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_schema: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum HookStage {
+    /// Before the request is routed: allow, rewrite it, or deny it.
+    PreRequest,
+    /// After a non-streamed response: allow or rewrite it. Streamed responses pass untouched.
+    PostResponse,
+}
+
+/// Data merged into `/v1` requests of the scoped models; no code runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SamplingProfile {
+    pub id: String,
+    /// Token id → bias, as OpenAI's `logit_bias`; a request's own entries win.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub logit_bias: BTreeMap<String, f64>,
+    /// Stop sequences added to the request's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    /// A GBNF grammar, used when the request has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+}
+
+/// A URI scheme (e.g. `modelscope`) a plugin resolves to `(url, sha256)`; the host fetches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ModelSourceContribution {
+    pub id: String,
+    pub scheme: String,
+    pub entry: String,
+}
+
+/// A contribution that is one exported function (e.g. a model verifier).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CodeContribution {
+    pub id: String,
+    pub entry: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_schema: Option<serde_json::Value>,
+}
+
+/// A check of desired state at apply time (CLI and HTTP alike).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AdmissionCheck {
+    pub id: String,
+    pub entry: String,
+    /// The kinds it sees; empty: every kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<Kind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_schema: Option<serde_json::Value>,
+}
+
+/// The design's seams. Only some accept contributions; the others are inventoried with why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Seam {
+    Inference,
+    Model,
+    Hardware,
+    Workflow,
+    EventBus,
+    PluginManager,
+    UiHost,
+}
+
+impl Seam {
+    pub const ALL: [Seam; 7] = [
+        Seam::Inference,
+        Seam::Model,
+        Seam::Hardware,
+        Seam::Workflow,
+        Seam::EventBus,
+        Seam::PluginManager,
+        Seam::UiHost,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Seam::Inference => "inference",
+            Seam::Model => "model",
+            Seam::Hardware => "hardware",
+            Seam::Workflow => "workflow",
+            Seam::EventBus => "eventBus",
+            Seam::PluginManager => "pluginManager",
+            Seam::UiHost => "uiHost",
+        }
+    }
+}
+
+/// One contribution of a manifest, whatever its point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Point {
+    InferenceHook,
+    SamplingProfile,
+    ModelSource,
+    ModelVerifier,
+    AdmissionCheck,
+}
+
+impl Point {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Point::InferenceHook => "inferenceHooks",
+            Point::SamplingProfile => "samplingProfiles",
+            Point::ModelSource => "modelSources",
+            Point::ModelVerifier => "modelVerifiers",
+            Point::AdmissionCheck => "admissionChecks",
+        }
+    }
+    pub fn seam(self) -> Seam {
+        match self {
+            Point::InferenceHook | Point::SamplingProfile => Seam::Inference,
+            Point::ModelSource | Point::ModelVerifier => Seam::Model,
+            Point::AdmissionCheck => Seam::PluginManager,
+        }
+    }
+    /// What a failure of this point risks decides its default: guards, verifiers and admission
+    /// fail closed; everything else (sinks, probes, post-processing) fails open.
+    pub fn default_failure_policy(self) -> FailurePolicy {
+        match self {
+            Point::ModelVerifier | Point::AdmissionCheck | Point::ModelSource => FailurePolicy::Fail,
+            Point::InferenceHook | Point::SamplingProfile => FailurePolicy::Fail,
+        }
+    }
+}
+
+/// A contribution as the host sees it: its point, id, and entry (none for data).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContributionRef<'a> {
+    pub point: Point,
+    pub id: &'a str,
+    pub entry: Option<&'a str>,
+    pub config_schema: Option<&'a serde_json::Value>,
+}
+
+impl ManifestSpec {
+    /// Every contribution, in manifest order within each point.
+    pub fn contributions(&self) -> Vec<ContributionRef<'_>> {
+        let c = &self.contributes;
+        let mut out = Vec::new();
+        for h in &c.inference_hooks {
+            out.push(ContributionRef {
+                point: Point::InferenceHook,
+                id: &h.id,
+                entry: Some(&h.entry),
+                config_schema: h.config_schema.as_ref(),
+            });
+        }
+        for p in &c.sampling_profiles {
+            out.push(ContributionRef {
+                point: Point::SamplingProfile,
+                id: &p.id,
+                entry: None,
+                config_schema: None,
+            });
+        }
+        for s in &c.model_sources {
+            out.push(ContributionRef {
+                point: Point::ModelSource,
+                id: &s.id,
+                entry: Some(&s.entry),
+                config_schema: None,
+            });
+        }
+        for v in &c.model_verifiers {
+            out.push(ContributionRef {
+                point: Point::ModelVerifier,
+                id: &v.id,
+                entry: Some(&v.entry),
+                config_schema: v.config_schema.as_ref(),
+            });
+        }
+        for a in &c.admission_checks {
+            out.push(ContributionRef {
+                point: Point::AdmissionCheck,
+                id: &a.id,
+                entry: Some(&a.entry),
+                config_schema: a.config_schema.as_ref(),
+            });
+        }
+        out
+    }
+
+    pub fn contribution(&self, id: &str) -> Option<ContributionRef<'_>> {
+        self.contributions().into_iter().find(|c| c.id == id)
+    }
+
+    /// What serde cannot check: versions, unique ids, artifacts the runtime needs, bootstrap ids.
+    /// Returns a field path under `spec` and a message.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        semver::Version::parse(&self.version).map_err(|e| {
+            (
+                "spec.version".into(),
+                format!("{:?} is not a semver version: {e}", self.version),
+            )
+        })?;
+        semver::VersionReq::parse(&self.host_api).map_err(|e| {
+            (
+                "spec.hostApi".into(),
+                format!("{:?} is not a semver requirement: {e}", self.host_api),
+            )
+        })?;
+        let mut names = BTreeSet::new();
+        for (i, a) in self.runtime.artifacts.iter().enumerate() {
+            if !names.insert(a.name.as_str()) {
+                return Err((
+                    format!("spec.runtime.artifacts[{i}].name"),
+                    format!("artifact {:?} appears twice", a.name),
+                ));
+            }
+            if a.path.starts_with('/') || a.path.split('/').any(|p| p == ".." || p.is_empty()) {
+                return Err((
+                    format!("spec.runtime.artifacts[{i}].path"),
+                    format!(
+                        "{:?}: expected a relative path below the manifest's directory",
+                        a.path
+                    ),
+                ));
+            }
+        }
+        let mut ids = BTreeSet::new();
+        let contributions = self.contributions();
+        for c in &contributions {
+            let valid = !c.id.is_empty()
+                && c.id.len() <= 63
+                && c.id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !valid {
+                return Err((
+                    format!("spec.contributes.{}", c.point.as_str()),
+                    format!(
+                        "id {:?}: expected lower-case letters, digits and '-'",
+                        c.id
+                    ),
+                ));
+            }
+            if !ids.insert(c.id) {
+                return Err((
+                    format!("spec.contributes.{}", c.point.as_str()),
+                    format!("contribution id {:?} appears twice", c.id),
+                ));
+            }
+        }
+        match self.runtime.type_ {
+            PluginRuntimeType::Wasm => {
+                if !names.contains("module") {
+                    return Err((
+                        "spec.runtime.artifacts".into(),
+                        "a wasm plugin needs an artifact named \"module\" (its .wasm file)".into(),
+                    ));
+                }
+            }
+            PluginRuntimeType::Declarative => {
+                if let Some(c) = contributions.iter().find(|c| c.entry.is_some()) {
+                    return Err((
+                        format!("spec.contributes.{}", c.point.as_str()),
+                        format!(
+                            "{:?} runs code, which a declarative plugin cannot: use runtime.type wasm",
+                            c.id
+                        ),
+                    ));
+                }
+            }
+        }
+        for (i, s) in self.contributes.model_sources.iter().enumerate() {
+            let ok = !s.scheme.is_empty()
+                && s.scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            let builtin = ["file", "http", "https", "hf"].contains(&s.scheme.as_str());
+            if !ok || builtin {
+                return Err((
+                    format!("spec.contributes.modelSources[{i}].scheme"),
+                    format!(
+                        "{:?}: expected a new scheme name (lower case, not file, http, https or hf)",
+                        s.scheme
+                    ),
+                ));
+            }
+        }
+        if let Some(b) = &self.bootstrap {
+            for (i, id) in b.activate.iter().enumerate() {
+                if !ids.contains(id.as_str()) {
+                    return Err((
+                        format!("spec.bootstrap.activate[{i}]"),
+                        format!("no contribution has id {id:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this host's plugin API satisfies the manifest's `hostApi`.
+    pub fn compatible(&self) -> Result<(), String> {
+        let req = semver::VersionReq::parse(&self.host_api).map_err(|e| e.to_string())?;
+        let host = semver::Version::parse(HOST_PLUGIN_API).expect("host api version");
+        if req.matches(&host) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the plugin needs plugin API {}, this host implements {HOST_PLUGIN_API}",
+                self.host_api
+            ))
+        }
+    }
+
+    pub fn summary(&self, name: &str) -> ManifestSummary {
+        ManifestSummary {
+            name: name.to_string(),
+            version: self.version.clone(),
+            host_api: self.host_api.clone(),
+            runtime: self.runtime.type_,
+            target_tracks: self.target_tracks.clone(),
+            contributions: self
+                .contributions()
+                .iter()
+                .map(|c| format!("{}/{}/{}", c.point.seam().as_str(), c.point.as_str(), c.id))
+                .collect(),
+            requests: self.requests.clone(),
+            bootstrap: self
+                .bootstrap
+                .as_ref()
+                .map(|b| b.activate.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activations.
+
+/// A capability a plugin may be granted. Nothing is linked into a sandbox unless granted.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum Capability {
+    /// Write lines to the daemon's log (`las.log`).
+    Log,
+    /// Read the wall clock (`las.clock_ms`).
+    Clock,
+    /// Random numbers (`las.random_u64`).
+    Random,
+}
+
+impl Capability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Log => "log",
+            Capability::Clock => "clock",
+            Capability::Random => "random",
+        }
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Desired state of a PluginActivation: the user's approval of some contributions of a Plugin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PluginActivationSpec {
+    /// The Plugin (by name).
+    pub plugin_ref: ObjectName,
+    /// Contribution ids to enable; none by default.
+    #[serde(default)]
+    pub contributions: Vec<String>,
+    /// Capabilities granted: a subset of the manifest's `requests`.
+    #[serde(default)]
+    pub grants: Vec<Capability>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// `Fail` (deny / refuse when the plugin fails) or `Ignore` (carry on without it). Default per
+    /// contribution point: guards, verifiers and admission checks fail closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_policy: Option<FailurePolicy>,
+    /// Higher runs first within a contribution point (ties by name).
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub scope: Scope,
+    /// Configuration handed to every call, checked against the contribution's `configSchema`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
+}
+
+/// Per-call limits of a sandboxed contribution (unset: the host's defaults).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Fuel per call (about one unit per WebAssembly instruction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+}
+
+impl Limits {
+    pub const MAX_MEMORY_BYTES: u64 = 1 << 30;
+    pub const MAX_TIMEOUT_MS: u64 = 60_000;
+
+    pub fn validate(&self, path: &str) -> Result<(), (String, String)> {
+        if let Some(m) = self.memory_bytes
+            && !(65536..=Self::MAX_MEMORY_BYTES).contains(&m)
+        {
+            return Err((
+                format!("{path}.memoryBytes"),
+                format!("{m}: expected 65536 (one page) to 1 GiB"),
+            ));
+        }
+        if self.fuel == Some(0) {
+            return Err((format!("{path}.fuel"), "expected more than 0".into()));
+        }
+        if let Some(t) = self.timeout_ms
+            && !(1..=Self::MAX_TIMEOUT_MS).contains(&t)
+        {
+            return Err((
+                format!("{path}.timeoutMs"),
+                format!("{t}: expected 1 to 60000"),
+            ));
+        }
+        if self.max_concurrent == Some(0) {
+            return Err((
+                format!("{path}.maxConcurrent"),
+                "expected at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum FailurePolicy {
+    Fail,
+    Ignore,
+}
+
+/// Where an activation applies. Empty lists match everything.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Scope {
+    /// Modules by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<ObjectName>,
+    #[serde(default)]
+    pub models: ModelScope,
+}
+
+/// Models by name, or by what their GGUF header says.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ModelScope {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<ObjectName>,
+    /// e.g. `llama`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub architectures: Vec<String>,
+    /// e.g. `Q4_K_M`, `F16`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quantizations: Vec<String>,
+}
+
+impl Scope {
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty()
+            && self.models.names.is_empty()
+            && self.models.architectures.is_empty()
+            && self.models.quantizations.is_empty()
+    }
+
+    /// Whether a request served by `module` from `model` (with its GGUF architecture and
+    /// quantization, when known) is in scope.
+    pub fn matches(
+        &self,
+        module: Option<&str>,
+        model: Option<&str>,
+        architecture: Option<&str>,
+        quantization: Option<&str>,
+    ) -> bool {
+        let m = &self.models;
+        let any = |list: &[String], v: Option<&str>| {
+            list.is_empty() || v.is_some_and(|v| list.iter().any(|x| x.eq_ignore_ascii_case(v)))
+        };
+        let names = |list: &[ObjectName], v: Option<&str>| {
+            list.is_empty() || v.is_some_and(|v| list.iter().any(|x| x.as_str() == v))
+        };
+        names(&self.modules, module)
+            && names(&m.names, model)
+            && any(&m.architectures, architecture)
+            && any(&m.quantizations, quantization)
+    }
+}
+
+impl PluginActivationSpec {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        self.limits.validate("spec.limits")?;
+        let mut seen = BTreeSet::new();
+        for (i, c) in self.contributions.iter().enumerate() {
+            if !seen.insert(c) {
+                return Err((
+                    format!("spec.contributions[{i}]"),
+                    format!("{c:?} appears twice"),
+                ));
+            }
+        }
+        let mut g = BTreeSet::new();
+        for (i, c) in self.grants.iter().enumerate() {
+            if !g.insert(c) {
+                return Err((format!("spec.grants[{i}]"), format!("{c} appears twice")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the activation against a verified manifest: contributions that exist, grants the
+    /// manifest requests, config the contribution's schema accepts. Field paths under `spec`.
+    pub fn check_against(&self, manifest: &ManifestSpec) -> Result<(), (String, String)> {
+        for (i, id) in self.contributions.iter().enumerate() {
+            if manifest.contribution(id).is_none() {
+                let known: Vec<String> = manifest
+                    .contributions()
+                    .iter()
+                    .map(|c| c.id.to_string())
+                    .collect();
+                return Err((
+                    format!("spec.contributions[{i}]"),
+                    format!(
+                        "plugin {} has no contribution {id:?} (it has: {})",
+                        self.plugin_ref,
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+        for (i, g) in self.grants.iter().enumerate() {
+            if !manifest.requests.contains(g) {
+                return Err((
+                    format!("spec.grants[{i}]"),
+                    format!(
+                        "grants {g}, which plugin {} does not request (it requests: {}): a grant must be one of the manifest's requests",
+                        self.plugin_ref,
+                        list(&manifest.requests)
+                    ),
+                ));
+            }
+        }
+        if let Some(config) = &self.config {
+            for id in &self.contributions {
+                if let Some(schema) = manifest.contribution(id).and_then(|c| c.config_schema) {
+                    check_config(config, schema, "spec.config")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn list(caps: &[Capability]) -> String {
+    if caps.is_empty() {
+        "nothing".into()
+    } else {
+        caps.iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Checks `value` against the subset of JSON Schema plugin authors use for configuration: `type`,
+/// `properties`, `required`, `additionalProperties: false`, `items`, `enum`, `minimum`, `maximum`.
+/// Other keywords are ignored (documented in docs/plugins.md).
+pub fn check_config(
+    value: &serde_json::Value,
+    schema: &serde_json::Value,
+    path: &str,
+) -> Result<(), (String, String)> {
+    use serde_json::Value;
+    let fail = |m: String| Err((path.to_string(), m));
+    if let Some(t) = schema.get("type").and_then(Value::as_str) {
+        let ok = match t {
+            "object" => value.is_object(),
+            "array" => value.is_array(),
+            "string" => value.is_string(),
+            "boolean" => value.is_boolean(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "null" => value.is_null(),
+            _ => true,
+        };
+        if !ok {
+            return fail(format!("expected {t}, found {}", json_type(value)));
+        }
+    }
+    if let Some(options) = schema.get("enum").and_then(Value::as_array)
+        && !options.contains(value)
+    {
+        return fail(format!(
+            "{value} is not one of {}",
+            serde_json::to_string(options).unwrap_or_default()
+        ));
+    }
+    if let Some(n) = value.as_f64() {
+        if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+            && n < min
+        {
+            return fail(format!("{n} is below the minimum {min}"));
+        }
+        if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
+            && n > max
+        {
+            return fail(format!("{n} is above the maximum {max}"));
+        }
+    }
+    if let Some(obj) = value.as_object() {
+        let props = schema.get("properties").and_then(Value::as_object);
+        if let Some(req) = schema.get("required").and_then(Value::as_array) {
+            for r in req.iter().filter_map(Value::as_str) {
+                if !obj.contains_key(r) {
+                    return fail(format!("missing field {r:?}"));
+                }
+            }
+        }
+        for (k, v) in obj {
+            match props.and_then(|p| p.get(k)) {
+                Some(s) => check_config(v, s, &format!("{path}.{k}"))?,
+                None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                    return Err((
+                        format!("{path}.{k}"),
+                        format!(
+                            "unknown field, expected one of {}",
+                            props
+                                .map(|p| p.keys().cloned().collect::<Vec<_>>().join(", "))
+                                .unwrap_or_default()
+                        ),
+                    ));
+                }
+                None => {}
+            }
+        }
+    }
+    if let (Some(items), Some(arr)) = (schema.get("items"), value.as_array()) {
+        for (i, v) in arr.iter().enumerate() {
+            check_config(v, items, &format!("{path}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
+
+fn json_type(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// What the controller observed of an activation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PluginActivationStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<u64>,
+    /// The manifest digest the grants were checked against; what serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub effective_grants: Vec<Capability>,
+    /// What the manifest requests and this activation does not grant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ungranted_requests: Vec<Capability>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn config_subset_of_json_schema() {
+        let schema = json!({"type": "object", "additionalProperties": false, "required": ["patterns"],
+            "properties": {"patterns": {"type": "array", "items": {"type": "string"}}}});
+        assert!(check_config(&json!({"patterns": ["a"]}), &schema, "spec.config").is_ok());
+        assert_eq!(
+            check_config(&json!({"patterns": [1]}), &schema, "spec.config")
+                .unwrap_err()
+                .0,
+            "spec.config.patterns[0]"
+        );
+        assert!(
+            check_config(&json!({}), &schema, "spec.config")
+                .unwrap_err()
+                .1
+                .contains("missing field")
+        );
+        assert_eq!(
+            check_config(&json!({"patterns": [], "x": 1}), &schema, "spec.config")
+                .unwrap_err()
+                .0,
+            "spec.config.x"
+        );
+    }
+
+    #[test]
+    fn scope_empty_matches_all_and_lists_narrow() {
+        let all = Scope::default();
+        assert!(all.matches(Some("chat"), Some("tiny"), None, None));
+        let s = Scope {
+            models: ModelScope {
+                architectures: vec!["llama".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(s.matches(None, Some("tiny"), Some("LLAMA"), None));
+        assert!(!s.matches(None, Some("tiny"), Some("qwen2"), None));
+        assert!(!s.matches(None, Some("tiny"), None, None));
+    }
+}
