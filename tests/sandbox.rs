@@ -302,6 +302,27 @@ fn declared_huge_initial_memory_is_refused_with_memory_limit() {
 }
 
 #[test]
+fn deep_recursion_traps_only_the_call() {
+    let m = hostile("deep_recursion", &Grants::none()).unwrap();
+    let err = call_within(HANG_GUARD, m, "recurse", json!({}), Limits::default()).unwrap_err();
+    assert_eq!(
+        err,
+        SandboxError::Trap("call stack exhausted".into()),
+        "the engine's depth limit ends it, not the host's stack"
+    );
+}
+
+#[test]
+fn table_bomb_is_refused() {
+    let m = hostile("table_bomb", &Grants::none()).unwrap();
+    let err = call_within(HANG_GUARD, m, "grow", json!({}), Limits::default()).unwrap_err();
+    assert_eq!(
+        err,
+        SandboxError::Trap("a table asked for 100001 elements, over the limit of 100000".into())
+    );
+}
+
+#[test]
 fn huge_output_is_refused_with_output_too_large() {
     let m = hostile("huge_output", &Grants::none()).unwrap();
     let limits = Limits {
