@@ -232,25 +232,28 @@ pub enum SandboxError {
         found: String,
     },
     #[error(
-        "the call ran out of fuel after {fuel} units: raise limits.fuel or make the plugin do less work"
+        "the call ran out of fuel after {fuel} units: raise the fuel limit or make the plugin do less work"
     )]
     OutOfFuel { fuel: u64 },
     #[error(
-        "the call did not finish within {}ms ({fuel_used} fuel used): raise limits.timeout or make \
+        "the call did not finish within {}ms ({fuel_used} fuel used): raise the timeout or make \
          the plugin do less work", timeout.as_millis()
     )]
     Timeout { timeout: Duration, fuel_used: u64 },
     #[error(
         "the module asked for {requested_bytes} bytes of linear memory, over the limit of \
-         {limit_bytes} bytes: raise limits.memory or make the plugin use less"
+         {limit_bytes} bytes: raise the memory limit or make the plugin use less"
     )]
     MemoryLimit {
         limit_bytes: usize,
         requested_bytes: usize,
     },
-    #[error("the input is {size} bytes, over the limit of {limit} bytes")]
+    #[error("the input is {size} bytes, over the limit of {limit} bytes: raise the input limit")]
     InputTooLarge { size: usize, limit: usize },
-    #[error("the plugin returned {size} bytes, over the limit of {limit} bytes")]
+    #[error(
+        "the plugin returned {size} bytes, over the limit of {limit} bytes: raise the output limit \
+         or make the plugin return less"
+    )]
     OutputTooLarge { size: usize, limit: usize },
     #[error("the plugin trapped: {0}")]
     Trap(String),

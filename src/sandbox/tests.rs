@@ -485,6 +485,6 @@ fn error_reasons_are_stable_names() {
     assert!(SandboxError::MissingExport("memory".into()).is_compile_error());
     assert_eq!(
         e.to_string(),
-        "the call ran out of fuel after 1 units: raise limits.fuel or make the plugin do less work"
+        "the call ran out of fuel after 1 units: raise the fuel limit or make the plugin do less work"
     );
 }
