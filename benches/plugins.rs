@@ -1,0 +1,84 @@
+//! WASM sandbox figures (not a test: prints numbers). Targets on the 2-core reference machine:
+//! one trivial `pre_request` call of the prompt guard (compiled once, a fresh instance per call)
+//! p50 < 200 µs; a plugin that burns all its fuel is stopped well within its timeout.
+
+use std::time::{Duration, Instant};
+
+use localaistack::sandbox::{Engine, Grants, Limits, WasmiEngine};
+use serde_json::json;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn main() {
+    let plugins = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins");
+    let engine = WasmiEngine::new();
+
+    let wasm = std::fs::read(plugins.join("prompt_guard.wasm")).unwrap();
+    let t = Instant::now();
+    let guard = engine.compile(&wasm, &Grants::none()).unwrap();
+    println!(
+        "plugins: compile prompt_guard.wasm ({} bytes): {:?}",
+        wasm.len(),
+        t.elapsed()
+    );
+
+    let input = json!({
+        "request": {"model": "tiny", "max_tokens": 16, "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the capital of France?"},
+        ]},
+        "config": {"patterns": ["ignore previous instructions", "rm -rf"]},
+    });
+    let limits = Limits::default();
+    for _ in 0..200 {
+        guard.call("pre_request", &input, &limits).unwrap();
+    }
+    let n = 5_000;
+    let mut times = Vec::with_capacity(n);
+    let mut fuel = 0;
+    for _ in 0..n {
+        let t = Instant::now();
+        let out = guard.call("pre_request", &input, &limits).unwrap();
+        times.push(t.elapsed());
+        fuel = out.fuel_used;
+        assert_eq!(out.output["action"], "allow");
+    }
+    times.sort();
+    println!(
+        "plugins: pre_request (prompt guard, 2 messages, 2 patterns) x{n}: p50 {:?}, p99 {:?}, max {:?}, fuel {fuel}",
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times[n - 1],
+    );
+
+    // A plugin that never returns: stopped by its fuel (default limits), then by the timeout
+    // when fuel is unlimited.
+    let spin = wat::parse_file(plugins.join("testdata/infinite_loop.wat")).unwrap();
+    let spin = engine.compile(&spin, &Grants::none()).unwrap();
+    let t = Instant::now();
+    let err = spin.call("spin", &json!({}), &limits).unwrap_err();
+    println!(
+        "plugins: infinite loop, fuel {} (default), timeout {:?}: stopped after {:?} ({})",
+        limits.fuel,
+        limits.timeout,
+        t.elapsed(),
+        err.reason()
+    );
+    for timeout_ms in [10, 100] {
+        let l = Limits {
+            fuel: u64::MAX,
+            timeout: Duration::from_millis(timeout_ms),
+            ..Limits::default()
+        };
+        let t = Instant::now();
+        let err = spin.call("spin", &json!({}), &l).unwrap_err();
+        println!(
+            "plugins: infinite loop, unlimited fuel, timeout {timeout_ms} ms: stopped after {:?} ({})",
+            t.elapsed(),
+            err.reason()
+        );
+    }
+}
