@@ -6,7 +6,6 @@
 //! Grants are bound to the manifest digest they were checked against.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -107,7 +106,9 @@ pub struct ManifestSpec {
     pub bootstrap: Option<Bootstrap>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub enum Track {
     #[serde(rename = "ai_infra")]
     AiInfra,
@@ -241,7 +242,9 @@ pub struct AdmissionCheck {
 }
 
 /// The design's seams. Only some accept contributions; the others are inventoried with why not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum Seam {
     Inference,
@@ -307,7 +310,9 @@ impl Point {
     /// fail closed; everything else (sinks, probes, post-processing) fails open.
     pub fn default_failure_policy(self) -> FailurePolicy {
         match self {
-            Point::ModelVerifier | Point::AdmissionCheck | Point::ModelSource => FailurePolicy::Fail,
+            Point::ModelVerifier | Point::AdmissionCheck | Point::ModelSource => {
+                FailurePolicy::Fail
+            }
             Point::InferenceHook | Point::SamplingProfile => FailurePolicy::Fail,
         }
     }
@@ -418,10 +423,7 @@ impl ManifestSpec {
             if !valid {
                 return Err((
                     format!("spec.contributes.{}", c.point.as_str()),
-                    format!(
-                        "id {:?}: expected lower-case letters, digits and '-'",
-                        c.id
-                    ),
+                    format!("id {:?}: expected lower-case letters, digits and '-'", c.id),
                 ));
             }
             if !ids.insert(c.id) {
@@ -520,35 +522,8 @@ impl ManifestSpec {
 // ---------------------------------------------------------------------------------------------
 // Activations.
 
-/// A capability a plugin may be granted. Nothing is linked into a sandbox unless granted.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "camelCase")]
-pub enum Capability {
-    /// Write lines to the daemon's log (`las.log`).
-    Log,
-    /// Read the wall clock (`las.clock_ms`).
-    Clock,
-    /// Random numbers (`las.random_u64`).
-    Random,
-}
-
-impl Capability {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Capability::Log => "log",
-            Capability::Clock => "clock",
-            Capability::Random => "random",
-        }
-    }
-}
-
-impl fmt::Display for Capability {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// What a plugin may be granted: the sandbox's host function sets.
+pub use crate::sandbox::Capability;
 
 /// Desired state of a PluginActivation: the user's approval of some contributions of a Plugin.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

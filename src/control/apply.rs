@@ -95,7 +95,23 @@ pub fn apply_paths(
     let objects = load(paths, opts.recursive)?;
     let req = request(paths, objects, opts);
     refuse_cycles(store, &req)?;
+    admit_plugins(
+        store,
+        &crate::control::plugins::PluginHost::for_cli(store),
+        &req,
+    )?;
     Ok(store.apply(&req)?)
+}
+
+/// The plugins' say on `req`: activations within their manifests' requests, and every active
+/// admission check (see [`crate::control::plugins::admit`]).
+pub fn admit_plugins(
+    store: &Store,
+    host: &crate::control::plugins::PluginHost,
+    req: &ApplyRequest,
+) -> Result<(), ApplyError> {
+    let desired: Vec<&Desired> = req.items.iter().map(|i| &i.desired).collect();
+    Ok(crate::control::plugins::admit(store, host, &desired)?)
 }
 
 /// Refuses `req` when its Modules would be on a `dependsOn` cycle with what is stored (minus

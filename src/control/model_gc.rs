@@ -72,6 +72,55 @@ pub fn referenced_models(
     Ok(out)
 }
 
+/// The manifests and artifacts of every Plugin in the newest `generations` generations and in the
+/// store now, and of the digest each activation is bound to (an upgrade awaiting approval keeps
+/// serving the old one), so that the plugins' blobs are kept like the Models'.
+pub fn referenced_by_plugins(
+    store: &Store,
+    models: &ModelStore,
+    generations: usize,
+) -> Result<Vec<(ModelSource, Option<Sha256>)>, ModelGcError> {
+    let mut digests: Vec<(ModelSource, Sha256)> = Vec::new();
+    let mut plugin = |spec: &serde_json::Value| {
+        if let Ok(p) = serde_json::from_value::<crate::api::PluginSpec>(spec.clone()) {
+            digests.push((p.source, p.sha256));
+        }
+    };
+    for state in store.recent_generation_states(generations.max(1))? {
+        for o in state.iter().filter(|o| o.kind == Kind::Plugin) {
+            plugin(&o.spec);
+        }
+    }
+    let now = store.list(None, &BTreeMap::new())?;
+    for o in now.iter().filter(|o| o.kind == Kind::Plugin) {
+        plugin(&o.spec);
+    }
+    for o in now.iter().filter(|o| o.kind == Kind::PluginActivation) {
+        if let Some(d) = o.status.get("boundDigest").and_then(|d| d.as_str())
+            && let Ok(d) = Sha256::new(d)
+        {
+            digests.push((ModelSource::File(models.blob_path(&d)), d));
+        }
+    }
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (src, d) in digests {
+        if !seen.insert(d.clone()) {
+            continue;
+        }
+        // The artifacts a verified manifest pins (a manifest not fetched yet pins nothing here).
+        if let Ok(bytes) = std::fs::read(models.blob_path(&d))
+            && let Ok(m) = crate::control::plugins::parse_manifest("manifest", &bytes, d.clone())
+        {
+            for a in &m.spec.runtime.artifacts {
+                out.push((src.sibling(&a.path), Some(a.sha256.clone())));
+            }
+        }
+        out.push((src, Some(d)));
+    }
+    Ok(out)
+}
+
 /// Removes the blobs that no Model of the newest `generations` generations reaches.
 ///
 /// Blocking (SQLite reads, then file removals): call it from the task that owns the store or from
@@ -81,7 +130,8 @@ pub fn collect_model_garbage(
     models: &ModelStore,
     generations: usize,
 ) -> Result<GcReport, ModelGcError> {
-    let refs = referenced_models(store, generations)?;
+    let mut refs = referenced_models(store, generations)?;
+    refs.extend(referenced_by_plugins(store, models, generations)?);
     let report = models.gc_blocking(&refs)?;
     tracing::info!(
         generations,

@@ -35,9 +35,12 @@ pub fn parse_manifest(file: &str, bytes: &[u8], digest: Sha256) -> Result<Manife
         name: file.to_string(),
         bytes: bytes.to_vec(),
     };
-    let mut docs = decode_kind_of(&f, MANIFEST_API_VERSION, MANIFEST_KIND, |m: &ManifestSpec| {
-        m.validate()
-    })?;
+    let mut docs = decode_kind_of(
+        &f,
+        MANIFEST_API_VERSION,
+        MANIFEST_KIND,
+        |m: &ManifestSpec| m.validate(),
+    )?;
     if docs.len() != 1 {
         return Err(InputErrors(vec![InputError {
             file: file.to_string(),
@@ -177,4 +180,478 @@ fn at(d: &Desired, path: &str, message: String) -> InputError {
         path: path.to_string(),
         message,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The active contributions, as the seams call them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::api::plugin::{FailurePolicy, HookStage, PluginActivationSpec, Point, Scope};
+use crate::sandbox::{Engine, Grants, Limits, Module, SandboxError};
+
+/// One enabled code contribution of a Ready activation.
+#[derive(Clone)]
+pub struct ActiveCode {
+    pub activation: String,
+    pub plugin: String,
+    pub id: String,
+    pub point: Point,
+    /// For inference hooks.
+    pub stage: Option<HookStage>,
+    /// For admission checks: the kinds it sees (empty: all).
+    pub kinds: Vec<Kind>,
+    pub entry: String,
+    pub module: Arc<dyn Module>,
+    pub limits: Limits,
+    pub failure: FailurePolicy,
+    pub priority: i32,
+    pub scope: Scope,
+    pub config: Value,
+}
+
+/// Calls, failures and fuel of one activation, and its breaker.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    pub calls: u64,
+    pub failures: u64,
+    pub consecutive_failures: u32,
+    #[serde(skip)]
+    fuel: Vec<u64>,
+    pub fuel_p50: u64,
+    pub fuel_p95: u64,
+    /// `closed` (calls run), `open` (skipped after repeated failures, per the failure policy).
+    pub breaker: &'static str,
+    #[serde(skip)]
+    open_until: Option<Instant>,
+    pub last_error: Option<String>,
+}
+
+/// After this many failures in a row an activation's breaker opens for [`BREAKER_OPEN`].
+pub const BREAKER_THRESHOLD: u32 = 5;
+pub const BREAKER_OPEN: Duration = Duration::from_secs(30);
+const FUEL_SAMPLES: usize = 256;
+
+impl Stats {
+    fn record(&mut self, r: &Result<crate::sandbox::CallOutcome, SandboxError>) {
+        self.calls += 1;
+        match r {
+            Ok(o) => {
+                self.consecutive_failures = 0;
+                if self.fuel.len() == FUEL_SAMPLES {
+                    self.fuel.remove(0);
+                }
+                self.fuel.push(o.fuel_used);
+                let mut f = self.fuel.clone();
+                f.sort_unstable();
+                self.fuel_p50 = f[f.len() / 2];
+                self.fuel_p95 = f[(f.len() * 95 / 100).min(f.len() - 1)];
+                if self.open_until.is_some_and(|t| Instant::now() >= t) {
+                    self.open_until = None;
+                }
+            }
+            Err(e) => {
+                self.failures += 1;
+                self.consecutive_failures += 1;
+                self.last_error = Some(e.to_string());
+                if self.consecutive_failures >= BREAKER_THRESHOLD {
+                    self.open_until = Some(Instant::now() + BREAKER_OPEN);
+                }
+            }
+        }
+        self.breaker = if self.is_open() { "open" } else { "closed" };
+    }
+    fn is_open(&self) -> bool {
+        self.open_until.is_some_and(|t| Instant::now() < t)
+    }
+}
+
+/// The outcome of a guard chain (pre-request hooks, admission checks).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Go on, with the (possibly rewritten) value.
+    Allow(Value),
+    /// Refused by `activation`'s contribution `id`.
+    Deny {
+        activation: String,
+        id: String,
+        reason: String,
+        /// A field path, for admission checks.
+        field: Option<String>,
+    },
+}
+
+/// The plugin host: compiled modules by digest and grants, the active contributions built from the
+/// store (rebuilt when the store's change counter moves), and per-activation statistics.
+pub struct PluginHost {
+    home: LasHome,
+    engine: Arc<dyn Engine>,
+    compiled: Mutex<HashMap<(String, Vec<crate::sandbox::Capability>), Arc<dyn Module>>>,
+    active: Mutex<Option<(u64, Arc<Vec<ActiveCode>>)>>,
+    stats: Mutex<HashMap<String, Stats>>,
+}
+
+impl PluginHost {
+    pub fn new(home: LasHome, engine: Arc<dyn Engine>) -> Self {
+        PluginHost {
+            home,
+            engine,
+            compiled: Mutex::default(),
+            active: Mutex::default(),
+            stats: Mutex::default(),
+        }
+    }
+
+    /// A host for one CLI command: the home the store is in, the real sandbox.
+    pub fn for_cli(store: &Store) -> PluginHost {
+        let home = store
+            .path()
+            .parent()
+            .map(LasHome::at)
+            .unwrap_or_else(|| LasHome::at("."));
+        PluginHost::new(home, Arc::new(crate::sandbox::WasmiEngine::new()))
+    }
+
+    pub fn stats(&self) -> HashMap<String, Stats> {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The active code contributions at change counter `version`, if they were built for it.
+    pub fn cached(&self, version: u64) -> Option<Arc<Vec<ActiveCode>>> {
+        match &*self.active.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((v, a)) if *v == version => Some(a.clone()),
+            _ => None,
+        }
+    }
+
+    /// The active code contributions for the store state `objects` at change counter `version`
+    /// (cached per version).
+    pub fn active(&self, version: u64, objects: &[StoredObject]) -> Arc<Vec<ActiveCode>> {
+        if let Some((v, a)) = &*self.active.lock().unwrap_or_else(|p| p.into_inner())
+            && *v == version
+        {
+            return a.clone();
+        }
+        let a = Arc::new(self.build(objects));
+        *self.active.lock().unwrap_or_else(|p| p.into_inner()) = Some((version, a.clone()));
+        a
+    }
+
+    /// The active code contributions of `objects`, uncached (compiled modules are reused).
+    pub fn build(&self, objects: &[StoredObject]) -> Vec<ActiveCode> {
+        let mut out = Vec::new();
+        for o in objects
+            .iter()
+            .filter(|o| o.kind == Kind::PluginActivation && o.deleted_at.is_none())
+        {
+            if !o
+                .condition("Ready")
+                .is_some_and(|(s, _, _)| s == crate::api::ConditionStatus::True)
+                && o.condition("Granted")
+                    .is_none_or(|(_, r, _)| r != "NewCapabilitiesRequested")
+            {
+                continue;
+            }
+            let (Ok(Spec::PluginActivation(spec)), Some(digest)) = (
+                o.typed_spec(),
+                o.status.get("boundDigest").and_then(|d| d.as_str()),
+            ) else {
+                continue;
+            };
+            let Some(m) = read_manifest_blob(&self.home, digest, spec.plugin_ref.as_str()) else {
+                continue;
+            };
+            let effective: Vec<_> = o
+                .status
+                .get("effectiveGrants")
+                .and_then(|g| serde_json::from_value(g.clone()).ok())
+                .unwrap_or_default();
+            let Some(module) = self.compile(&m, &effective) else {
+                continue;
+            };
+            out.extend(codes(o.name.as_str(), &spec, &m, module));
+        }
+        out.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then_with(|| a.activation.cmp(&b.activation))
+        });
+        out
+    }
+
+    fn compile(
+        &self,
+        m: &Manifest,
+        grants: &[crate::sandbox::Capability],
+    ) -> Option<Arc<dyn Module>> {
+        let a = m
+            .spec
+            .runtime
+            .artifacts
+            .iter()
+            .find(|a| a.name == "module")?;
+        let key = (a.sha256.to_string(), grants.to_vec());
+        if let Some(c) = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return Some(c.clone());
+        }
+        let wasm = crate::control::controllers::plugin::module_bytes(&self.home, m).ok()?;
+        let g: Grants = grants.iter().copied().collect();
+        let c = self.engine.compile(&wasm, &g).ok()?;
+        self.compiled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, c.clone());
+        Some(c)
+    }
+
+    /// Runs one contribution, recording its statistics. An open breaker skips the call (an error).
+    pub fn call(&self, c: &ActiveCode, input: &Value) -> Result<Value, String> {
+        if self
+            .stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&c.activation)
+            .is_some_and(Stats::is_open)
+        {
+            return Err(format!(
+                "{}: breaker open after {BREAKER_THRESHOLD} failures in a row",
+                c.activation
+            ));
+        }
+        let r = c.module.call(&c.entry, input, &c.limits);
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.entry(c.activation.clone()).or_default().record(&r);
+        drop(stats);
+        match r {
+            Ok(o) => {
+                for l in o.logs {
+                    tracing::info!(activation = %c.activation, plugin = %c.plugin, "{l}");
+                }
+                Ok(o.output)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Runs a guard chain in priority order: each contribution sees the value the previous one
+    /// let through. `{"action":"allow"}` passes it on, `{"action":"rewrite", key: v}` replaces
+    /// it, `{"action":"deny","reason":..}` ends the chain. A failure (error, bad answer, open
+    /// breaker, exhausted `budget`) denies under `Fail` and is skipped under `Ignore`.
+    pub fn run_chain(
+        &self,
+        chain: &[&ActiveCode],
+        key: &str,
+        mut value: Value,
+        context: &Value,
+        budget: Duration,
+    ) -> Verdict {
+        let started = Instant::now();
+        for c in chain {
+            let outcome = if started.elapsed() >= budget {
+                Err(format!(
+                    "the request's plugin budget of {} ms was spent before {} ran",
+                    budget.as_millis(),
+                    c.id
+                ))
+            } else {
+                let mut input = json!({ key: value, "config": c.config });
+                if let (Some(i), Some(ctx)) = (input.as_object_mut(), context.as_object()) {
+                    for (k, v) in ctx {
+                        i.insert(k.clone(), v.clone());
+                    }
+                }
+                self.call(c, &input)
+            };
+            let failed = |reason: String| Verdict::Deny {
+                activation: c.activation.clone(),
+                id: c.id.clone(),
+                reason,
+                field: None,
+            };
+            match outcome {
+                Ok(out) => match out.get("action").and_then(Value::as_str) {
+                    Some("allow") => {}
+                    Some("rewrite") if out.get(key).is_some() => value = out[key].clone(),
+                    Some("deny") => {
+                        return Verdict::Deny {
+                            activation: c.activation.clone(),
+                            id: c.id.clone(),
+                            reason: out
+                                .get("reason")
+                                .and_then(Value::as_str)
+                                .unwrap_or("denied")
+                                .to_string(),
+                            field: out.get("field").and_then(Value::as_str).map(String::from),
+                        };
+                    }
+                    _ if c.failure == FailurePolicy::Ignore => {}
+                    _ => {
+                        return failed(format!(
+                            "plugin answered {}, expected an action of allow, rewrite or deny",
+                            truncate(&out.to_string())
+                        ));
+                    }
+                },
+                Err(e) if c.failure == FailurePolicy::Ignore => {
+                    tracing::warn!(activation = %c.activation, error = %e, "plugin failed; ignored by its failure policy");
+                }
+                Err(e) => return failed(format!("plugin failed ({e}); failurePolicy Fail")),
+            }
+        }
+        Verdict::Allow(value)
+    }
+}
+
+fn truncate(s: &str) -> String {
+    if s.len() <= 200 {
+        s.to_string()
+    } else {
+        format!("{}…", &s[..s.floor_char_boundary(200)])
+    }
+}
+
+/// The code contributions `spec` enables of manifest `m`, ready to call.
+fn codes(
+    activation: &str,
+    spec: &PluginActivationSpec,
+    m: &Manifest,
+    module: Arc<dyn Module>,
+) -> Vec<ActiveCode> {
+    let mut limits = Limits::default();
+    let l = m.spec.limits.clone().unwrap_or_default();
+    let l = crate::api::plugin::Limits {
+        memory_bytes: spec.limits.memory_bytes.or(l.memory_bytes),
+        fuel: spec.limits.fuel.or(l.fuel),
+        timeout_ms: spec.limits.timeout_ms.or(l.timeout_ms),
+        max_concurrent: spec.limits.max_concurrent.or(l.max_concurrent),
+    };
+    if let Some(b) = l.memory_bytes {
+        limits.memory_bytes = b as usize;
+    }
+    if let Some(f) = l.fuel {
+        limits.fuel = f;
+    }
+    if let Some(t) = l.timeout_ms {
+        limits.timeout = Duration::from_millis(t);
+    }
+    let c = &m.spec.contributes;
+    let mut out = Vec::new();
+    for id in &spec.contributions {
+        let base = |point: Point, entry: &str| ActiveCode {
+            activation: activation.to_string(),
+            plugin: spec.plugin_ref.to_string(),
+            id: id.clone(),
+            point,
+            stage: None,
+            kinds: Vec::new(),
+            entry: entry.to_string(),
+            module: module.clone(),
+            limits: limits.clone(),
+            failure: spec
+                .failure_policy
+                .unwrap_or(point.default_failure_policy()),
+            priority: spec.priority,
+            scope: spec.scope.clone(),
+            config: spec.config.clone().unwrap_or(Value::Null),
+        };
+        if let Some(h) = c.inference_hooks.iter().find(|h| &h.id == id) {
+            let mut a = base(Point::InferenceHook, &h.entry);
+            a.stage = Some(h.stage);
+            if h.stage == HookStage::PostResponse && spec.failure_policy.is_none() {
+                // Post-processing fails open: the response is still the engine's answer.
+                a.failure = FailurePolicy::Ignore;
+            }
+            out.push(a);
+        } else if let Some(x) = c.admission_checks.iter().find(|x| &x.id == id) {
+            let mut a = base(Point::AdmissionCheck, &x.entry);
+            a.kinds = x.kinds.clone();
+            out.push(a);
+        } else if let Some(v) = c.model_verifiers.iter().find(|v| &v.id == id) {
+            out.push(base(Point::ModelVerifier, &v.entry));
+        } else if let Some(s) = c.model_sources.iter().find(|s| &s.id == id) {
+            out.push(base(Point::ModelSource, &s.entry));
+        }
+    }
+    out
+}
+
+/// The plugin side of admitting an apply (CLI, HTTP and watched directories alike):
+/// activations checked against their manifests, then every active admission check on every
+/// object it sees. A denial is an input error at the object's document, with the field the
+/// check names (default `spec`); bad input changes nothing.
+pub fn admit(store: &Store, host: &PluginHost, objects: &[&Desired]) -> Result<(), InputErrors> {
+    let owned: Vec<Desired> = objects.iter().map(|d| (*d).clone()).collect();
+    check_activations(&host.home, store, &owned)?;
+    let stored = store
+        .list(Some(Kind::PluginActivation), &BTreeMap::new())
+        .map_err(|e| store_error(objects, e))?;
+    if stored.is_empty() {
+        return Ok(());
+    }
+    let active = host.build(&stored);
+    let checks: Vec<&ActiveCode> = active
+        .iter()
+        .filter(|c| c.point == Point::AdmissionCheck)
+        .collect();
+    if checks.is_empty() {
+        return Ok(());
+    }
+    let mut errors = Vec::new();
+    for d in objects {
+        let chain: Vec<&ActiveCode> = checks
+            .iter()
+            .copied()
+            .filter(|c| c.kinds.is_empty() || c.kinds.contains(&d.kind()))
+            .collect();
+        if chain.is_empty() {
+            continue;
+        }
+        let object = json!({
+            "apiVersion": crate::api::API_VERSION,
+            "kind": d.kind().as_str(),
+            "metadata": {"name": d.name.as_str(), "labels": d.labels, "annotations": d.annotations},
+            "spec": d.spec.to_json(),
+        });
+        if let Verdict::Deny {
+            activation,
+            id,
+            reason,
+            field,
+        } = host.run_chain(&chain, "object", object, &json!({}), Duration::from_secs(5))
+        {
+            errors.push(at(
+                d,
+                field.as_deref().unwrap_or("spec"),
+                format!("denied by plugin activation {activation} ({id}): {reason}"),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(InputErrors(errors))
+    }
+}
+
+fn store_error(objects: &[&Desired], e: StoreError) -> InputErrors {
+    InputErrors(vec![InputError {
+        file: objects
+            .first()
+            .map(|d| d.origin.file.clone())
+            .unwrap_or_default(),
+        line: 1,
+        column: 1,
+        path: String::new(),
+        message: format!("cannot read the plugin activations: {e}"),
+    }])
 }

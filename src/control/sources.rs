@@ -428,6 +428,14 @@ impl Commit {
             &opts,
         );
         let guard = suspension_key(&key);
+        let host = crate::control::plugins::PluginHost::for_cli(s);
+        if let Err(e) = super::apply::admit_plugins(s, &host, &req) {
+            return Attempt::Done(record_outcome(
+                s,
+                &key,
+                Err(("InvalidSource", e.to_string())),
+            ));
+        }
         if let Some(until) = self.prune_wait {
             req.dry_run = true;
             let prunes = s

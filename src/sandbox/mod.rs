@@ -85,7 +85,19 @@ mod duration_ms {
 
 /// A host function set a plugin may be granted. Without a grant its functions are not linked at
 /// all, and a module that imports one is refused with [`SandboxError::UngrantedImport`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Capability {
     /// `las.log(ptr, len)`: append a line to the call's logs.

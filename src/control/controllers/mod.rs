@@ -20,6 +20,7 @@
 pub mod from_catalog;
 pub mod model;
 pub mod module;
+pub mod plugin;
 pub mod queue;
 pub mod status;
 

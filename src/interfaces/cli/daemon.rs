@@ -282,6 +282,11 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
         });
     }
     let admission = crate::control::admission::for_daemon().map_err(err)?;
+    let wasm: Arc<dyn crate::sandbox::Engine> = Arc::new(crate::sandbox::WasmiEngine::new());
+    let plugins = Arc::new(crate::control::plugins::PluginHost::new(
+        home.clone(),
+        wasm.clone(),
+    ));
     let reconcilers: Vec<Arc<dyn Reconciler>> = vec![
         Arc::new(
             ModelReconciler::new(store.clone(), models.clone(), Duration::from_secs(600))
@@ -303,6 +308,18 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
             gpus_present: !profile.gpus.is_empty(),
             cleaned: Default::default(),
         }),
+        Arc::new(crate::control::controllers::plugin::PluginReconciler {
+            store: store.clone(),
+            models: models.clone(),
+            engine: wasm.clone(),
+        }),
+        Arc::new(
+            crate::control::controllers::plugin::PluginActivationReconciler {
+                store: store.clone(),
+                home: home.clone(),
+                engine: wasm.clone(),
+            },
+        ),
     ];
 
     // Store changes (from this process, the CLI or the API) wake the controllers and the API's
@@ -374,7 +391,8 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
     let (source_changes, db_changes) = (changes_rx.clone(), changes_rx.clone());
     let ctx = ApiContext::new(home.clone(), metrics.clone(), changes_rx, info)
         .with_token(token)
-        .with_access(Access::new(&args.allow_hosts, !args.v1_requires_token));
+        .with_access(Access::new(&args.allow_hosts, !args.v1_requires_token))
+        .with_plugins(plugins);
     let access = ctx.access.clone();
     let health = ctx.health.clone();
     health.require_db();

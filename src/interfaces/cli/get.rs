@@ -131,7 +131,14 @@ fn header(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::Model => vec!["NAME", "READY", "SIZE", "AGE"],
         Kind::Module => vec!["NAME", "READY", "RUNTIME", "ENDPOINT", "RESTARTS", "AGE"],
         Kind::Policy => vec!["NAME", "READY", "TIERS", "AGE"],
-        Kind::Plugin => vec!["NAME", "READY", "VERSION", "RUNTIME", "CONTRIBUTIONS", "AGE"],
+        Kind::Plugin => vec![
+            "NAME",
+            "READY",
+            "VERSION",
+            "RUNTIME",
+            "CONTRIBUTIONS",
+            "AGE",
+        ],
         Kind::PluginActivation => {
             vec!["NAME", "READY", "PLUGIN", "CONTRIBUTIONS", "GRANTS", "AGE"]
         }

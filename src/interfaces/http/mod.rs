@@ -114,6 +114,8 @@ pub struct ApiContext {
     pub(crate) shutdown: Arc<watch::Sender<bool>>,
     pub(crate) upstream: reqwest::Client,
     pub(crate) routes: Arc<openai::RouteCache>,
+    /// The active plugin contributions the `/v1` path and applies call.
+    pub plugins: Arc<crate::control::plugins::PluginHost>,
 }
 
 impl ApiContext {
@@ -130,6 +132,7 @@ impl ApiContext {
             .tcp_nodelay(true)
             .build()
             .unwrap_or_default();
+        let home_for_plugins = home.clone();
         ApiContext {
             home,
             metrics,
@@ -142,7 +145,17 @@ impl ApiContext {
             shutdown: Arc::new(watch::channel(false).0),
             upstream,
             routes: Arc::new(openai::RouteCache::default()),
+            plugins: Arc::new(crate::control::plugins::PluginHost::new(
+                home_for_plugins,
+                Arc::new(crate::sandbox::WasmiEngine::new()),
+            )),
         }
+    }
+
+    /// Shares the daemon's plugin host (its compiled modules and statistics).
+    pub fn with_plugins(mut self, plugins: Arc<crate::control::plugins::PluginHost>) -> Self {
+        self.plugins = plugins;
+        self
     }
 
     /// Requires `token` on TCP requests (see [`auth`] for what stays open).

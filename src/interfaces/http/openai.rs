@@ -24,11 +24,64 @@ use serde_json::{Value, json};
 
 use super::ApiContext;
 use super::resources::wait_true;
+use crate::api::plugin::HookStage;
 use crate::api::{ConditionStatus, Kind};
+use crate::control::plugins::{ActiveCode, Verdict};
 use crate::control::store::StoredObject;
 
 /// The longest a cached route table is used without re-reading the store.
 pub const ROUTE_TTL: Duration = Duration::from_secs(2);
+
+/// The most time the plugin hooks of one `/v1` request may take together (each call is also
+/// bounded by its activation's limits).
+pub const PLUGIN_BUDGET: Duration = Duration::from_secs(2);
+
+/// Runs a hook chain off the async threads (a sandboxed call blocks its thread).
+async fn run_hooks(
+    ctx: &ApiContext,
+    chain: Vec<ActiveCode>,
+    key: &'static str,
+    value: Value,
+    context: Value,
+    budget: Duration,
+) -> Verdict {
+    let host = ctx.plugins.clone();
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&ActiveCode> = chain.iter().collect();
+        host.run_chain(&refs, key, value, &context, budget)
+    })
+    .await
+    .unwrap_or_else(|e| Verdict::Deny {
+        activation: String::new(),
+        id: String::new(),
+        reason: format!("plugin task failed: {e}"),
+        field: None,
+    })
+}
+
+/// A request or response a plugin refused: 403 in OpenAI's error body, naming the activation.
+fn denied(v: Verdict) -> Response {
+    let Verdict::Deny {
+        activation,
+        id,
+        reason,
+        ..
+    } = v
+    else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "plugin verdict",
+            "server_error",
+            "plugin",
+        );
+    };
+    error(
+        StatusCode::FORBIDDEN,
+        &format!("denied by plugin activation {activation} ({id}): {reason}"),
+        "invalid_request_error",
+        "plugin_denied",
+    )
+}
 
 /// Where a listed id goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +93,9 @@ pub struct Route {
     /// The model name the engine answers to (a request by module name is rewritten to it, so
     /// every id `/v1/models` lists works).
     pub model: String,
+    /// What the served Model's GGUF header says, for plugin scopes.
+    pub architecture: Option<String>,
+    pub quantization: Option<String>,
 }
 
 /// A served model name (or the serving module's name) → its route.
@@ -61,6 +117,12 @@ pub(crate) struct RouteCache {
 /// downtime, its old workload stays Ready and keeps the route until the new one takes over.
 pub fn routes_from(objects: &[StoredObject]) -> Routes {
     let mut r = Routes::default();
+    let gguf = |model: &str, key: &str| {
+        objects
+            .iter()
+            .find(|o| o.kind == Kind::Model && o.name.as_str() == model)
+            .and_then(|o| o.status.get("gguf")?.get(key)?.as_str().map(String::from))
+    };
     for o in objects {
         if o.kind != Kind::Module || o.deleted_at.is_some() {
             continue;
@@ -77,6 +139,8 @@ pub fn routes_from(objects: &[StoredObject]) -> Routes {
                 endpoint: endpoint.trim_end_matches('/').to_string(),
                 module: o.name.to_string(),
                 model: model.to_string(),
+                architecture: gguf(model, "architecture"),
+                quantization: gguf(model, "quantization"),
             };
             r.by_model.entry(model.to_string()).or_insert(route.clone());
             r.by_model.insert(route.module.clone(), route);
@@ -98,7 +162,7 @@ impl ApiContext {
             }
         }
         let objects = self
-            .with_store(|s| s.list(Some(Kind::Module), &BTreeMap::new()))
+            .with_store(|s| s.list(None, &BTreeMap::new()))
             .await
             .map_err(|e| {
                 error(
@@ -109,6 +173,7 @@ impl ApiContext {
                 )
             })?;
         let r = std::sync::Arc::new(routes_from(&objects));
+        self.plugins.active(version, &objects);
         *self.routes.inner.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((version, Instant::now(), r.clone()));
         Ok(r)
@@ -190,12 +255,7 @@ pub(super) async fn proxy(
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    let Some(Route {
-        endpoint,
-        module,
-        model: served,
-    }) = routes.by_model.get(&model)
-    else {
+    let Some(route) = routes.by_model.get(&model) else {
         let served: Vec<&str> = routes.by_model.keys().map(String::as_str).collect();
         let list = if served.is_empty() {
             "none is Ready yet".to_string()
@@ -209,13 +269,62 @@ pub(super) async fn proxy(
             "model_not_found",
         );
     };
+    let Route {
+        endpoint,
+        module,
+        model: served,
+        ..
+    } = route;
+    let version = *ctx.changes.borrow();
+    let hooks = ctx.plugins.cached(version).unwrap_or_default();
+    let in_scope = |stage: HookStage| -> Vec<ActiveCode> {
+        hooks
+            .iter()
+            .filter(|c| {
+                c.stage == Some(stage)
+                    && c.scope.matches(
+                        Some(module),
+                        Some(served),
+                        route.architecture.as_deref(),
+                        route.quantization.as_deref(),
+                    )
+            })
+            .cloned()
+            .collect()
+    };
+    let (pre, post) = (
+        in_scope(HookStage::PreRequest),
+        in_scope(HookStage::PostResponse),
+    );
+    let context = json!({"module": module, "model": served, "path": uri.path()});
+    let started = Instant::now();
+    let mut rewritten = false;
+    if !pre.is_empty() {
+        match run_hooks(
+            &ctx,
+            pre,
+            "request",
+            request.clone(),
+            context.clone(),
+            PLUGIN_BUDGET,
+        )
+        .await
+        {
+            Verdict::Allow(r) => {
+                rewritten = r != request;
+                request = r;
+            }
+            deny => return denied(deny),
+        }
+    }
     // Asked by module name: the engine knows the model by its own name.
-    let body = if *served != model {
+    let body = if *served != model || rewritten {
         request["model"] = Value::String(served.clone());
         Bytes::from(request.to_string())
     } else {
         body
     };
+    let streamed = request.get("stream").and_then(Value::as_bool) == Some(true);
     let url = format!("{endpoint}{}", uri.path());
     let mut req = ctx.upstream.post(&url).body(body);
     for (k, v) in &headers {
@@ -250,6 +359,28 @@ pub(super) async fn proxy(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if is_sse {
         out = out.header("x-accel-buffering", "no");
+    }
+    if !post.is_empty() && !streamed && resp.status().is_success() {
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("module {module} broke off its answer: {e}"),
+                    "server_error",
+                    "bad_upstream",
+                );
+            }
+        };
+        let Ok(answer) = serde_json::from_slice::<Value>(&body) else {
+            return out.body(Body::from(body)).unwrap_or_default();
+        };
+        let spent = started.elapsed();
+        let budget = PLUGIN_BUDGET.saturating_sub(spent);
+        return match run_hooks(&ctx, post, "response", answer, context, budget).await {
+            Verdict::Allow(v) => out.body(Body::from(v.to_string())).unwrap_or_default(),
+            deny => denied(deny),
+        };
     }
     let stream =
         futures_util::StreamExt::take_until(resp.bytes_stream(), wait_true(ctx.shutdown_signal()));

@@ -403,7 +403,17 @@ async fn apply_decoded(
         dry_run: q.dry_run,
         description: "api".into(),
     };
-    let outcome = ctx.with_store(move |s| s.apply(&req)).await?;
+    let host = ctx.plugins.clone();
+    let admitted = ctx
+        .with_store(move |s| {
+            Ok(match crate::control::apply::admit_plugins(s, &host, &req) {
+                Ok(()) => Ok(s.apply(&req)?),
+                Err(crate::control::apply::ApplyError::Input(e)) => Err(e),
+                Err(crate::control::apply::ApplyError::Store(e)) => return Err(e),
+            })
+        })
+        .await?;
+    let outcome = admitted?;
     let created = outcome
         .changes
         .iter()

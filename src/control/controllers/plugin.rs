@@ -1,0 +1,407 @@
+//! The Plugin and PluginActivation controllers.
+//!
+//! A Plugin is Ready once its manifest (pinned by `spec.sha256`) and every artifact the manifest
+//! pins are verified blobs in the model store, the manifest decodes strictly, its `hostApi`
+//! matches this host, and (for `wasm`) its module compiles against what the manifest requests and
+//! exports every entry a contribution names. A digest mismatch stalls it; nothing of it runs.
+//!
+//! A PluginActivation is Ready once its Plugin is, its contributions exist, and its grants are
+//! within the manifest's requests; the grants are bound to that manifest digest
+//! (`status.boundDigest`). When the Plugin's digest changes and the new manifest requests a
+//! capability the old one did not and the activation does not grant, the activation reports
+//! `Granted=False (NewCapabilitiesRequested)` and keeps serving the bound digest until the user
+//! grants it (or the Plugin goes back).
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde_json::json;
+
+use super::queue::Key;
+use super::status::{cond, event, write_status};
+use super::{Action, ReconcileError, Reconciler, SharedStore};
+use crate::api::model::{ModelFormat, ModelSpec};
+use crate::api::plugin::{ArtifactStatus, PluginRuntimeType};
+use crate::api::{ConditionStatus, Kind, Spec};
+use crate::artifacts::models::{EnsureOptions, ModelError, ModelStore};
+use crate::control::plugins::{Manifest, parse_manifest, read_manifest_blob};
+use crate::control::store::{EventType, StoredObject};
+use crate::home::LasHome;
+use crate::sandbox::{Engine, Grants};
+
+pub struct PluginReconciler {
+    pub store: SharedStore,
+    pub models: ModelStore,
+    pub engine: Arc<dyn Engine>,
+}
+
+fn fetch_error(what: &str, e: ModelError) -> ReconcileError {
+    match e {
+        ModelError::DigestMismatch { .. } => {
+            ReconcileError::stalled("DigestMismatch", format!("{what}: {e}"))
+        }
+        e => ReconcileError::retry(e.reason(), format!("{what}: {e}")),
+    }
+}
+
+impl PluginReconciler {
+    async fn converge(&self, obj: StoredObject) -> Result<Action, ReconcileError> {
+        let Spec::Plugin(spec) = obj.typed_spec()? else {
+            return Ok(Action::AwaitChange);
+        };
+        let opts = EnsureOptions::default();
+        let manifest_spec = ModelSpec {
+            source: spec.source.clone(),
+            sha256: Some(spec.sha256.clone()),
+            format: ModelFormat::default(),
+        };
+        let blob = self
+            .models
+            .ensure(&manifest_spec, &opts)
+            .await
+            .map_err(|e| fetch_error("manifest", e))?;
+        let bytes = std::fs::read(&blob.path)
+            .map_err(|e| ReconcileError::retry("SourceUnavailable", e.to_string()))?;
+        let manifest = parse_manifest(&spec.source.to_string(), &bytes, blob.digest.clone())
+            .map_err(|e| ReconcileError::stalled("ManifestInvalid", e.to_string()))?;
+        manifest
+            .spec
+            .compatible()
+            .map_err(|m| ReconcileError::stalled("Incompatible", m))?;
+        let mut artifacts = Vec::new();
+        for a in &manifest.spec.runtime.artifacts {
+            let s = ModelSpec {
+                source: spec.source.sibling(&a.path),
+                sha256: Some(a.sha256.clone()),
+                format: ModelFormat::default(),
+            };
+            let b = self
+                .models
+                .ensure(&s, &opts)
+                .await
+                .map_err(|e| fetch_error(&format!("artifact {}", a.name), e))?;
+            artifacts.push(ArtifactStatus {
+                name: a.name.clone(),
+                digest: b.digest.to_string(),
+                path: b.path.display().to_string(),
+                size_bytes: b.size_bytes,
+            });
+        }
+        if manifest.spec.runtime.type_ == PluginRuntimeType::Wasm {
+            check_module(&*self.engine, &manifest, &artifacts)?;
+        }
+        let fields = json!({
+            "digest": blob.digest.as_str(),
+            "manifest": manifest.spec.summary(manifest.name.as_str()),
+            "artifacts": artifacts,
+        });
+        let was_ready = super::status::is_ready(&obj);
+        let msg = format!(
+            "manifest {} {} verified (sha256 {}), {} artifact(s)",
+            manifest.name,
+            manifest.spec.version,
+            blob.digest,
+            artifacts.len()
+        );
+        let o = obj.clone();
+        self.store
+            .with(move |s| {
+                let ok = write_status(
+                    s,
+                    &o,
+                    &fields,
+                    vec![
+                        cond("Verified", ConditionStatus::True, "Verified", msg.clone()),
+                        cond("ManifestValid", ConditionStatus::True, "Valid", ""),
+                        cond("Compatible", ConditionStatus::True, "Compatible", ""),
+                        cond("Ready", ConditionStatus::True, "Verified", msg.clone()),
+                        cond("Stalled", ConditionStatus::False, "Verified", ""),
+                    ],
+                )?;
+                if ok && !was_ready {
+                    event(s, &o, EventType::Normal, "Verified", &msg);
+                }
+                Ok::<_, crate::control::store::StoreError>(())
+            })
+            .await?;
+        Ok(Action::AwaitChange)
+    }
+}
+
+/// A wasm plugin's module must compile against what its manifest requests and export every entry
+/// a contribution names.
+fn check_module(
+    engine: &dyn Engine,
+    manifest: &Manifest,
+    artifacts: &[ArtifactStatus],
+) -> Result<(), ReconcileError> {
+    let module = artifacts
+        .iter()
+        .find(|a| a.name == "module")
+        .ok_or_else(|| ReconcileError::stalled("ManifestInvalid", "no artifact named module"))?;
+    let wasm = std::fs::read(&module.path)
+        .map_err(|e| ReconcileError::retry("SourceUnavailable", e.to_string()))?;
+    let requested: Grants = manifest.spec.requests.iter().copied().collect();
+    let compiled = engine.compile(&wasm, &requested).map_err(|e| {
+        ReconcileError::stalled(
+            "InvalidModule",
+            format!(
+                "{} (the manifest requests: {})",
+                e,
+                requested_list(manifest)
+            ),
+        )
+    })?;
+    let exports = compiled.exports();
+    for c in manifest.spec.contributions() {
+        if let Some(entry) = c.entry
+            && !exports.iter().any(|e| e == entry)
+        {
+            return Err(ReconcileError::stalled(
+                "InvalidModule",
+                format!(
+                    "contribution {} names entry {entry:?}, which the module does not export (it exports: {})",
+                    c.id,
+                    exports.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn requested_list(m: &Manifest) -> String {
+    crate::api::plugin::list(&m.spec.requests)
+}
+
+impl Reconciler for PluginReconciler {
+    fn kind(&self) -> Kind {
+        Kind::Plugin
+    }
+
+    fn reconcile(
+        &self,
+        _key: Key,
+        obj: Option<StoredObject>,
+    ) -> BoxFuture<'_, Result<Action, ReconcileError>> {
+        Box::pin(async move {
+            match obj {
+                // Blobs are collected by reachability (model GC keeps what plugins reach).
+                None => Ok(Action::AwaitChange),
+                Some(o) if o.deleted_at.is_some() => Ok(Action::AwaitChange),
+                Some(o) => self.converge(o).await,
+            }
+        })
+    }
+}
+
+pub struct PluginActivationReconciler {
+    pub store: SharedStore,
+    pub home: LasHome,
+    pub engine: Arc<dyn Engine>,
+}
+
+impl PluginActivationReconciler {
+    async fn converge(&self, obj: StoredObject) -> Result<Action, ReconcileError> {
+        let Spec::PluginActivation(spec) = obj.typed_spec()? else {
+            return Ok(Action::AwaitChange);
+        };
+        let plugin_name = spec.plugin_ref.to_string();
+        let plugin = {
+            let n = plugin_name.clone();
+            self.store.with(move |s| s.get(Kind::Plugin, &n).ok()).await
+        };
+        let plugin_digest = plugin
+            .as_ref()
+            .filter(|p| super::status::is_ready(p) && p.deleted_at.is_none())
+            .and_then(|p| p.status.get("digest").and_then(|d| d.as_str()))
+            .map(String::from);
+        let bound = obj
+            .status
+            .get("boundDigest")
+            .and_then(|d| d.as_str())
+            .map(String::from);
+        let Some(digest) = plugin_digest else {
+            return Err(ReconcileError::retry(
+                "PluginNotReady",
+                format!("plugin {plugin_name} is not Ready"),
+            ));
+        };
+        let label = format!("plugin {plugin_name}");
+        let manifest = read_manifest_blob(&self.home, &digest, &label).ok_or_else(|| {
+            ReconcileError::retry("PluginNotReady", format!("{label}: manifest not readable"))
+        })?;
+        // An upgrade that asks for more than the activation grants waits for the user; the
+        // digest the grants were bound to keeps serving meanwhile.
+        let old = bound
+            .as_deref()
+            .filter(|b| *b != digest)
+            .and_then(|b| read_manifest_blob(&self.home, b, &label));
+        if let Some(old) = &old {
+            let new_caps: Vec<_> = manifest
+                .spec
+                .requests
+                .iter()
+                .filter(|c| !old.spec.requests.contains(c) && !spec.grants.contains(c))
+                .copied()
+                .collect();
+            if !new_caps.is_empty() {
+                let message = format!(
+                    "plugin {plugin_name} {} requests {} beyond what this activation grants; {} keeps serving until the grants include it",
+                    manifest.spec.version,
+                    crate::api::plugin::list(&new_caps),
+                    old.spec.version
+                );
+                let o = obj.clone();
+                self.store
+                    .with(move |s| {
+                        let ok = write_status(
+                            s,
+                            &o,
+                            &json!({}),
+                            vec![cond(
+                                "Granted",
+                                ConditionStatus::False,
+                                "NewCapabilitiesRequested",
+                                message.clone(),
+                            )],
+                        )?;
+                        if ok {
+                            event(
+                                s,
+                                &o,
+                                EventType::Warning,
+                                "NewCapabilitiesRequested",
+                                &message,
+                            );
+                        }
+                        Ok::<_, crate::control::store::StoreError>(())
+                    })
+                    .await?;
+                return Ok(Action::AwaitChange);
+            }
+        }
+        spec.check_against(&manifest.spec).map_err(|(path, m)| {
+            ReconcileError::stalled("InvalidActivation", format!("{path}: {m}"))
+        })?;
+        let effective: Vec<_> = spec
+            .grants
+            .iter()
+            .filter(|g| manifest.spec.requests.contains(g))
+            .copied()
+            .collect();
+        let ungranted: Vec<_> = manifest
+            .spec
+            .requests
+            .iter()
+            .filter(|r| !spec.grants.contains(r))
+            .copied()
+            .collect();
+        // Code that imports a host function the activation does not grant never runs.
+        if manifest.spec.runtime.type_ == PluginRuntimeType::Wasm && !spec.contributions.is_empty()
+        {
+            let wasm = module_bytes(&self.home, &manifest)
+                .map_err(|m| ReconcileError::retry("PluginNotReady", m))?;
+            let grants: Grants = effective.iter().copied().collect();
+            self.engine
+                .compile(&wasm, &grants)
+                .map_err(|e| ReconcileError::stalled(e.reason(), e.to_string()))?;
+        }
+        let enabled = if spec.contributions.is_empty() {
+            "no contribution enabled".to_string()
+        } else {
+            format!("enabled: {}", spec.contributions.join(", "))
+        };
+        let msg = format!(
+            "{plugin_name} {} (sha256 {}), {enabled}; granted: {}",
+            manifest.spec.version,
+            &digest[..12],
+            crate::api::plugin::list(&effective)
+        );
+        let fields = json!({
+            "boundDigest": digest,
+            "effectiveGrants": effective,
+            "ungrantedRequests": ungranted,
+        });
+        let was_ready = super::status::is_ready(&obj);
+        let rebound = bound.is_some_and(|b| b != digest);
+        let o = obj.clone();
+        self.store
+            .with(move |s| {
+                let ok = write_status(
+                    s,
+                    &o,
+                    &fields,
+                    vec![
+                        cond("Granted", ConditionStatus::True, "Granted", ""),
+                        cond("Ready", ConditionStatus::True, "Active", msg.clone()),
+                        cond("Stalled", ConditionStatus::False, "Active", ""),
+                    ],
+                )?;
+                if ok && (!was_ready || rebound) {
+                    event(s, &o, EventType::Normal, "Activated", &msg);
+                }
+                Ok::<_, crate::control::store::StoreError>(())
+            })
+            .await?;
+        Ok(Action::AwaitChange)
+    }
+}
+
+/// The bytes of a wasm plugin's `module` artifact, from its verified blob.
+pub fn module_bytes(home: &LasHome, manifest: &Manifest) -> Result<Vec<u8>, String> {
+    let a = manifest
+        .spec
+        .runtime
+        .artifacts
+        .iter()
+        .find(|a| a.name == "module")
+        .ok_or("no artifact named module")?;
+    let bytes = std::fs::read(crate::artifacts::models::blob_path_in(
+        home,
+        a.sha256.as_str(),
+    ))
+    .map_err(|e| format!("artifact module ({}) is not in the store: {e}", a.sha256))?;
+    if crate::control::plugins::sha256_hex(&bytes) != a.sha256.as_str() {
+        return Err(format!("artifact module does not have sha256 {}", a.sha256));
+    }
+    Ok(bytes)
+}
+
+impl Reconciler for PluginActivationReconciler {
+    fn kind(&self) -> Kind {
+        Kind::PluginActivation
+    }
+
+    fn reconcile(
+        &self,
+        _key: Key,
+        obj: Option<StoredObject>,
+    ) -> BoxFuture<'_, Result<Action, ReconcileError>> {
+        Box::pin(async move {
+            match obj {
+                None => Ok(Action::AwaitChange),
+                Some(o) if o.deleted_at.is_some() => Ok(Action::AwaitChange),
+                Some(o) => self.converge(o).await,
+            }
+        })
+    }
+
+    /// Activations of a Plugin run again when it changes (verified, upgraded, deleted).
+    fn dependents(&self, changed: &Key, all: &[StoredObject]) -> Vec<Key> {
+        if changed.0 != Kind::Plugin {
+            return Vec::new();
+        }
+        all.iter()
+            .filter(|o| {
+                o.kind == Kind::PluginActivation
+                    && o.spec.get("pluginRef").and_then(|p| p.as_str()) == Some(changed.1.as_str())
+            })
+            .map(|o| (o.kind, o.name.to_string()))
+            .collect()
+    }
+
+    fn unstalled_by(&self, changed: &Key, all: &[StoredObject]) -> Vec<Key> {
+        self.dependents(changed, all)
+    }
+}

@@ -1,0 +1,323 @@
+//! Plugins end to end (issue 13): `Plugin` and `PluginActivation` applied with the real `lasctl`,
+//! verified and activated by the real daemon, their WASM hooks on the real `/v1` path in front of
+//! the real llama.cpp engine.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::Digest;
+use support::FreshEnv;
+use support::daemon::{Daemon, get_json, wait_ready, wait_until};
+
+fn sha256_file(p: &Path) -> String {
+    hex::encode(sha2::Sha256::digest(std::fs::read(p).unwrap()))
+}
+
+fn repo(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// Copies the example plugin's wasm into `dir` and writes a manifest for it with `requests`;
+/// returns the manifest's path.
+fn write_guard(dir: &Path, version: &str, requests: &str, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let wasm = dir.join("prompt_guard.wasm");
+    std::fs::copy(repo("plugins/prompt_guard.wasm"), &wasm).unwrap();
+    let manifest = dir.join("plugin.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: plugins.localaistack.io/v1alpha1
+kind: PluginManifest
+metadata: {{name: prompt-guard}}
+spec:
+  version: {version}
+  hostApi: \"^1\"
+  runtime:
+    type: wasm
+    artifacts:
+    - {{name: module, path: prompt_guard.wasm, sha256: {}}}
+  contributes:
+    inferenceHooks:
+    - id: guard
+      stage: preRequest
+      entry: pre_request
+      configSchema: {{type: object, additionalProperties: false, properties: {{patterns: {{type: array, items: {{type: string}}}}}}}}
+  requests: {requests}
+{extra}",
+            sha256_file(&wasm)
+        ),
+    )
+    .unwrap();
+    manifest
+}
+
+fn plugin_doc(name: &str, manifest: &Path, sha: &str) -> String {
+    format!(
+        "apiVersion: localaistack.io/v1alpha1\nkind: Plugin\nmetadata: {{name: {name}}}\nspec:\n  source: {}\n  sha256: {sha}\n",
+        manifest.display()
+    )
+}
+
+fn activation_doc(plugin: &str, grants: &str, patterns: &str) -> String {
+    format!(
+        "apiVersion: localaistack.io/v1alpha1
+kind: PluginActivation
+metadata: {{name: {plugin}-chat}}
+spec:
+  pluginRef: {plugin}
+  contributions: [guard]
+  grants: {grants}
+  config: {{patterns: {patterns}}}
+"
+    )
+}
+
+#[test]
+fn activation_granting_more_than_the_manifest_requests_is_refused_at_apply() {
+    let env = FreshEnv::new();
+    let manifest = write_guard(&env.work.path().join("guard"), "1.0.0", "[log]", "");
+    let sha = sha256_file(&manifest);
+    env.write("s/plugin.yaml", &plugin_doc("guard", &manifest, &sha));
+    env.write(
+        "s/activation.yaml",
+        &activation_doc("guard", "[log, clock]", "[x]"),
+    );
+    let dir = env.work.path().join("s");
+    let r = env.run(&["apply", "-f", dir.to_str().unwrap()]).fails();
+    assert!(
+        r.stderr.contains("activation.yaml") && r.stderr.contains("spec.grants[1]"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("does not request"), "{}", r.stderr);
+    // Bad input changes nothing.
+    assert!(
+        env.run(&["get", "plugins", "-o", "name"])
+            .ok()
+            .stdout
+            .is_empty()
+    );
+
+    // A contribution the manifest does not have, and config its schema refuses.
+    env.write(
+        "s/activation.yaml",
+        &activation_doc("guard", "[log]", "[x]").replace("[guard]", "[nope]"),
+    );
+    let r = env.run(&["apply", "-f", dir.to_str().unwrap()]).fails();
+    assert!(
+        r.stderr.contains("spec.contributions[0]") && r.stderr.contains("guard"),
+        "{}",
+        r.stderr
+    );
+    env.write("s/activation.yaml", &activation_doc("guard", "[log]", "x"));
+    let r = env.run(&["apply", "-f", dir.to_str().unwrap()]).fails();
+    assert!(
+        r.stderr.contains("spec.config.patterns") && r.stderr.contains("expected array"),
+        "{}",
+        r.stderr
+    );
+
+    env.write(
+        "s/activation.yaml",
+        &activation_doc("guard", "[log]", "[x]"),
+    );
+    env.run(&["apply", "-f", dir.to_str().unwrap()]).ok();
+    assert_eq!(
+        env.run(&["get", "pa", "-o", "name"]).ok().stdout.trim(),
+        "pluginactivation/guard-chat"
+    );
+}
+
+#[test]
+fn a_manifest_with_an_unknown_field_names_file_line_and_field() {
+    let env = FreshEnv::new();
+    let manifest = write_guard(
+        &env.work.path().join("g"),
+        "1.0.0",
+        "[]",
+        "  colour: blue\n",
+    );
+    let sha = sha256_file(&manifest);
+    env.write("s/plugin.yaml", &plugin_doc("guard", &manifest, &sha));
+    env.write("s/activation.yaml", &activation_doc("guard", "[]", "[x]"));
+    let r = env
+        .run(&["apply", "-f", env.work.path().join("s").to_str().unwrap()])
+        .fails();
+    let line = format!("{}:18:3", manifest.display());
+    assert!(r.stderr.contains(&line), "{}", r.stderr);
+    assert!(r.stderr.contains("unknown field `colour`"), "{}", r.stderr);
+}
+
+fn curl(url: &str, body: &str) -> (u16, Value) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-m", "60", "-o", "-", "-w", "\n%{http_code}", url])
+        .args(["-H", "Content-Type: application/json", "-d", body])
+        .output()
+        .unwrap();
+    let out = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = out.rsplit_once('\n').unwrap();
+    (
+        code.parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::String(body.into())),
+    )
+}
+
+fn chat(content: &str) -> String {
+    format!(
+        r#"{{"model":"tiny","messages":[{{"role":"user","content":"{content}"}}],"max_tokens":4,"temperature":0}}"#
+    )
+}
+
+fn condition(o: &Value, type_: &str) -> (String, String) {
+    o["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+/// The guard on `/v1`, a post-processor, a digest mismatch, and an upgrade that asks for more.
+#[test]
+fn prompt_guard_and_response_suffix_run_on_the_v1_path_and_upgrades_wait_for_grants() {
+    let env = FreshEnv::new();
+    let gguf = env.work.path().join("tiny.gguf");
+    env.run(&[
+        "model",
+        "generate-test",
+        gguf.to_str().unwrap(),
+        "--preset",
+        "tiny",
+    ])
+    .ok();
+    let v1 = write_guard(&env.work.path().join("g1"), "1.0.0", "[]", "");
+    env.write(
+        "ai/model.yaml",
+        &support::model_doc("tiny", gguf.to_str().unwrap()),
+    );
+    env.write(
+        "ai/chat.yaml",
+        "apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata: {name: chat}\nspec:\n  model: tiny\n  engine: {type: llama, contextSize: 256}\n",
+    );
+    env.write(
+        "ai/guard.yaml",
+        &plugin_doc("guard", &v1, &sha256_file(&v1)),
+    );
+    env.write(
+        "ai/guard-act.yaml",
+        &activation_doc("guard", "[]", "[forbidden]"),
+    );
+    let suffix = repo("plugins/response-suffix.plugin.yaml");
+    env.write(
+        "ai/suffix.yaml",
+        &plugin_doc("suffix", &suffix, &sha256_file(&suffix)),
+    );
+    env.write(
+        "ai/suffix-act.yaml",
+        "apiVersion: localaistack.io/v1alpha1\nkind: PluginActivation\nmetadata: {name: suffix-chat}\nspec:\n  pluginRef: suffix\n  contributions: [suffix]\n  scope: {modules: [chat]}\n  config: {suffix: \" [checked]\"}\n",
+    );
+    // Wrong bytes: the Plugin stalls and nothing of it runs.
+    env.write("ai/bad.yaml", &plugin_doc("bad", &v1, &"0".repeat(64)));
+    let dir = env.work.path().join("ai");
+    let d = Daemon::start(&env, &[&dir], &[]);
+    let plugin = wait_ready(&env, &d, "plugin", "guard", Duration::from_secs(60));
+    assert_eq!(plugin["status"]["manifest"]["version"], "1.0.0", "{plugin}");
+    wait_ready(
+        &env,
+        &d,
+        "pluginactivation",
+        "guard-chat",
+        Duration::from_secs(30),
+    );
+    wait_ready(
+        &env,
+        &d,
+        "pluginactivation",
+        "suffix-chat",
+        Duration::from_secs(30),
+    );
+    wait_ready(&env, &d, "module", "chat", Duration::from_secs(120));
+    wait_until("the bad plugin to stall", Duration::from_secs(30), || {
+        get_json(&env, "plugin", "bad")
+            .is_some_and(|o| condition(&o, "Stalled") == ("True".into(), "DigestMismatch".into()))
+    });
+
+    let url = d.url("/v1/chat/completions");
+    let (code, e) = curl(&url, &chat("say something FORBIDDEN now"));
+    assert_eq!(code, 403, "{e}");
+    assert_eq!(e["error"]["code"], "plugin_denied", "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("guard-chat"),
+        "{e}"
+    );
+    let (code, ok) = curl(&url, &chat("hello"));
+    assert_eq!(code, 200, "{ok}\n{}", d.log());
+    let content = ok["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.ends_with(" [checked]"), "{ok}");
+
+    // An upgrade that requests `log`, which the activation does not grant: the old digest
+    // keeps serving until the grant is given.
+    let v2 = write_guard(&env.work.path().join("g2"), "2.0.0", "[log]", "");
+    env.write(
+        "ai/guard.yaml",
+        &plugin_doc("guard", &v2, &sha256_file(&v2)),
+    );
+    wait_until(
+        "the activation to wait for approval",
+        Duration::from_secs(30),
+        || {
+            get_json(&env, "pluginactivation", "guard-chat").is_some_and(|o| {
+                condition(&o, "Granted") == ("False".into(), "NewCapabilitiesRequested".into())
+            })
+        },
+    );
+    let a = get_json(&env, "pluginactivation", "guard-chat").unwrap();
+    assert_eq!(a["status"]["boundDigest"], sha256_file(&v1), "{a}");
+    let (code, _) = curl(&url, &chat("forbidden"));
+    assert_eq!(code, 403, "the old digest still guards");
+
+    env.write(
+        "ai/guard-act.yaml",
+        &activation_doc("guard", "[log]", "[forbidden]"),
+    );
+    wait_until("the upgrade to be bound", Duration::from_secs(30), || {
+        get_json(&env, "pluginactivation", "guard-chat").is_some_and(|o| {
+            o["status"]["boundDigest"] == sha256_file(&v2) && condition(&o, "Granted").0 == "True"
+        })
+    });
+    let (code, _) = curl(&url, &chat("forbidden"));
+    assert_eq!(code, 403, "the new digest guards");
+    let (code, _) = curl(&url, &chat("fine"));
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn example_plugin_manifests_pin_the_committed_wasm() {
+    for (manifest, wasm) in [
+        (
+            "plugins/prompt-guard.plugin.yaml",
+            "plugins/prompt_guard.wasm",
+        ),
+        (
+            "plugins/response-suffix.plugin.yaml",
+            "plugins/response_suffix.wasm",
+        ),
+    ] {
+        let text = std::fs::read_to_string(repo(manifest)).unwrap();
+        assert!(
+            text.contains(&sha256_file(&repo(wasm))),
+            "{manifest} does not pin the sha256 of {wasm}: update it"
+        );
+    }
+}
