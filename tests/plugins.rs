@@ -166,6 +166,16 @@ fn curl(url: &str, body: &str) -> (u16, Value) {
     )
 }
 
+fn inventory(env: &FreshEnv, d: &Daemon) -> Value {
+    let token = std::fs::read_to_string(env.home_path().join("run/token")).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-s", &d.url("/api/v1/plugins/inventory")])
+        .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
 fn chat(content: &str) -> String {
     format!(
         r#"{{"model":"tiny","messages":[{{"role":"user","content":"{content}"}}],"max_tokens":4,"temperature":0}}"#
@@ -252,7 +262,7 @@ fn prompt_guard_and_response_suffix_run_on_the_v1_path_and_upgrades_wait_for_gra
 
     let url = d.url("/v1/chat/completions");
     let (code, e) = curl(&url, &chat("say something FORBIDDEN now"));
-    assert_eq!(code, 403, "{e}");
+    assert_eq!(code, 403, "{e}\n{}", inventory(&env, &d));
     assert_eq!(e["error"]["code"], "plugin_denied", "{e}");
     assert!(
         e["error"]["message"]
@@ -265,6 +275,32 @@ fn prompt_guard_and_response_suffix_run_on_the_v1_path_and_upgrades_wait_for_gra
     assert_eq!(code, 200, "{ok}\n{}", d.log());
     let content = ok["choices"][0]["message"]["content"].as_str().unwrap();
     assert!(content.ends_with(" [checked]"), "{ok}");
+    // The inventory shows both hooks on the inference seam, with their calls.
+    let inv = inventory(&env, &d);
+    let inference = inv["seams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["seam"] == "inference")
+        .unwrap();
+    let calls = |a: &str| {
+        inference["active"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["activation"] == a)
+            .unwrap()["calls"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!((calls("guard-chat"), calls("suffix-chat")), (2, 1), "{inv}");
+    let hw = inv["seams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["seam"] == "hardware")
+        .unwrap();
+    assert_eq!(hw["pluggable"], false, "{inv}");
 
     // An upgrade that requests `log`, which the activation does not grant: the old digest
     // keeps serving until the grant is given.

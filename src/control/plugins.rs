@@ -191,7 +191,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::api::plugin::{FailurePolicy, HookStage, PluginActivationSpec, Point, Scope};
+use crate::api::plugin::{
+    FailurePolicy, HookStage, PluginActivationSpec, Point, Scope, check_config,
+};
 use crate::sandbox::{Engine, Grants, Limits, Module, SandboxError};
 
 /// One enabled code contribution of a Ready activation.
@@ -654,4 +656,157 @@ fn store_error(objects: &[&Desired], e: StoreError) -> InputErrors {
         path: String::new(),
         message: format!("cannot read the plugin activations: {e}"),
     }])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inventory and dry runs.
+
+/// What each seam accepts, or why it is not pluggable.
+pub fn seam_doc(seam: crate::api::plugin::Seam) -> (&'static [&'static str], &'static str) {
+    use crate::api::plugin::Seam::*;
+    match seam {
+        Inference => (
+            &["inferenceHooks", "samplingProfiles"],
+            "hooks before and after a /v1 request (streamed responses pass untouched); sampling data merged into requests",
+        ),
+        Model => (
+            &["modelSources", "modelVerifiers"],
+            "URI schemes resolved to a pinned (url, sha256) the host fetches; verdicts on verified blobs",
+        ),
+        Hardware => (
+            &[],
+            "hardware probes come with the exec bridge (next issue)",
+        ),
+        Workflow => (&[], "workflows come with the ai_agent track (next issue)"),
+        EventBus => (&[], "event sinks come with the next issue"),
+        PluginManager => (
+            &["admissionChecks"],
+            "admission checks at apply; the plugin manager itself, the store and the runtime are the trust root and are not pluggable",
+        ),
+        UiHost => (&[], "plugin UI panels come with the web console"),
+    }
+}
+
+/// The inventory: every seam with what it accepts and its active contributions (with their
+/// statistics), every Plugin with its contributions, and conflicting exclusive claims.
+pub fn inventory(
+    objects: &[StoredObject],
+    active: &[ActiveCode],
+    stats: &HashMap<String, Stats>,
+) -> Value {
+    let seams: Vec<Value> = crate::api::plugin::Seam::ALL
+        .iter()
+        .map(|s| {
+            let (accepts, note) = seam_doc(*s);
+            let act: Vec<Value> = active
+                .iter()
+                .filter(|c| c.point.seam() == *s)
+                .map(|c| {
+                    let st = stats.get(&c.activation).cloned().unwrap_or_default();
+                    json!({
+                        "activation": c.activation,
+                        "plugin": c.plugin,
+                        "contribution": c.id,
+                        "point": c.point.as_str(),
+                        "stage": c.stage,
+                        "priority": c.priority,
+                        "failurePolicy": c.failure,
+                        "calls": st.calls,
+                        "failures": st.failures,
+                        "fuelP50": st.fuel_p50,
+                        "fuelP95": st.fuel_p95,
+                        "breaker": if st.breaker.is_empty() { "closed" } else { st.breaker },
+                        "lastError": st.last_error,
+                    })
+                })
+                .collect();
+            json!({"seam": s.as_str(), "accepts": accepts, "pluggable": !accepts.is_empty(), "note": note, "active": act})
+        })
+        .collect();
+    let plugins: Vec<Value> = objects
+        .iter()
+        .filter(|o| o.kind == Kind::Plugin)
+        .map(|o| {
+            json!({
+                "name": o.name.as_str(),
+                "ready": o.condition("Ready").map(|(s, r, _)| format!("{} ({r})", s.as_str())),
+                "version": o.status["manifest"]["version"],
+                "contributions": o.status["manifest"]["contributions"],
+                "requests": o.status["manifest"]["requests"],
+            })
+        })
+        .collect();
+    let activations: Vec<Value> = objects
+        .iter()
+        .filter(|o| o.kind == Kind::PluginActivation)
+        .map(|o| {
+            json!({
+                "name": o.name.as_str(),
+                "plugin": o.spec["pluginRef"],
+                "contributions": o.spec["contributions"],
+                "grantsRequested": o.spec["grants"],
+                "effectiveGrants": o.status["effectiveGrants"],
+                "ungrantedRequests": o.status["ungrantedRequests"],
+                "boundDigest": o.status["boundDigest"],
+                "ready": o.condition("Ready").map(|(s, r, _)| format!("{} ({r})", s.as_str())),
+                "granted": o.condition("Granted").map(|(s, r, _)| format!("{} ({r})", s.as_str())),
+            })
+        })
+        .collect();
+    json!({"seams": seams, "plugins": plugins, "activations": activations})
+}
+
+/// Runs one contribution of a Ready Plugin once on `input`, with `config`, granting what the
+/// manifest requests: its output, fuel used and logs. Nothing is recorded.
+pub fn test_contribution(
+    home: &LasHome,
+    plugin: &StoredObject,
+    contribution: &str,
+    input: Value,
+    config: Value,
+    engine: &dyn Engine,
+) -> Result<Value, String> {
+    let digest = plugin
+        .status
+        .get("digest")
+        .and_then(Value::as_str)
+        .filter(|_| {
+            plugin
+                .condition("Ready")
+                .is_some_and(|(s, _, _)| s == crate::api::ConditionStatus::True)
+        })
+        .ok_or_else(|| format!("plugin {} is not Ready", plugin.name))?;
+    let m = read_manifest_blob(home, digest, plugin.name.as_str())
+        .ok_or_else(|| format!("plugin {}: manifest not readable", plugin.name))?;
+    let c = m.spec.contribution(contribution).ok_or_else(|| {
+        format!(
+            "plugin {} has no contribution {contribution:?} (it has: {})",
+            plugin.name,
+            m.spec
+                .contributions()
+                .iter()
+                .map(|c| c.id)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    if let Some(schema) = c.config_schema {
+        check_config(&config, schema, "config").map_err(|(p, e)| format!("{p}: {e}"))?;
+    }
+    let Some(entry) = c.entry else {
+        return Ok(
+            json!({"output": null, "fuelUsed": 0, "note": "a data contribution: nothing runs"}),
+        );
+    };
+    let wasm = crate::control::controllers::plugin::module_bytes(home, &m)?;
+    let grants: Grants = m.spec.requests.iter().copied().collect();
+    let module = engine.compile(&wasm, &grants).map_err(|e| e.to_string())?;
+    let mut full = input;
+    if let Some(o) = full.as_object_mut() {
+        o.insert("config".into(), config);
+    }
+    let out = module
+        .call(entry, &full, &Limits::default())
+        .map_err(|e| e.to_string())?;
+    Ok(json!({"output": out.output, "fuelUsed": out.fuel_used, "logs": out.logs}))
 }

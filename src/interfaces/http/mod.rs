@@ -217,6 +217,11 @@ pub fn router(ctx: ApiContext) -> Router {
                 .delete(resources::delete_one),
         )
         .route("/api/v1/{kind}/{name}/logs", get(resources::logs))
+        .route(
+            "/api/v1/plugins/inventory",
+            get(resources::plugin_inventory),
+        )
+        .route("/api/v1/plugins/{name}/test", post(resources::plugin_test))
         .route("/api/v1/ui/logins", post(ui::new_login))
         .route("/ui/", get(ui::index))
         .route("/ui/login", get(ui::login))

@@ -173,10 +173,34 @@ impl ApiContext {
                 )
             })?;
         let r = std::sync::Arc::new(routes_from(&objects));
-        self.plugins.active(version, &objects);
         *self.routes.inner.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((version, Instant::now(), r.clone()));
         Ok(r)
+    }
+}
+
+impl ApiContext {
+    /// The active plugin contributions at the store's current change counter. Built again (from
+    /// the store) whenever the counter moved, so a guard is never skipped for a stale cache.
+    pub(crate) async fn plugin_codes(&self) -> Result<std::sync::Arc<Vec<ActiveCode>>, Response> {
+        let version = *self.changes.borrow();
+        if let Some(a) = self.plugins.cached(version) {
+            return Ok(a);
+        }
+        let host = self.plugins.clone();
+        self.with_store(move |s| {
+            let objects = s.list(Some(Kind::PluginActivation), &BTreeMap::new())?;
+            Ok(host.active(version, &objects))
+        })
+        .await
+        .map_err(|e| {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("cannot read the plugin activations: {e}"),
+                "server_error",
+                "store_unavailable",
+            )
+        })
     }
 }
 
@@ -275,8 +299,10 @@ pub(super) async fn proxy(
         model: served,
         ..
     } = route;
-    let version = *ctx.changes.borrow();
-    let hooks = ctx.plugins.cached(version).unwrap_or_default();
+    let hooks = match ctx.plugin_codes().await {
+        Ok(h) => h,
+        Err(resp) => return resp,
+    };
     let in_scope = |stage: HookStage| -> Vec<ActiveCode> {
         hooks
             .iter()

@@ -26,6 +26,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/ui/logins"),
     ("get", "/ui/"),
     ("get", "/ui/login"),
+    ("get", "/api/v1/plugins/inventory"),
+    ("post", "/api/v1/plugins/{name}/test"),
 ];
 
 fn op(summary: &str, params: Value, responses: Value) -> Value {
@@ -194,6 +196,19 @@ pub fn document() -> Value {
             "/v1/models": {"get": op("Served models (and the modules serving them, as aliases)", json!([]), json!({"200": json_ok("OpenAI model list", json!({"type": "object"}))}))},
             "/v1/chat/completions": {"post": chat("OpenAI chat completions, routed by model")},
             "/v1/completions": {"post": chat("OpenAI completions, routed by model")},
+            "/api/v1/plugins/inventory": {"get": op("Plugin inventory: every seam with what it accepts (or why not), its active contributions with calls, failures, fuel and breaker state; plugins and activations with requested and granted capabilities", json!([]), json!({
+                "200": json_ok("the inventory", json!({"type": "object", "properties": {"seams": {"type": "array"}, "plugins": {"type": "array"}, "activations": {"type": "array"}}})),
+            }))},
+            "/api/v1/plugins/{name}/test": {"post": {
+                "summary": "Dry-run one contribution of a Ready Plugin on an input: its output, fuel used and logs (records nothing)",
+                "parameters": [path_param("name", "the Plugin")],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["contribution", "input"], "properties": {"contribution": {"type": "string"}, "input": {"type": "object"}, "config": {}}}}}},
+                "responses": {
+                    "200": json_ok("the contribution's answer", json!({"type": "object", "properties": {"output": {}, "fuelUsed": {"type": "integer"}, "logs": {"type": "array"}}})),
+                    "400": status_ref("bad body, unknown contribution, config its schema refuses, or the plugin failed"),
+                    "404": status_ref("no such Plugin"),
+                },
+            }},
             "/api/v1/ui/logins": {"post": op("A one-time web console login link (what `lasctl ui` prints)", json!([]), json!({
                 "201": json_ok("the link, valid once within 15 minutes", json!({"type": "object", "properties": {"url": {"type": "string"}}})),
                 "401": status_ref("no or wrong bearer token"),

@@ -608,3 +608,56 @@ mod tests {
         assert!(m.contains("metadata.uid"), "{m}");
     }
 }
+
+/// `GET /api/v1/plugins/inventory`.
+pub(super) async fn plugin_inventory(State(ctx): State<ApiContext>) -> Result<Response, ApiError> {
+    let objects = ctx.with_store(|s| s.list(None, &BTreeMap::new())).await?;
+    let host = ctx.plugins.clone();
+    let version = *ctx.changes.borrow();
+    let inv = tokio::task::spawn_blocking(move || {
+        let active = host.active(version, &objects);
+        crate::control::plugins::inventory(&objects, &active, &host.stats())
+    })
+    .await
+    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(Json(inv).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PluginTest {
+    contribution: String,
+    input: Value,
+    #[serde(default)]
+    config: Value,
+}
+
+/// `POST /api/v1/plugins/{name}/test`: one contribution, once, recording nothing.
+pub(super) async fn plugin_test(
+    State(ctx): State<ApiContext>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let t: PluginTest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected {{\"contribution\": ID, \"input\": {{...}}, \"config\": ...}}: {e}"
+        ))
+    })?;
+    let n = name.clone();
+    let plugin = ctx.with_store(move |s| s.get(Kind::Plugin, &n)).await?;
+    let home = ctx.home.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        crate::control::plugins::test_contribution(
+            &home,
+            &plugin,
+            &t.contribution,
+            t.input,
+            t.config,
+            &crate::sandbox::WasmiEngine::new(),
+        )
+    })
+    .await
+    .map_err(|e| ApiError::BadRequest(e.to_string()))?
+    .map_err(ApiError::BadRequest)?;
+    Ok(Json(out).into_response())
+}
