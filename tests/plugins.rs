@@ -302,6 +302,55 @@ fn prompt_guard_and_response_suffix_run_on_the_v1_path_and_upgrades_wait_for_gra
         .unwrap();
     assert_eq!(hw["pluggable"], false, "{inv}");
 
+    // The CLI: list, grants, inventory (from the daemon, with calls), and a dry run.
+    let list = env.run(&["plugin", "list"]).ok().stdout;
+    assert!(
+        list.contains("guard") && list.contains("guard-chat"),
+        "{list}"
+    );
+    let grants = env.run(&["plugin", "grants", "guard"]).ok().stdout;
+    assert!(
+        grants.contains("guard-chat") && grants.contains("current"),
+        "{grants}"
+    );
+    let table = env.run(&["plugin", "inventory"]).ok().stdout;
+    assert!(
+        table.contains("guard-chat/guard") && table.contains("2/0"),
+        "{table}"
+    );
+    let input = env.write(
+        "input.json",
+        r#"{"request": {"model": "tiny", "messages": [{"role": "user", "content": "a secret plan"}]}}"#,
+    );
+    let r = env
+        .run(&[
+            "plugin",
+            "test",
+            "guard",
+            "guard",
+            "--input",
+            input.to_str().unwrap(),
+            "--config",
+            r#"{"patterns": ["SECRET"]}"#,
+        ])
+        .ok();
+    let t: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(t["output"]["action"], "deny", "{t}");
+    assert!(t["fuelUsed"].as_u64().unwrap() > 0, "{t}");
+    let r = env
+        .run(&[
+            "plugin",
+            "test",
+            "guard",
+            "guard",
+            "--input",
+            input.to_str().unwrap(),
+            "--config",
+            r#"{"patterns": 1}"#,
+        ])
+        .fails();
+    assert!(r.stderr.contains("config.patterns"), "{}", r.stderr);
+
     // An upgrade that requests `log`, which the activation does not grant: the old digest
     // keeps serving until the grant is given.
     let v2 = write_guard(&env.work.path().join("g2"), "2.0.0", "[log]", "");

@@ -16,6 +16,7 @@ mod model;
 mod objref;
 mod output;
 mod plan;
+mod plugin;
 mod resume;
 mod sources;
 mod ui;
@@ -158,6 +159,9 @@ pub enum Command {
     Logs(LogsArgs),
     /// Run the controllers, the watched directories and the HTTP API.
     Daemon(daemon::DaemonArgs),
+    /// Plugins: list, describe, inventory (by seam), test one contribution, grants.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Print a one-time link that signs a browser into the daemon's web console.
     Ui,
     /// Print version information.
