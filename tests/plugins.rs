@@ -385,6 +385,75 @@ fn prompt_guard_and_response_suffix_run_on_the_v1_path_and_upgrades_wait_for_gra
     assert_eq!(code, 403, "the new digest guards");
     let (code, _) = curl(&url, &chat("fine"));
     assert_eq!(code, 200);
+
+    // A declarative sampling profile (no code): a logit bias the real engine honours. Token 93
+    // is the byte token of "Z" in the test model's vocabulary.
+    let profile = env.work.path().join("z/plugin.yaml");
+    std::fs::create_dir_all(profile.parent().unwrap()).unwrap();
+    std::fs::write(
+        &profile,
+        "apiVersion: plugins.localaistack.io/v1alpha1
+kind: PluginManifest
+metadata: {name: zed}
+spec:
+  version: 0.1.0
+  hostApi: \"^1\"
+  runtime: {type: declarative}
+  contributes:
+    samplingProfiles:
+    - {id: zed, logitBias: {\"93\": 100}, stop: [\"never-seen\"]}
+",
+    )
+    .unwrap();
+    env.write(
+        "ai/zed.yaml",
+        &plugin_doc("zed", &profile, &sha256_file(&profile)),
+    );
+    env.write(
+        "ai/zed-act.yaml",
+        "apiVersion: localaistack.io/v1alpha1\nkind: PluginActivation\nmetadata: {name: zed}\nspec:\n  pluginRef: zed\n  contributions: [zed]\n  scope: {models: {architectures: [llama]}}\n",
+    );
+    wait_ready(&env, &d, "pluginactivation", "zed", Duration::from_secs(30));
+    let (code, z) = curl(&url, &chat("fine"));
+    assert_eq!(code, 200, "{z}");
+    let content = z["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.starts_with("ZZZZ"), "{z}");
+
+    // An admission check (a change freeze on Modules): at apply, through the CLI, bad input
+    // changes nothing; other kinds and unchanged Modules pass.
+    let freeze = repo("plugins/change-freeze.plugin.yaml");
+    env.write(
+        "freeze/plugin.yaml",
+        &plugin_doc("freeze", &freeze, &sha256_file(&freeze)),
+    );
+    env.write(
+        "freeze/act.yaml",
+        "apiVersion: localaistack.io/v1alpha1\nkind: PluginActivation\nmetadata: {name: freeze}\nspec:\n  pluginRef: freeze\n  contributions: [freeze]\n",
+    );
+    let fdir = env.work.path().join("freeze");
+    env.run(&["apply", "-f", fdir.to_str().unwrap()]).ok();
+    wait_ready(
+        &env,
+        &d,
+        "pluginactivation",
+        "freeze",
+        Duration::from_secs(30),
+    );
+    let m = env.write(
+        "new/web.yaml",
+        "apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata: {name: web}\nspec:\n  native: {command: [/bin/sleep, '600']}\n",
+    );
+    let r = env.run(&["apply", "-f", m.to_str().unwrap()]).fails();
+    assert!(
+        r.stderr.contains("web.yaml")
+            && r.stderr.contains("spec")
+            && r.stderr.contains("change freeze"),
+        "{}",
+        r.stderr
+    );
+    assert!(get_json(&env, "module", "web").is_none());
+    let chat = env.work.path().join("ai/chat.yaml");
+    env.run(&["apply", "-f", chat.to_str().unwrap()]).ok();
 }
 
 #[test]
@@ -397,6 +466,10 @@ fn example_plugin_manifests_pin_the_committed_wasm() {
         (
             "plugins/response-suffix.plugin.yaml",
             "plugins/response_suffix.wasm",
+        ),
+        (
+            "plugins/change-freeze.plugin.yaml",
+            "plugins/change_freeze.wasm",
         ),
     ] {
         let text = std::fs::read_to_string(repo(manifest)).unwrap();

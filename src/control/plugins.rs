@@ -208,7 +208,10 @@ pub struct ActiveCode {
     /// For admission checks: the kinds it sees (empty: all).
     pub kinds: Vec<Kind>,
     pub entry: String,
-    pub module: Arc<dyn Module>,
+    /// The compiled module; `None` for data contributions (sampling profiles).
+    pub module: Option<Arc<dyn Module>>,
+    /// For sampling profiles.
+    pub profile: Option<crate::api::plugin::SamplingProfile>,
     pub limits: Limits,
     pub failure: FailurePolicy,
     pub priority: i32,
@@ -373,8 +376,12 @@ impl PluginHost {
                 .get("effectiveGrants")
                 .and_then(|g| serde_json::from_value(g.clone()).ok())
                 .unwrap_or_default();
-            let Some(module) = self.compile(&m, &effective) else {
-                continue;
+            let module = match m.spec.runtime.type_ {
+                crate::api::plugin::PluginRuntimeType::Declarative => None,
+                crate::api::plugin::PluginRuntimeType::Wasm => match self.compile(&m, &effective) {
+                    Some(c) => Some(c),
+                    None => continue,
+                },
             };
             out.extend(codes(o.name.as_str(), &spec, &m, module));
         }
@@ -430,7 +437,10 @@ impl PluginHost {
                 c.activation
             ));
         }
-        let r = c.module.call(&c.entry, input, &c.limits);
+        let Some(module) = &c.module else {
+            return Err(format!("{}: {} runs no code", c.activation, c.id));
+        };
+        let r = module.call(&c.entry, input, &c.limits);
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         stats.entry(c.activation.clone()).or_default().record(&r);
         drop(stats);
@@ -527,7 +537,7 @@ fn codes(
     activation: &str,
     spec: &PluginActivationSpec,
     m: &Manifest,
-    module: Arc<dyn Module>,
+    module: Option<Arc<dyn Module>>,
 ) -> Vec<ActiveCode> {
     let mut limits = Limits::default();
     let l = m.spec.limits.clone().unwrap_or_default();
@@ -558,6 +568,7 @@ fn codes(
             kinds: Vec::new(),
             entry: entry.to_string(),
             module: module.clone(),
+            profile: None,
             limits: limits.clone(),
             failure: spec
                 .failure_policy
@@ -582,6 +593,10 @@ fn codes(
             out.push(base(Point::ModelVerifier, &v.entry));
         } else if let Some(s) = c.model_sources.iter().find(|s| &s.id == id) {
             out.push(base(Point::ModelSource, &s.entry));
+        } else if let Some(p) = c.sampling_profiles.iter().find(|p| &p.id == id) {
+            let mut a = base(Point::SamplingProfile, "");
+            a.profile = Some(p.clone());
+            out.push(a);
         }
     }
     out
@@ -610,6 +625,17 @@ pub fn admit(store: &Store, host: &PluginHost, objects: &[&Desired]) -> Result<(
     }
     let mut errors = Vec::new();
     for d in objects {
+        // Only what the apply creates or changes is checked: an unchanged object re-applied (a
+        // watched directory's next read) was admitted when it was written.
+        let unchanged = store.get(d.kind(), d.name.as_str()).is_ok_and(|o| {
+            o.deleted_at.is_none()
+                && o.spec == d.spec.to_json()
+                && o.labels == d.labels
+                && o.annotations == d.annotations
+        });
+        if unchanged {
+            continue;
+        }
         let chain: Vec<&ActiveCode> = checks
             .iter()
             .copied()
@@ -809,4 +835,52 @@ pub fn test_contribution(
         .call(entry, &full, &Limits::default())
         .map_err(|e| e.to_string())?;
     Ok(json!({"output": out.output, "fuelUsed": out.fuel_used, "logs": out.logs}))
+}
+
+/// Merges a sampling profile into an OpenAI request body: the request's own settings win
+/// (its `logit_bias` entries, `grammar`, `temperature`); stop sequences are added to its own.
+/// Returns whether anything changed.
+pub fn merge_profile(request: &mut Value, p: &crate::api::plugin::SamplingProfile) -> bool {
+    let Some(r) = request.as_object_mut() else {
+        return false;
+    };
+    let mut changed = false;
+    if !p.logit_bias.is_empty() {
+        let bias = r.entry("logit_bias").or_insert_with(|| json!({}));
+        if let Some(b) = bias.as_object_mut() {
+            for (k, v) in &p.logit_bias {
+                if !b.contains_key(k) {
+                    b.insert(k.clone(), json!(v));
+                    changed = true;
+                }
+            }
+        }
+    }
+    if !p.stop.is_empty() {
+        let mut stops: Vec<Value> = match r.get("stop") {
+            Some(Value::String(s)) => vec![json!(s)],
+            Some(Value::Array(a)) => a.clone(),
+            _ => Vec::new(),
+        };
+        for s in &p.stop {
+            if !stops.contains(&json!(s)) {
+                stops.push(json!(s));
+                changed = true;
+            }
+        }
+        r.insert("stop".into(), Value::Array(stops));
+    }
+    if let Some(g) = &p.grammar
+        && !r.contains_key("grammar")
+    {
+        r.insert("grammar".into(), json!(g));
+        changed = true;
+    }
+    if let Some(t) = p.temperature
+        && !r.contains_key("temperature")
+    {
+        r.insert("temperature".into(), json!(t));
+        changed = true;
+    }
+    changed
 }

@@ -323,6 +323,18 @@ pub(super) async fn proxy(
         in_scope(HookStage::PostResponse),
     );
     let context = json!({"module": module, "model": served, "path": uri.path()});
+    let profiles: Vec<&ActiveCode> = hooks
+        .iter()
+        .filter(|c| {
+            c.profile.is_some()
+                && c.scope.matches(
+                    Some(module),
+                    Some(served),
+                    route.architecture.as_deref(),
+                    route.quantization.as_deref(),
+                )
+        })
+        .collect();
     let started = Instant::now();
     let mut rewritten = false;
     if !pre.is_empty() {
@@ -341,6 +353,11 @@ pub(super) async fn proxy(
                 request = r;
             }
             deny => return denied(deny),
+        }
+    }
+    for p in &profiles {
+        if let Some(profile) = &p.profile {
+            rewritten |= crate::control::plugins::merge_profile(&mut request, profile);
         }
     }
     // Asked by module name: the engine knows the model by its own name.

@@ -140,6 +140,12 @@ pub struct CommonParams {
     pub presence_penalty: Option<f32>,
     #[serde(default)]
     pub n: Option<u32>,
+    /// Token id (as a string) → bias added to its logit, -100 to 100 (OpenAI's `logit_bias`).
+    #[serde(default)]
+    pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
+    /// A GBNF grammar (rule `root`) the output must follow, as llama.cpp's server takes it.
+    #[serde(default)]
+    pub grammar: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -181,6 +187,10 @@ pub struct Sampling {
     pub repeat_penalty: f32,
     pub frequency_penalty: f32,
     pub presence_penalty: f32,
+    /// (token id, bias), applied before any other sampler.
+    pub logit_bias: Vec<(i32, f32)>,
+    /// A GBNF grammar (checked against the model before the job is queued).
+    pub grammar: Option<String>,
 }
 
 impl CommonParams {
@@ -243,6 +253,22 @@ impl CommonParams {
         {
             return Err(ApiError::invalid("only n = 1 is supported", Some("n")));
         }
+        let mut logit_bias = Vec::new();
+        for (k, v) in self.logit_bias.iter().flatten() {
+            let id: i32 = k.parse().ok().filter(|i| *i >= 0).ok_or_else(|| {
+                ApiError::invalid(
+                    format!("logit_bias keys must be token ids, got {k:?}"),
+                    Some("logit_bias"),
+                )
+            })?;
+            if !(-100.0..=100.0).contains(v) {
+                return Err(ApiError::invalid(
+                    format!("logit_bias values must be between -100 and 100, got {v} for {k}"),
+                    Some("logit_bias"),
+                ));
+            }
+            logit_bias.push((id, *v));
+        }
         let seed = match self.seed {
             // Any i64 is accepted, as OpenAI does; llama.cpp takes 32 bits.
             Some(s) => (s as u64 & 0xffff_ffff) as u32,
@@ -257,6 +283,8 @@ impl CommonParams {
             repeat_penalty,
             frequency_penalty,
             presence_penalty,
+            logit_bias,
+            grammar: self.grammar.clone().filter(|g| !g.trim().is_empty()),
         })
     }
 

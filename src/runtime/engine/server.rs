@@ -368,6 +368,10 @@ async fn generate(
         });
     };
     let sampling = common.sampling()?;
+    if let Some(g) = &sampling.grammar {
+        llama_cpp_2::sampling::LlamaSampler::grammar(&loaded.model, g, "root")
+            .map_err(|e| ApiError::invalid(format!("grammar: {e}"), Some("grammar")))?;
+    }
     let max_tokens = common.max_tokens()?;
     let stops = common.stops()?;
 

@@ -182,7 +182,6 @@ pub fn run(
     }));
 
     let vocab = model.vocab();
-    let n_vocab = model.n_vocab();
     let mut batch = LlamaBatch::new(total as usize, 1);
     let mut slots: Vec<Option<Slot>> = (0..parallel).map(|_| None).collect();
     let mut closed = false;
@@ -196,13 +195,13 @@ pub fn run(
                 break;
             }
             match jobs.recv() {
-                Ok(job) => place(&mut slots, job, n_vocab),
+                Ok(job) => place(&mut slots, job, &model),
                 Err(_) => break,
             }
         }
         while !closed && slots.iter().any(Option::is_none) {
             match jobs.try_recv() {
-                Ok(job) => place(&mut slots, job, n_vocab),
+                Ok(job) => place(&mut slots, job, &model),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => closed = true,
             }
@@ -307,7 +306,7 @@ struct Slot {
     failed: bool,
 }
 
-fn place(slots: &mut [Option<Slot>], job: Job, n_vocab: i32) {
+fn place(slots: &mut [Option<Slot>], job: Job, model: &LlamaModel) {
     if job.events.is_closed() {
         return; // the client left while queued
     }
@@ -316,7 +315,7 @@ fn place(slots: &mut [Option<Slot>], job: Job, n_vocab: i32) {
         let _ = job.events.send(Event::Failed("no free slot".into()));
         return;
     };
-    let sampler = build_sampler(&job.sampling, n_vocab);
+    let sampler = build_sampler(&job.sampling, model);
     let stop = StopMatcher::new(job.stops.clone());
     *free = Some(Slot {
         job,
@@ -333,10 +332,32 @@ fn place(slots: &mut [Option<Slot>], job: Job, n_vocab: i32) {
     });
 }
 
-/// The sampler chain: penalties, then greedy (temperature 0) or top-k → top-p → min-p →
-/// temperature → a seeded draw. The same settings and seed give the same tokens.
-pub fn build_sampler(s: &Sampling, n_vocab: i32) -> LlamaSampler {
+/// The sampler chain: a grammar and logit biases when asked, penalties, then greedy (temperature
+/// 0) or top-k → top-p → min-p → temperature → a seeded draw. The same settings and seed give the
+/// same tokens.
+pub fn build_sampler(s: &Sampling, model: &LlamaModel) -> LlamaSampler {
+    let n_vocab = model.n_vocab();
     let mut chain = Vec::new();
+    // Checked against this model when the request came in (a 400 otherwise).
+    if let Some(g) = &s.grammar
+        && let Ok(grammar) = LlamaSampler::grammar(model, g, "root")
+    {
+        chain.push(grammar);
+    }
+    let biases: Vec<llama_cpp_2::token::logit_bias::LlamaLogitBias> = s
+        .logit_bias
+        .iter()
+        .filter(|(id, _)| *id < n_vocab)
+        .map(|(id, b)| {
+            llama_cpp_2::token::logit_bias::LlamaLogitBias::new(
+                llama_cpp_2::token::LlamaToken::new(*id),
+                *b,
+            )
+        })
+        .collect();
+    if !biases.is_empty() {
+        chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
+    }
     if s.repeat_penalty != 1.0 || s.frequency_penalty != 0.0 || s.presence_penalty != 0.0 {
         chain.push(LlamaSampler::penalties(
             n_vocab,
