@@ -441,7 +441,15 @@ fn dual_gpu_box_splits_a_large_model_and_runs_the_catalog() {
         resolved.contains("\"module\":\"ollama\",\"version\":\"0.6.5\""),
         "{resolved}"
     );
-    // The lock pins exact versions and digests.
+    // The plan writes no lock; `lasctl lock` does, pinning exact versions and digests.
+    assert!(!dir.join("las.lock").exists(), "a plan writes nothing");
+    run_with(
+        &env,
+        Some(&profile("dual-80g")),
+        &[],
+        &["lock", "-f", dir.to_str().unwrap()],
+    )
+    .ok();
     let lock = std::fs::read_to_string(dir.join("las.lock")).unwrap();
     assert!(lock.contains("name: open-webui\n  version: 0.11.3\n  artifact: ghcr.io/open-webui/open-webui@sha256:9cd136ef"), "{lock}");
     assert!(lock.contains("dependencies:\n  - ollama"), "{lock}");
@@ -543,7 +551,7 @@ fn lock_file_keeps_versions_until_update() {
     std::fs::write(dir.join("s.yaml"), from("db", "store", "^1", None)).unwrap();
     let catalog = [("LAS_CATALOG", cat.to_str().unwrap())];
     let p = |args: &[&str]| run_with(&env, Some(&profile("laptop-8g")), &catalog, args);
-    p(&["plan", "-f", dir.to_str().unwrap()]).ok();
+    p(&["lock", "-f", dir.to_str().unwrap()]).ok();
     assert!(
         std::fs::read_to_string(dir.join("las.lock"))
             .unwrap()
@@ -566,6 +574,13 @@ fn lock_file_keeps_versions_until_update() {
     ])
     .ok();
     assert!(r.stdout.contains("\"version\": \"1.1.0\""), "{}", r.stdout);
+    // plan --update is a preview: the lock still holds until `lock --update`.
+    assert!(
+        std::fs::read_to_string(dir.join("las.lock"))
+            .unwrap()
+            .contains("version: 1.0.0")
+    );
+    p(&["lock", "-f", dir.to_str().unwrap(), "--update"]).ok();
     assert!(
         std::fs::read_to_string(dir.join("las.lock"))
             .unwrap()

@@ -59,14 +59,22 @@ pub struct NamedPolicy {
     pub spec: PolicySpec,
 }
 
-/// The shipped policies (`policies/default.yaml`, compiled in).
-pub fn default_policies() -> Result<Vec<NamedPolicy>, PolicyError> {
+/// The annotation that marks the shipped policies where they are shown as objects (`get
+/// policies` while no Policy is stored: then they are the ones in effect).
+pub const BUILT_IN_ANNOTATION: &str = "localaistack.io/built-in";
+
+/// The shipped policies as the objects `policies/default.yaml` defines (labels included).
+pub fn default_policy_objects() -> Result<Vec<crate::api::Desired>, PolicyError> {
     let files = [crate::api::decode::InputFile {
         name: "policies/default.yaml".into(),
         bytes: DEFAULT_POLICY_YAML.as_bytes().to_vec(),
     }];
-    let decoded = crate::api::decode::decode_files(&files)
-        .map_err(|e| PolicyError::BuiltIn(e.to_string()))?;
+    crate::api::decode::decode_files(&files).map_err(|e| PolicyError::BuiltIn(e.to_string()))
+}
+
+/// The shipped policies (`policies/default.yaml`, compiled in).
+pub fn default_policies() -> Result<Vec<NamedPolicy>, PolicyError> {
+    let decoded = default_policy_objects()?;
     Ok(decoded
         .into_iter()
         .filter_map(|d| match d.spec {
@@ -224,8 +232,13 @@ pub fn evaluate(p: &Predicate, facts: &Value) -> (bool, String) {
         return (false, format!("{name} is not in the profile"));
     };
     let holds = compare(&got, op, want);
+    // Facts in bytes read in human units (`memory.usableBytes >= 16.0 GiB`).
+    let bytes = name.ends_with("Bytes");
     let shown = |v: &Value| match v {
         Value::String(s) => s.clone(),
+        Value::Number(n) if bytes && n.as_u64().is_some() => {
+            human_bytes(n.as_u64().expect("checked"))
+        }
         other => other.to_string(),
     };
     (
@@ -513,8 +526,21 @@ pub struct Admission<'a> {
     running_models: u32,
 }
 
-pub fn gib(b: u64) -> String {
-    format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+/// Bytes in human units, as every message and table shows them: `512 B`, `104.0 MiB`,
+/// `5.8 GiB` (binary units, one decimal).
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 impl<'a> Admission<'a> {
@@ -604,11 +630,11 @@ impl<'a> Admission<'a> {
             return Verdict::Refused {
                 object,
                 reason: format!(
-                    "model {} is {} ({size} bytes); tier {} allows models up to {} ({max} bytes)",
+                    "model {} is {}; tier {} allows models up to {}",
                     m.name,
-                    gib(size),
+                    human_bytes(size),
                     self.tier_name(),
-                    gib(max)
+                    human_bytes(max)
                 ),
             };
         }
@@ -723,8 +749,8 @@ impl<'a> Admission<'a> {
                 return Err(format!(
                     "model {} needs {} of RAM at contextSize {ctx}{why}; {} of RAM free after headroom (tier {tier})",
                     m.name,
-                    gib(need),
-                    gib(free)
+                    human_bytes(need),
+                    human_bytes(free)
                 ));
             }
             Ok(Placement {
@@ -735,7 +761,7 @@ impl<'a> Admission<'a> {
                 summary: format!(
                     "model {} on the CPU: {} of RAM at contextSize {ctx}{layers_note}",
                     m.name,
-                    gib(need)
+                    human_bytes(need)
                 ),
             })
         };
@@ -766,8 +792,8 @@ impl<'a> Admission<'a> {
                 return Err(format!(
                     "{} needs {} of RAM; {} free after headroom (tier {tier})",
                     w.object,
-                    gib(w.memory_bytes),
-                    gib(self.ram.free_after_headroom())
+                    human_bytes(w.memory_bytes),
+                    human_bytes(self.ram.free_after_headroom())
                 ));
             }
             return Ok(Placement {
@@ -778,7 +804,7 @@ impl<'a> Admission<'a> {
                 summary: format!(
                     "model {} fully on GPU {best_idx}: {} of VRAM at contextSize {ctx}{layers_note}",
                     m.name,
-                    gib(need)
+                    human_bytes(need)
                 ),
             });
         }
@@ -827,8 +853,8 @@ impl<'a> Admission<'a> {
         let shortfall = format!(
             "model {} needs {} of VRAM at contextSize {ctx}; GPU {best_idx} has {} free after headroom",
             m.name,
-            gib(need),
-            gib(best_free)
+            human_bytes(need),
+            human_bytes(best_free)
         );
         if caps.allow_cpu_fallback != Some(true) && wanted_layers == est.layers {
             return Err(format!(
@@ -861,8 +887,8 @@ impl<'a> Admission<'a> {
             return Err(format!(
                 "{head}: placing {on_gpu} of {} layers on GPU {best_idx} leaves {} for RAM, which has {} free after headroom{layers_note}",
                 est.layers,
-                gib(ram_need),
-                gib(ram_free)
+                human_bytes(ram_need),
+                human_bytes(ram_free)
             ));
         }
         Ok(Placement {
@@ -898,8 +924,8 @@ impl<'a> Admission<'a> {
             return Err(format!(
                 "{} needs {} of RAM; {} free after headroom (tier {})",
                 w.object,
-                gib(need),
-                gib(free),
+                human_bytes(need),
+                human_bytes(free),
                 self.tier_name()
             ));
         }
@@ -909,8 +935,8 @@ impl<'a> Admission<'a> {
             gpu_layers: None,
             total_layers: None,
             summary: match note {
-                Some(n) => format!("{} of RAM; {n}", gib(need)),
-                None => format!("{} of RAM", gib(need)),
+                Some(n) => format!("{} of RAM; {n}", human_bytes(need)),
+                None => format!("{} of RAM", human_bytes(need)),
             },
         })
     }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use serde_json::{Value, json};
 
 use super::output::to_yaml;
-use super::verbs::{load, open_store};
+use super::verbs::{load, preview_store};
 use super::{CliError, FileArgs};
 
 /// The part of an object a user writes, for diffs.
@@ -29,7 +29,8 @@ fn user_view(
 
 pub fn run(f: FileArgs) -> Result<ExitCode, CliError> {
     let objects = load(&f)?;
-    let store = open_store()?;
+    // A preview: a home without state is read as empty, and nothing is created.
+    let store = preview_store()?;
     let mut out = std::io::stdout().lock();
     let mut changed = false;
     for (d, _) in &objects {
@@ -39,7 +40,14 @@ pub fn run(f: FileArgs) -> Result<ExitCode, CliError> {
             &d.annotations,
             &d.spec.to_json(),
         );
-        let old = match store.get(d.kind(), d.name.as_str()) {
+        let stored = match &store {
+            Some(s) => s.get(d.kind(), d.name.as_str()),
+            None => Err(crate::control::store::StoreError::NotFound {
+                kind: d.kind(),
+                name: d.name.to_string(),
+            }),
+        };
+        let old = match stored {
             Ok(o) => user_view(o.name.as_str(), &o.labels, &o.annotations, &o.spec),
             Err(crate::control::store::StoreError::NotFound { .. }) => String::new(),
             Err(e) => return Err(e.into()),

@@ -9,6 +9,7 @@ use super::output::{OutputFormat, age, human_bytes, list_value, print_table, to_
 use super::verbs::{lower, open_store};
 use super::{CliError, GetArgs, parse_selector};
 use crate::api::Kind;
+use crate::control::policy::{BUILT_IN_ANNOTATION, default_policy_objects};
 use crate::control::store::StoredObject;
 
 fn ready(o: &StoredObject) -> (String, String) {
@@ -71,7 +72,12 @@ fn row(o: &StoredObject, wide: bool, prefix_kind: bool) -> Vec<String> {
                     .unwrap_or(0)
                     .to_string(),
             );
-            r.push(age(&o.created_at));
+            // The shipped defaults are not stored: no age, a marker instead.
+            r.push(if is_built_in(o) {
+                "built-in".into()
+            } else {
+                age(&o.created_at)
+            });
             if wide {
                 r.push(o.spec["priority"].to_string());
             }
@@ -96,6 +102,62 @@ fn header(kind: Kind, wide: bool) -> Vec<&'static str> {
     h
 }
 
+fn is_built_in(o: &StoredObject) -> bool {
+    o.annotations.get(BUILT_IN_ANNOTATION).map(String::as_str) == Some("true")
+}
+
+/// An object as `-o json|yaml` prints it; a built-in policy has no system fields (it is not
+/// stored), so it can be saved, edited and applied as a Policy of one's own.
+fn shown(o: &StoredObject) -> Value {
+    let mut v = o.to_json();
+    if is_built_in(o)
+        && let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut)
+    {
+        for k in ["uid", "generation", "resourceVersion", "creationTimestamp"] {
+            m.remove(k);
+        }
+    }
+    v
+}
+
+/// The shipped policies, shown by `get policies` as objects marked built-in while they are the
+/// ones in effect: no Policy is stored (the moment one is, it replaces them all, as `plan` and `hardware` say).
+/// Read only: they are not in the store.
+fn built_in_policies(
+    store: &crate::control::store::Store,
+    kind: Option<Kind>,
+) -> Result<Vec<StoredObject>, CliError> {
+    // `get all` lists what is stored; the defaults show where policies are asked for.
+    if kind != Some(Kind::Policy) {
+        return Ok(Vec::new());
+    }
+    let stored = store.list(Some(Kind::Policy), &Default::default())?;
+    if stored.iter().any(|o| o.deleted_at.is_none()) {
+        return Ok(Vec::new());
+    }
+    Ok(default_policy_objects()?
+        .into_iter()
+        .map(|d| {
+            let mut annotations = d.annotations.clone();
+            annotations.insert(BUILT_IN_ANNOTATION.into(), "true".into());
+            StoredObject {
+                kind: Kind::Policy,
+                name: d.name.clone(),
+                uid: String::new(),
+                generation: 0,
+                resource_version: 0,
+                created_at: String::new(),
+                deleted_at: None,
+                finalizers: Vec::new(),
+                labels: d.labels.clone(),
+                annotations,
+                spec: d.spec.to_json(),
+                status: Value::Object(Default::default()),
+            }
+        })
+        .collect())
+}
+
 pub fn run(mut g: GetArgs) -> Result<(), CliError> {
     let all = g.kind.eq_ignore_ascii_case("all");
     let kind = if all {
@@ -117,19 +179,44 @@ pub fn run(mut g: GetArgs) -> Result<(), CliError> {
     if all && g.name.is_some() {
         return Err(CliError::Usage("get all takes no NAME".into()));
     }
+    if g.name.is_some() && g.selector.is_some() {
+        // kubectl: "name cannot be provided when a selector is specified".
+        return Err(CliError::Usage(
+            "a NAME and a selector (-l) cannot be given together: get KIND -l k=v lists what matches, get KIND NAME shows one object".into(),
+        ));
+    }
     let store = open_store()?;
     let selector = parse_selector(g.selector.as_deref())?;
+    let builtins = built_in_policies(&store, kind)?;
     let objects = match (kind, &g.name) {
-        (Some(k), Some(n)) => vec![store.get(k, n)?],
-        _ => store.list(kind, &selector)?,
+        (Some(k), Some(n)) => match store.get(k, n) {
+            Err(crate::control::store::StoreError::NotFound { .. })
+                if builtins.iter().any(|b| b.name.as_str() == n) =>
+            {
+                builtins
+                    .into_iter()
+                    .filter(|b| b.name.as_str() == n)
+                    .collect()
+            }
+            r => vec![r?],
+        },
+        _ => {
+            let mut v = store.list(kind, &selector)?;
+            v.extend(
+                builtins
+                    .into_iter()
+                    .filter(|b| selector.iter().all(|(k, want)| b.labels.get(k) == Some(want))),
+            );
+            v
+        }
     };
     let mut out = std::io::stdout().lock();
     match g.output {
         OutputFormat::Json | OutputFormat::Yaml => {
             let v = if g.name.is_some() {
-                objects[0].to_json()
+                shown(&objects[0])
             } else {
-                list_value(objects.iter().map(StoredObject::to_json).collect())
+                list_value(objects.iter().map(shown).collect())
             };
             if g.output == OutputFormat::Json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&v).expect("json"))?;

@@ -11,6 +11,7 @@ mod get;
 mod hardware;
 mod history;
 mod lock;
+mod lockfile;
 mod logs;
 mod model;
 mod objref;
@@ -98,7 +99,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Record desired state from files, directories or stdin (-).
     Apply(ApplyArgs),
-    /// List objects: get KIND [NAME], or get all.
+    /// List objects: get KIND [NAME], get all, or get sources (the watched directories).
     Get(GetArgs),
     /// Show an object's spec, status, conditions and recent events: describe KIND NAME (or KIND/NAME).
     Describe {
@@ -117,7 +118,8 @@ pub enum Command {
     },
     /// List the generations of desired state.
     History {
-        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        #[arg(short = 'o', long = "output", default_value = "table",
+              value_parser = output::only(&["table", "json", "yaml"]))]
         output: OutputFormat,
     },
     /// Make desired state equal to an earlier generation (default: the previous one).
@@ -143,8 +145,11 @@ pub enum Command {
         #[arg(short = 'w', long = "watch")]
         watch: bool,
     },
-    /// The ordered actions an apply would cause, projected RAM/VRAM, and every refusal.
+    /// The ordered actions an apply would cause, projected RAM/VRAM, and every refusal (writes
+    /// nothing; exit 1 when anything is refused).
     Plan(plan::PlanArgs),
+    /// Resolve the from: Modules of PATH and write las.lock beside it (apply does this too).
+    Lock(lockfile::LockArgs),
     /// The detected hardware profile and the tier it falls in.
     Hardware(hardware::HardwareArgs),
     /// Run a built-in inference engine: engine llama --model PATH [--port N] ...
@@ -197,7 +202,8 @@ pub struct ApplyArgs {
     /// With --prune: allow pruning every object of a PATH.
     #[arg(long, requires = "prune")]
     pub allow_empty: bool,
-    #[arg(short = 'o', long = "output", value_enum)]
+    /// name, json or yaml (default: one line per object).
+    #[arg(short = 'o', long = "output", value_parser = output::only(&["name", "json", "yaml"]))]
     pub output: Option<OutputFormat>,
 }
 
@@ -258,6 +264,16 @@ pub(crate) fn parse_selector(s: Option<&str>) -> Result<BTreeMap<String, String>
         m.insert(k.trim().to_string(), v.trim().to_string());
     }
     Ok(m)
+}
+
+/// The exit code of a command line clap refused: 0 for `--help` and `--version`, 2 for `diff`
+/// (whose 1 means "changes"), else 1 like every other failure.
+pub fn usage_exit_code(e: &clap::Error) -> ExitCode {
+    if !e.use_stderr() {
+        return ExitCode::SUCCESS;
+    }
+    let diff = std::env::args().skip(1).find(|a| !a.starts_with('-')) == Some("diff".into());
+    ExitCode::from(if diff { 2 } else { 1 })
 }
 
 /// Runs one parsed command and returns the process exit code.

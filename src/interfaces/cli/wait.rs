@@ -43,10 +43,12 @@ pub fn parse_for(s: &str) -> Result<Condition, CliError> {
         "unknown" => ConditionStatus::Unknown,
         _ => return Err(bad()),
     };
-    Ok(Condition {
-        type_: t.to_string(),
-        status,
-    })
+    // Types match case-insensitively, as kubectl's do: `ready` is `Ready`.
+    let type_ = ["Ready", "Reconciling", "Stalled", "Degraded"]
+        .into_iter()
+        .find(|k| k.eq_ignore_ascii_case(t))
+        .map_or_else(|| t.to_string(), str::to_string);
+    Ok(Condition { type_, status })
 }
 
 /// `60s`, `2m`, `500ms`, `1h`, or plain seconds.
