@@ -230,9 +230,12 @@ fn get_policy_default_shows_the_built_in_policy_while_no_policy_is_stored() {
 fn sizes_read_in_human_units_not_zero_gib_or_raw_bytes() {
     let env = FreshEnv::new();
     let m = sparse(&env, "m.gguf", 104 << 20);
-    let f = env.write("m.yaml", &model("m", &m));
+    let engine = "apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata: {name: chat}\nspec:\n  model: m\n  engine: {type: llama}\n";
+    let f = env.write("m.yaml", &(model("m", &m) + engine));
     let p = run_prof(&env, &["plan", "-f", f.to_str().unwrap()]).ok();
     assert!(!p.stdout.contains("0.0 GiB"), "{}", p.stdout);
+    assert!(!p.stdout.contains("0.1 GiB"), "{}", p.stdout);
+    assert!(p.stdout.contains(" MiB"), "{}", p.stdout);
     let h = run_prof(&env, &["hardware"]).ok();
     let tier: String = h
         .stdout

@@ -65,7 +65,8 @@ pub(crate) fn compute(
             } else {
                 extra.clone()
             };
-            (profile, select_tier(&policies, &profile)?, Vec::new())
+            let tier = select_tier(&policies, &profile)?;
+            (profile, tier, Vec::new())
         }
     };
     let loaded = Catalog::from_env()?;
