@@ -554,9 +554,11 @@ fn http_get_then_put_round_trips_and_every_error_has_a_status_body() {
         ("GET", "/api/v1/models?labelSelector=a", 400u16),
         ("GET", "/api/v1/models/tiny/logs?tail=many", 400),
         ("PATCH", "/api/v1/models/tiny", 405),
+        ("POST", "/api/v1/runtime", 405),
         ("GET", "/api/v1/no/such/route/here", 404),
     ] {
-        let (code, body) = http(&env, &d, method, path, None);
+        let body = (method != "GET").then_some("{}");
+        let (code, body) = http(&env, &d, method, path, body);
         assert_eq!(code, want, "{method} {path}: {body}");
         let s: Value = serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body:?}"));

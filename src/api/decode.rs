@@ -758,10 +758,12 @@ fn decode_object(doc: &RawDoc<'_>) -> Result<Option<Desired>, InputError> {
                 .unwrap_or((start, 1));
             err_at(l, c, &path, message)
         })?;
+    let mut annotations = meta.annotations;
+    annotations.remove(super::meta::BUILT_IN_ANNOTATION);
     Ok(Some(Desired {
         name: meta.name,
         labels: meta.labels,
-        annotations: meta.annotations,
+        annotations,
         spec,
         origin,
         resource_version: meta.resource_version.map(|r| r.0),

@@ -137,6 +137,11 @@ impl fmt::Display for ObjectRef {
     }
 }
 
+/// The annotation that marks the shipped policies where they are shown as objects (`get
+/// policies` while no Policy is stored: then they are the ones in effect). Set by the system only:
+/// in input it is accepted and dropped, so a saved built-in policy applies as one's own.
+pub const BUILT_IN_ANNOTATION: &str = "localaistack.io/built-in";
+
 /// A field the system sets. Accepted in input (so `get -o yaml | apply -f -` round-trips) and
 /// ignored: the system keeps its own value.
 pub type SystemSet = Option<serde::de::IgnoredAny>;

@@ -59,9 +59,7 @@ pub struct NamedPolicy {
     pub spec: PolicySpec,
 }
 
-/// The annotation that marks the shipped policies where they are shown as objects (`get
-/// policies` while no Policy is stored: then they are the ones in effect).
-pub const BUILT_IN_ANNOTATION: &str = "localaistack.io/built-in";
+pub use crate::api::meta::BUILT_IN_ANNOTATION;
 
 /// The shipped policies as the objects `policies/default.yaml` defines (labels included).
 pub fn default_policy_objects() -> Result<Vec<crate::api::Desired>, PolicyError> {
