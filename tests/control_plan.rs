@@ -111,17 +111,17 @@ fn each_profile_falls_in_its_tier_with_the_reason() {
         (
             "laptop-8g",
             "cpu-only",
-            "policy default tier cpu-only: it has no condition; not chosen earlier: default/multi-gpu (gpus.count >= 2 does not hold (gpus.count is 0)); default/single-gpu (gpus.max.memoryTotalBytes is not in the profile); default/cpu-small (memory.usableBytes < 8589934592 does not hold (memory.usableBytes is 8589934592))",
+            "policy default tier cpu-only: it has no condition; not chosen earlier: default/multi-gpu (gpus.count >= 2 does not hold (gpus.count is 0)); default/single-gpu (gpus.max.memoryTotalBytes is not in the profile); default/cpu-small (memory.usableBytes < 8.0 GiB does not hold (memory.usableBytes is 8.0 GiB))",
         ),
         (
             "workstation-24g",
             "single-gpu",
-            "policy default tier single-gpu: gpus.max.memoryTotalBytes >= 4294967296 holds (gpus.max.memoryTotalBytes is 25757220864); not chosen earlier: default/multi-gpu (gpus.count >= 2 does not hold (gpus.count is 1))",
+            "policy default tier single-gpu: gpus.max.memoryTotalBytes >= 4.0 GiB holds (gpus.max.memoryTotalBytes is 24.0 GiB); not chosen earlier: default/multi-gpu (gpus.count >= 2 does not hold (gpus.count is 1))",
         ),
         (
             "dual-80g",
             "multi-gpu",
-            "policy default tier multi-gpu: gpus.count >= 2 holds (gpus.count is 2) and gpus.min.memoryTotalBytes >= 4294967296 holds (gpus.min.memoryTotalBytes is 85520809984)",
+            "policy default tier multi-gpu: gpus.count >= 2 holds (gpus.count is 2) and gpus.min.memoryTotalBytes >= 4.0 GiB holds (gpus.min.memoryTotalBytes is 79.6 GiB)",
         ),
     ] {
         let r = run_with(&env, Some(&profile(prof)), &[], &["hardware", "-o", "json"]).ok();
@@ -311,7 +311,7 @@ fn laptop_admits_small_models_and_refuses_with_reasons() {
     assert_eq!(plan["tier"]["tier"], "cpu-only");
     assert_eq!(
         refusal(&plan, "model/big").unwrap(),
-        "model big is 9.0 GiB (9663676416 bytes); tier cpu-only allows models up to 8.0 GiB (8589934592 bytes)"
+        "model big is 9.0 GiB; tier cpu-only allows models up to 8.0 GiB"
     );
     assert_eq!(
         refusal(&plan, "module/big-chat").unwrap(),
