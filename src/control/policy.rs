@@ -1111,7 +1111,7 @@ mod tests {
             v,
             Verdict::Refused {
                 object: "module/c".into(),
-                reason: "model c needs 5.8 GiB of VRAM at contextSize 4096; GPU 0 has 0.5 GiB free after headroom; tier t does not allow CPU fallback".into()
+                reason: "model c needs 5.8 GiB of VRAM at contextSize 4096; GPU 0 has 512.0 MiB free after headroom; tier t does not allow CPU fallback".into()
             }
         );
         let l = &a.ledgers()[1];
