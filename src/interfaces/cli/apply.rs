@@ -62,12 +62,16 @@ pub fn run(a: ApplyArgs) -> Result<ExitCode, CliError> {
     check_prune_scope(paths, &opts)?;
     let loaded = load_noting(&a.files)?;
     // kubectl: "no objects passed to apply". Pruning a PATH to nothing is the one empty apply
-    // that means something, and it says so with --allow-empty.
-    if loaded.objects.is_empty() && !(a.prune && a.allow_empty) {
-        return Err(CliError::Usage(format!(
+    // that means something: the store refuses it unless --allow-empty, naming what it would delete.
+    let no_objects = || {
+        CliError::Usage(format!(
             "no objects passed to apply: {} holds no LocalAIStack objects",
             paths_shown(paths)
-        )));
+        ))
+    };
+    let empty = loaded.objects.is_empty();
+    if empty && !a.prune {
+        return Err(no_objects());
     }
     let objects = loaded.desired();
     let outcome = if a.dry_run {
@@ -79,6 +83,9 @@ pub fn run(a: ApplyArgs) -> Result<ExitCode, CliError> {
         let mut store = open_store()?;
         apply_loaded(&mut store, paths, loaded.objects, &opts)?
     };
+    if empty && outcome.changes.is_empty() && !a.allow_empty {
+        return Err(no_objects());
+    }
     print_outcome(&outcome, a.dry_run, a.output)?;
     if a.dry_run {
         let (planned, _, _) = super::plan::compute(paths, &objects, false)?;
