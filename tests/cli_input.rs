@@ -94,7 +94,10 @@ fn plan_writes_nothing_into_the_users_directory() {
     .unwrap();
     let dir_before = {
         let mut s = dir_before;
-        s.insert(dir.join("s.yaml"), std::fs::read(dir.join("s.yaml")).unwrap());
+        s.insert(
+            dir.join("s.yaml"),
+            std::fs::read(dir.join("s.yaml")).unwrap(),
+        );
         s
     };
     run_prof(&env, &["plan", "-f", d]).ok();
@@ -103,7 +106,11 @@ fn plan_writes_nothing_into_the_users_directory() {
     run_prof(&env, &["apply", "--dry-run", "-f", d, "-o", "yaml"]).ok();
     let diff = run_prof(&env, &["diff", "-f", d]);
     assert_eq!(diff.code, 1, "diff shows the change: {}", diff.stderr);
-    assert_eq!(snapshot(&dir), dir_before, "no las.lock or other file written");
+    assert_eq!(
+        snapshot(&dir),
+        dir_before,
+        "no las.lock or other file written"
+    );
     assert!(
         std::fs::read(&db).unwrap() == db_before,
         "state.db is byte-identical after the previews"
@@ -152,7 +159,10 @@ fn previews_in_a_home_without_state_create_nothing() {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         let r = ChildGuard::spawn(c).wait_output(Duration::from_secs(60));
-        assert!(r.code == 0 || (args[0] == "diff" && r.code == 1), "{args:?}: {r:?}");
+        assert!(
+            r.code == 0 || (args[0] == "diff" && r.code == 1),
+            "{args:?}: {r:?}"
+        );
         assert!(!home.exists(), "{args:?} created {}", home.display());
     }
 }
@@ -163,9 +173,17 @@ fn plan_and_apply_dry_run_exit_1_on_the_same_refusals() {
     let f = env.write("s.yaml", &from("ghost", "no-such-module"));
     let f = f.to_str().unwrap();
     let plan = run_prof(&env, &["plan", "-f", f]).fails();
-    assert!(plan.stderr.contains("1 object(s) refused"), "{}", plan.stderr);
+    assert!(
+        plan.stderr.contains("1 object(s) refused"),
+        "{}",
+        plan.stderr
+    );
     let dry = run_prof(&env, &["apply", "--dry-run", "-f", f]).fails();
-    assert!(dry.stdout.contains("module/ghost created (dry run)"), "{}", dry.stdout);
+    assert!(
+        dry.stdout.contains("module/ghost created (dry run)"),
+        "{}",
+        dry.stdout
+    );
     assert!(dry.stderr.contains("1 object(s) refused"), "{}", dry.stderr);
     let json = run_prof(&env, &["apply", "--dry-run", "-f", f, "-o", "json"]).fails();
     assert!(json.stdout.contains("\"created\""), "{}", json.stdout);
@@ -184,12 +202,20 @@ fn the_lock_is_written_by_apply_and_by_the_lock_verb_only() {
     assert!(!lock.exists(), "plan writes no lock");
     let r = run_prof(&env, &["lock", "-f", d]).ok();
     assert!(r.stdout.contains("wrote"), "{}", r.stdout);
-    assert!(std::fs::read_to_string(&lock).unwrap().contains("name: qdrant"));
+    assert!(
+        std::fs::read_to_string(&lock)
+            .unwrap()
+            .contains("name: qdrant")
+    );
     let r = run_prof(&env, &["lock", "-f", d]).ok();
     assert!(r.stdout.contains("is up to date"), "{}", r.stdout);
     std::fs::remove_file(&lock).unwrap();
     run_prof(&env, &["apply", "-f", d]).ok();
-    assert!(std::fs::read_to_string(&lock).unwrap().contains("name: qdrant"));
+    assert!(
+        std::fs::read_to_string(&lock)
+            .unwrap()
+            .contains("name: qdrant")
+    );
     // A lock that cannot be resolved is an error of the lock verb, and writes nothing.
     std::fs::write(dir.join("s.yaml"), from("ghost", "no-such-module")).unwrap();
     std::fs::remove_file(&lock).unwrap();
@@ -211,7 +237,9 @@ fn get_policy_default_shows_the_built_in_policy_while_no_policy_is_stored() {
     assert!(!y.stdout.contains("resourceVersion"), "{}", y.stdout);
     let t = env.run(&["get", "pol"]).ok();
     assert!(
-        t.stdout.lines().any(|l| l.starts_with("default") && l.ends_with("built-in")),
+        t.stdout
+            .lines()
+            .any(|l| l.starts_with("default") && l.ends_with("built-in")),
         "{}",
         t.stdout
     );
@@ -249,7 +277,10 @@ fn sizes_read_in_human_units_not_zero_gib_or_raw_bytes() {
         .map(str::len)
         .max()
         .unwrap_or(0);
-    assert!(longest_number < 7, "raw byte counts in the tier reason: {tier}");
+    assert!(
+        longest_number < 7,
+        "raw byte counts in the tier reason: {tier}"
+    );
 }
 
 #[test]
@@ -268,7 +299,11 @@ fn output_values_a_verb_does_not_honour_are_refused() {
         let r = env.run(&args);
         assert_eq!(r.code, 1, "{args:?}: {r:?}");
         assert!(r.stderr.contains("invalid value"), "{args:?}: {}", r.stderr);
-        assert!(r.stderr.contains("possible values"), "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("possible values"),
+            "{args:?}: {}",
+            r.stderr
+        );
     }
     assert_eq!(env.run(&["get", "all", "-o", "name"]).ok().stdout, "");
 }
@@ -298,7 +333,9 @@ fn get_yaml_applies_back_unchanged_and_a_stale_resource_version_conflicts() {
     // A List of several objects, with every system field, and a status as a daemon writes it.
     let all = env.run(&["get", "all", "-o", "yaml"]).ok().stdout;
     assert!(all.contains("kind: List"), "{all}");
-    let r = env.run_stdin(&["apply", "-f", "-"], Some(all.as_bytes())).ok();
+    let r = env
+        .run_stdin(&["apply", "-f", "-"], Some(all.as_bytes()))
+        .ok();
     assert!(r.stdout.contains("model/tiny unchanged"), "{}", r.stdout);
     assert!(!r.stdout.contains("generation"), "{}", r.stdout);
     let one = env.run(&["get", "model", "tiny", "-o", "yaml"]).ok().stdout;
@@ -308,7 +345,8 @@ fn get_yaml_applies_back_unchanged_and_a_stale_resource_version_conflicts() {
     env.run_stdin(&["apply", "-f", "-"], Some(with_status.as_bytes()))
         .ok();
     let json = env.run(&["get", "all", "-o", "json"]).ok().stdout;
-    env.run_stdin(&["apply", "-f", "-"], Some(json.as_bytes())).ok();
+    env.run_stdin(&["apply", "-f", "-"], Some(json.as_bytes()))
+        .ok();
     // A change in between makes the copy stale: a conflict, exit 1, nothing written.
     let changed = support::model_doc("tiny", "/srv/other.gguf");
     let f2 = env.write("t.yaml", &changed);
@@ -353,9 +391,17 @@ fn an_empty_apply_is_an_error_not_a_silent_success() {
     let env = FreshEnv::new();
     let empty = env.write("empty.yaml", "# nothing here\n");
     let r = env.run(&["apply", "-f", empty.to_str().unwrap()]).fails();
-    assert!(r.stderr.contains("no objects passed to apply"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no objects passed to apply"),
+        "{}",
+        r.stderr
+    );
     let r = env.run_stdin(&["apply", "-f", "-"], Some(b"")).fails();
-    assert!(r.stderr.contains("no objects passed to apply"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no objects passed to apply"),
+        "{}",
+        r.stderr
+    );
     let dir = env.work.path().join("emptydir");
     std::fs::create_dir_all(&dir).unwrap();
     env.run(&["apply", "-f", dir.to_str().unwrap()]).fails();
@@ -375,12 +421,17 @@ fn an_empty_apply_is_an_error_not_a_silent_success() {
 fn prune_from_stdin_is_refused_so_unrelated_stdin_applies_never_prune_each_other() {
     let env = FreshEnv::new();
     let a = support::model_doc("a", "/a.gguf");
-    env.run_stdin(&["apply", "-f", "-"], Some(a.as_bytes())).ok();
+    env.run_stdin(&["apply", "-f", "-"], Some(a.as_bytes()))
+        .ok();
     let b = support::model_doc("b", "/b.gguf");
     let r = env
         .run_stdin(&["apply", "-f", "-", "--prune"], Some(b.as_bytes()))
         .fails();
-    assert!(r.stderr.contains("--prune with stdin has no scope"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--prune with stdin has no scope"),
+        "{}",
+        r.stderr
+    );
     let names = env.run(&["get", "models", "-o", "name"]).ok().stdout;
     assert_eq!(names, "model/a\n");
 }
@@ -389,7 +440,10 @@ fn prune_from_stdin_is_refused_so_unrelated_stdin_applies_never_prune_each_other
 fn prune_without_recursion_of_a_directory_with_subdirectories_is_refused() {
     let env = FreshEnv::new();
     env.write("stack/top.yaml", &support::model_doc("top", "/t.gguf"));
-    env.write("stack/sub/deep.yaml", &support::model_doc("deep", "/d.gguf"));
+    env.write(
+        "stack/sub/deep.yaml",
+        &support::model_doc("deep", "/d.gguf"),
+    );
     let dir = env.work.path().join("stack");
     let d = dir.to_str().unwrap();
     env.run(&["apply", "-R", "-f", d]).ok();
@@ -411,7 +465,10 @@ fn an_unrelated_yaml_or_json_file_in_a_directory_is_skipped_with_a_notice() {
         "stack/docker-compose.yml",
         "services:\n  web:\n    image: nginx\n",
     );
-    env.write("stack/package.json", "{\"name\": \"x\", \"version\": \"1.0.0\"}\n");
+    env.write(
+        "stack/package.json",
+        "{\"name\": \"x\", \"version\": \"1.0.0\"}\n",
+    );
     env.write(
         "stack/deploy.yaml",
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n",
@@ -421,7 +478,8 @@ fn an_unrelated_yaml_or_json_file_in_a_directory_is_skipped_with_a_notice() {
     assert!(r.stdout.contains("model/tiny created"), "{}", r.stdout);
     for f in ["docker-compose.yml", "package.json", "deploy.yaml"] {
         assert!(
-            r.stderr.contains(&format!("{f}: skipped: not a LocalAIStack manifest")),
+            r.stderr
+                .contains(&format!("{f}: skipped: not a LocalAIStack manifest")),
             "{f}: {}",
             r.stderr
         );
@@ -491,7 +549,11 @@ fn get_name_with_a_selector_is_an_error_not_ignored() {
     let f = env.write("m.yaml", &support::model_doc("tiny", "/t.gguf"));
     env.run(&["apply", "-f", f.to_str().unwrap()]).ok();
     let r = env.run(&["get", "model", "tiny", "-l", "team=x"]).fails();
-    assert!(r.stderr.contains("cannot be given together"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cannot be given together"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// A request to the daemon over TCP with the home's token.
@@ -517,15 +579,24 @@ fn http(env: &FreshEnv, d: &Daemon, method: &str, path: &str, body: Option<&str>
 fn http_get_then_put_round_trips_and_every_error_has_a_status_body() {
     let env = FreshEnv::new();
     let gguf = env.work.path().join("tiny.gguf");
-    env.run(&["model", "generate-test", gguf.to_str().unwrap()]).ok();
+    env.run(&["model", "generate-test", gguf.to_str().unwrap()])
+        .ok();
     let d = Daemon::start(&env, &[], &[]);
-    let f = env.write("m.yaml", &support::model_doc("tiny", gguf.to_str().unwrap()));
+    let f = env.write(
+        "m.yaml",
+        &support::model_doc("tiny", gguf.to_str().unwrap()),
+    );
     env.run(&["apply", "-f", f.to_str().unwrap()]).ok();
     wait_ready(&env, &d, "model", "tiny", Duration::from_secs(60));
 
     // The lower-case condition type matches (it used to wait the full timeout).
     let w = env
-        .run(&["wait", "model/tiny", "--for=condition=ready", "--timeout=20s"])
+        .run(&[
+            "wait",
+            "model/tiny",
+            "--for=condition=ready",
+            "--timeout=20s",
+        ])
         .ok();
     assert!(w.stdout.contains("condition met"), "{}", w.stdout);
 
@@ -543,7 +614,10 @@ fn http_get_then_put_round_trips_and_every_error_has_a_status_body() {
     assert_eq!(code, 200, "{out}");
     // A stale resourceVersion is a conflict.
     let stale = got.replace(
-        &format!("\"resourceVersion\":\"{}\"", v["metadata"]["resourceVersion"].as_str().unwrap()),
+        &format!(
+            "\"resourceVersion\":\"{}\"",
+            v["metadata"]["resourceVersion"].as_str().unwrap()
+        ),
         "\"resourceVersion\":\"1\"",
     );
     let (code, out) = http(&env, &d, "PUT", "/api/v1/models/tiny", Some(&stale));

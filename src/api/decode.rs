@@ -537,8 +537,7 @@ fn decode_list(
                     l,
                     c,
                     k.to_string(),
-                    "unknown field of a List: expected apiVersion, kind, metadata and items"
-                        .into(),
+                    "unknown field of a List: expected apiVersion, kind, metadata and items".into(),
                 ));
             }
         }
@@ -562,7 +561,10 @@ fn decode_list(
         // back as the same value; else the item re-serialized, positioned at `items`.
         let cut = blocks.get(i).filter(|b| {
             blocks.len() == items.len()
-                && serde_yaml::from_str::<serde_yaml::Value>(&b.text).ok().as_ref() == Some(item)
+                && serde_yaml::from_str::<serde_yaml::Value>(&b.text)
+                    .ok()
+                    .as_ref()
+                    == Some(item)
         });
         let (text, first_line, shift) = match cut {
             Some(b) => (b.text.clone(), doc.first_line + b.first_index, b.shift),
@@ -585,7 +587,9 @@ fn decode_list(
                 line: first_line,
                 column: 1,
                 path: String::new(),
-                message: "an empty item: expected an object with apiVersion, kind, metadata and spec".into(),
+                message:
+                    "an empty item: expected an object with apiVersion, kind, metadata and spec"
+                        .into(),
             }),
             Err(e) => errs.push(e),
         }

@@ -226,8 +226,7 @@ impl InputMeta {
 /// and '.', starting and ending with a letter or digit.
 fn is_label_segment(s: &str) -> bool {
     s.len() <= 63
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
@@ -245,8 +244,7 @@ pub fn check_qualified_key(k: &str) -> Result<(), String> {
             && p.len() <= 253
             && p.split('.').all(|l| {
                 !l.is_empty()
-                    && l
-                        .bytes()
+                    && l.bytes()
                         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                     && !l.starts_with('-')
                     && !l.ends_with('-')

@@ -111,7 +111,10 @@ impl ModuleSpec {
             }
             check_env(&c.env, "spec.container.env")?;
             for (i, v) in c.volumes.iter().enumerate() {
-                for (field, p) in [("hostPath", &v.host_path), ("containerPath", &v.container_path)] {
+                for (field, p) in [
+                    ("hostPath", &v.host_path),
+                    ("containerPath", &v.container_path),
+                ] {
                     if !p.is_absolute() {
                         return Err((
                             format!("spec.container.volumes[{i}].{field}"),
@@ -128,7 +131,9 @@ impl ModuleSpec {
             {
                 return Err((
                     "spec.container.resources.cpus".into(),
-                    format!("{cpus} is not a CPU limit: expected a positive number of cores, e.g. 2 or 0.5"),
+                    format!(
+                        "{cpus} is not a CPU limit: expected a positive number of cores, e.g. 2 or 0.5"
+                    ),
                 ));
             }
         }
@@ -139,7 +144,10 @@ impl ModuleSpec {
             {
                 return Err((
                     "spec.native.workingDir".into(),
-                    format!("{} is a relative path: expected an absolute path", w.display()),
+                    format!(
+                        "{} is a relative path: expected an absolute path",
+                        w.display()
+                    ),
                 ));
             }
         }

@@ -5,13 +5,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::api::decode::{
-    InputError, InputErrors, InputFile, Skipped, decode_files_skipping, fixed_host_ports, read_paths,
+    InputError, InputErrors, InputFile, Skipped, decode_files_skipping, fixed_host_ports,
+    read_paths,
 };
 use crate::api::{Desired, Kind, Spec};
 
-use super::store::{
-    Action, ApplyItem, ApplyRequest, ObjectChange, Outcome, Store, StoreError,
-};
+use super::store::{Action, ApplyItem, ApplyRequest, ObjectChange, Outcome, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {

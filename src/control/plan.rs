@@ -359,7 +359,12 @@ fn resolve_apart(
             .collect();
         if named.is_empty() {
             for r in &rest {
-                if let Err(e) = resolve(std::slice::from_ref(r), input.catalog, input.lock, input.update) {
+                if let Err(e) = resolve(
+                    std::slice::from_ref(r),
+                    input.catalog,
+                    input.lock,
+                    input.update,
+                ) {
                     failed.insert(r.object.clone(), e.to_string());
                 }
             }

@@ -92,7 +92,10 @@ pub fn run(a: ApplyArgs) -> Result<ExitCode, CliError> {
         if a.output.is_none() {
             print!("\nPlan:\n{}", planned.plan.to_text());
         }
-        return Ok(refusal_exit(planned.plan.refusals.len(), "the plan's Refusals"));
+        return Ok(refusal_exit(
+            planned.plan.refusals.len(),
+            "the plan's Refusals",
+        ));
     }
     match write_lock(paths, &objects, false)? {
         LockWrite::Wrote(p) => eprintln!("wrote {}", p.display()),

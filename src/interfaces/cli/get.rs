@@ -202,11 +202,11 @@ pub fn run(mut g: GetArgs) -> Result<(), CliError> {
         },
         _ => {
             let mut v = store.list(kind, &selector)?;
-            v.extend(
-                builtins
-                    .into_iter()
-                    .filter(|b| selector.iter().all(|(k, want)| b.labels.get(k) == Some(want))),
-            );
+            v.extend(builtins.into_iter().filter(|b| {
+                selector
+                    .iter()
+                    .all(|(k, want)| b.labels.get(k) == Some(want))
+            }));
             v
         }
     };

@@ -77,7 +77,10 @@ pub fn run(a: LockArgs) -> Result<ExitCode, CliError> {
     let objects: Vec<Desired> = load(&a.files)?.into_iter().map(|(d, _)| d).collect();
     match write_lock(&a.files.paths, &objects, a.update)? {
         LockWrite::NotNeeded => {
-            println!("no Module with from: in {}; nothing to lock", paths_shown(&a.files.paths));
+            println!(
+                "no Module with from: in {}; nothing to lock",
+                paths_shown(&a.files.paths)
+            );
             Ok(ExitCode::SUCCESS)
         }
         LockWrite::Unchanged(p) => {

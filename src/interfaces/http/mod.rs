@@ -219,19 +219,22 @@ pub fn router(ctx: ApiContext) -> Router {
             ctx.clone(),
             auth::guard,
         ))
-    .layer(axum::middleware::from_fn_with_state(
-        ctx.clone(),
-        metrics::track,
-    ))
-    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-    .with_state(ctx)
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            metrics::track,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(ctx)
 }
 
 /// Gives every error one body shape, whoever produced it (a handler, an extractor's rejection
 /// such as a bad query parameter, the router's 404 and 405): a Kubernetes `Status` under
 /// `/api/`, OpenAI's error body under `/v1/`. `/healthz`, `/metrics` and the console's pages
 /// keep their plain text. An error that already has a JSON body is left as it is.
-async fn error_bodies(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+async fn error_bodies(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     use axum::http::header;
     use axum::response::IntoResponse;
     let path = req.uri().path().to_string();
@@ -277,7 +280,12 @@ async fn error_bodies(req: axum::extract::Request, next: axum::middleware::Next)
         _ => "BadRequest",
     };
     let mut fresh = if path.starts_with("/v1/") {
-        openai::error(code, &message, "invalid_request_error", &reason.to_lowercase())
+        openai::error(
+            code,
+            &message,
+            "invalid_request_error",
+            &reason.to_lowercase(),
+        )
     } else {
         resources::status_body(code, reason, &message, None).into_response()
     };
