@@ -641,3 +641,20 @@ fn http_get_then_put_round_trips_and_every_error_has_a_status_body() {
         assert!(!s["message"].as_str().unwrap().is_empty(), "{body}");
     }
 }
+
+#[test]
+fn a_watched_directory_with_an_unrelated_file_is_still_applied() {
+    let env = FreshEnv::new();
+    env.write("watched/model.yaml", &support::model_doc("tiny", "/srv/tiny.gguf"));
+    env.write(
+        "watched/docker-compose.yml",
+        "services:\n  web:\n    image: nginx\n",
+    );
+    let dir = env.work.path().join("watched");
+    let _d = Daemon::start(&env, &[&dir], &[]);
+    support::daemon::wait_until("the watched directory is applied", Duration::from_secs(30), || {
+        env.run(&["get", "model", "tiny"]).code == 0
+    });
+    let sources = env.run(&["get", "sources", "-o", "json"]).ok().stdout;
+    assert!(!sources.contains("docker-compose"), "no error recorded: {sources}");
+}
