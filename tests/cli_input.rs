@@ -243,6 +243,9 @@ fn get_policy_default_shows_the_built_in_policy_while_no_policy_is_stored() {
         "{}",
         t.stdout
     );
+    // Read only.
+    let d = env.run(&["delete", "policy", "default"]).fails();
+    assert!(d.stderr.contains("built in"), "{}", d.stderr);
     // `hardware` names the same policy.
     let h = run_prof(&env, &["hardware"]).ok();
     assert!(h.stdout.contains("(policy default)"), "{}", h.stdout);
@@ -623,6 +626,16 @@ fn http_get_then_put_round_trips_and_every_error_has_a_status_body() {
     let (code, out) = http(&env, &d, "PUT", "/api/v1/models/tiny", Some(&stale));
     assert_eq!(code, 409, "{out}");
 
+    // The built-in policy is an object for the API too.
+    let (code, pol) = http(&env, &d, "GET", "/api/v1/policies/default", None);
+    assert_eq!(code, 200, "{pol}");
+    assert!(
+        pol.contains("\"localaistack.io/built-in\":\"true\""),
+        "{pol}"
+    );
+    let (_, pols) = http(&env, &d, "GET", "/api/v1/policies", None);
+    assert!(pols.contains("\"name\":\"default\""), "{pols}");
+
     // Errors nobody's handler wrote get the same Status body.
     for (method, path, want) in [
         ("GET", "/api/v1/models?labelSelector=a", 400u16),
@@ -645,16 +658,24 @@ fn http_get_then_put_round_trips_and_every_error_has_a_status_body() {
 #[test]
 fn a_watched_directory_with_an_unrelated_file_is_still_applied() {
     let env = FreshEnv::new();
-    env.write("watched/model.yaml", &support::model_doc("tiny", "/srv/tiny.gguf"));
+    env.write(
+        "watched/model.yaml",
+        &support::model_doc("tiny", "/srv/tiny.gguf"),
+    );
     env.write(
         "watched/docker-compose.yml",
         "services:\n  web:\n    image: nginx\n",
     );
     let dir = env.work.path().join("watched");
     let _d = Daemon::start(&env, &[&dir], &[]);
-    support::daemon::wait_until("the watched directory is applied", Duration::from_secs(30), || {
-        env.run(&["get", "model", "tiny"]).code == 0
-    });
+    support::daemon::wait_until(
+        "the watched directory is applied",
+        Duration::from_secs(30),
+        || env.run(&["get", "model", "tiny"]).code == 0,
+    );
     let sources = env.run(&["get", "sources", "-o", "json"]).ok().stdout;
-    assert!(!sources.contains("docker-compose"), "no error recorded: {sources}");
+    assert!(
+        !sources.contains("docker-compose"),
+        "no error recorded: {sources}"
+    );
 }

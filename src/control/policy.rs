@@ -70,6 +70,60 @@ pub fn default_policy_objects() -> Result<Vec<crate::api::Desired>, PolicyError>
     crate::api::decode::decode_files(&files).map_err(|e| PolicyError::BuiltIn(e.to_string()))
 }
 
+/// The shipped policies as objects annotated built-in, while they are the ones in effect: when
+/// `stored_policies` (the stored Policies) holds none that is not being deleted. Not stored: no
+/// uid, generation or resourceVersion. Shown by `lasctl get policies` and the API alike.
+pub fn built_in_policy_objects(
+    stored_policies: &[crate::control::store::StoredObject],
+) -> Result<Vec<crate::control::store::StoredObject>, PolicyError> {
+    if stored_policies
+        .iter()
+        .any(|o| o.kind == crate::api::Kind::Policy && o.deleted_at.is_none())
+    {
+        return Ok(Vec::new());
+    }
+    Ok(default_policy_objects()?
+        .into_iter()
+        .map(|d| {
+            let mut annotations = d.annotations.clone();
+            annotations.insert(BUILT_IN_ANNOTATION.into(), "true".into());
+            crate::control::store::StoredObject {
+                kind: crate::api::Kind::Policy,
+                name: d.name.clone(),
+                uid: String::new(),
+                generation: 0,
+                resource_version: 0,
+                created_at: String::new(),
+                deleted_at: None,
+                finalizers: Vec::new(),
+                labels: d.labels.clone(),
+                annotations,
+                spec: d.spec.to_json(),
+                status: Value::Object(Default::default()),
+            }
+        })
+        .collect())
+}
+
+/// Whether `o` is one of [`built_in_policy_objects`].
+pub fn is_built_in(o: &crate::control::store::StoredObject) -> bool {
+    o.uid.is_empty() && o.annotations.get(BUILT_IN_ANNOTATION).map(String::as_str) == Some("true")
+}
+
+/// An object as `-o json|yaml` and the API show it; a built-in policy without the system fields
+/// it does not have (so it can be saved, edited and applied as a Policy of one's own).
+pub fn object_json(o: &crate::control::store::StoredObject) -> Value {
+    let mut v = o.to_json();
+    if is_built_in(o)
+        && let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut)
+    {
+        for k in ["uid", "generation", "resourceVersion", "creationTimestamp"] {
+            m.remove(k);
+        }
+    }
+    v
+}
+
 /// The shipped policies (`policies/default.yaml`, compiled in).
 pub fn default_policies() -> Result<Vec<NamedPolicy>, PolicyError> {
     let decoded = default_policy_objects()?;

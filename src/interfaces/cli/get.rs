@@ -9,7 +9,7 @@ use super::output::{OutputFormat, age, human_bytes, list_value, print_table, to_
 use super::verbs::{lower, open_store};
 use super::{CliError, GetArgs, parse_selector};
 use crate::api::Kind;
-use crate::control::policy::{BUILT_IN_ANNOTATION, default_policy_objects};
+use crate::control::policy::{built_in_policy_objects, is_built_in, object_json as shown};
 use crate::control::store::StoredObject;
 
 fn ready(o: &StoredObject) -> (String, String) {
@@ -102,60 +102,17 @@ fn header(kind: Kind, wide: bool) -> Vec<&'static str> {
     h
 }
 
-fn is_built_in(o: &StoredObject) -> bool {
-    o.annotations.get(BUILT_IN_ANNOTATION).map(String::as_str) == Some("true")
-}
-
-/// An object as `-o json|yaml` prints it; a built-in policy has no system fields (it is not
-/// stored), so it can be saved, edited and applied as a Policy of one's own.
-fn shown(o: &StoredObject) -> Value {
-    let mut v = o.to_json();
-    if is_built_in(o)
-        && let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut)
-    {
-        for k in ["uid", "generation", "resourceVersion", "creationTimestamp"] {
-            m.remove(k);
-        }
-    }
-    v
-}
-
 /// The shipped policies, shown by `get policies` as objects marked built-in while they are the
-/// ones in effect: no Policy is stored (the moment one is, it replaces them all, as `plan` and `hardware` say).
-/// Read only: they are not in the store.
-fn built_in_policies(
+/// ones in effect (no Policy is stored). `get all` lists what is stored.
+pub(crate) fn built_in_policies(
     store: &crate::control::store::Store,
     kind: Option<Kind>,
 ) -> Result<Vec<StoredObject>, CliError> {
-    // `get all` lists what is stored; the defaults show where policies are asked for.
     if kind != Some(Kind::Policy) {
         return Ok(Vec::new());
     }
     let stored = store.list(Some(Kind::Policy), &Default::default())?;
-    if stored.iter().any(|o| o.deleted_at.is_none()) {
-        return Ok(Vec::new());
-    }
-    Ok(default_policy_objects()?
-        .into_iter()
-        .map(|d| {
-            let mut annotations = d.annotations.clone();
-            annotations.insert(BUILT_IN_ANNOTATION.into(), "true".into());
-            StoredObject {
-                kind: Kind::Policy,
-                name: d.name.clone(),
-                uid: String::new(),
-                generation: 0,
-                resource_version: 0,
-                created_at: String::new(),
-                deleted_at: None,
-                finalizers: Vec::new(),
-                labels: d.labels.clone(),
-                annotations,
-                spec: d.spec.to_json(),
-                status: Value::Object(Default::default()),
-            }
-        })
-        .collect())
+    Ok(built_in_policy_objects(&stored)?)
 }
 
 pub fn run(mut g: GetArgs) -> Result<(), CliError> {

@@ -17,7 +17,8 @@ use super::ApiContext;
 use super::info::{LogOptions, LogsError};
 use crate::api::decode::{InputErrors, InputFile, check_document_sizes, decode_files};
 use crate::api::{Desired, Kind};
-use crate::control::store::{ApplyItem, ApplyRequest, StoreError, StoredObject};
+use crate::control::policy::{built_in_policy_objects, object_json};
+use crate::control::store::{ApplyItem, ApplyRequest, StoreError};
 
 /// The `source` recorded for objects applied through the API (prune scopes never include it).
 pub const API_SOURCE: &str = "<api>";
@@ -158,12 +159,24 @@ pub(super) async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let kind = parse_kind(&kind)?;
     let selector = parse_selector(q.label_selector.as_deref())?;
-    let objects = ctx
+    let mut objects = ctx
         .with_store(move |s| s.list(Some(kind), &selector))
         .await?;
-    Ok(Json(list_value(
-        objects.iter().map(StoredObject::to_json).collect(),
-    )))
+    // While no Policy is stored, the shipped ones are in effect: listed as built-in, as
+    // `lasctl get policies` does.
+    if kind == Kind::Policy {
+        let sel = parse_selector(q.label_selector.as_deref())?;
+        let all = ctx
+            .with_store(move |s| s.list(Some(Kind::Policy), &Default::default()))
+            .await?;
+        objects.extend(
+            built_in_policy_objects(&all)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?
+                .into_iter()
+                .filter(|b| sel.iter().all(|(k, v)| b.labels.get(k) == Some(v))),
+        );
+    }
+    Ok(Json(list_value(objects.iter().map(object_json).collect())))
 }
 
 pub(super) async fn get_one(
@@ -171,8 +184,19 @@ pub(super) async fn get_one(
     Path((kind, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let kind = parse_kind(&kind)?;
-    let o = ctx.with_store(move |s| s.get(kind, &name)).await?;
-    Ok(Json(o.to_json()))
+    let o = ctx
+        .with_store(move |s| match s.get(kind, &name) {
+            Err(StoreError::NotFound { .. }) if kind == Kind::Policy => {
+                let all = s.list(Some(Kind::Policy), &Default::default())?;
+                let builtin = built_in_policy_objects(&all)
+                    .ok()
+                    .and_then(|b| b.into_iter().find(|o| o.name.as_str() == name));
+                builtin.ok_or(StoreError::NotFound { kind, name })
+            }
+            r => r,
+        })
+        .await?;
+    Ok(Json(object_json(&o)))
 }
 
 #[derive(Debug, Deserialize, Default)]
