@@ -437,6 +437,21 @@ fn prune_from_stdin_is_refused_so_unrelated_stdin_applies_never_prune_each_other
     );
     let names = env.run(&["get", "models", "-o", "name"]).ok().stdout;
     assert_eq!(names, "model/a\n");
+    // Named scopes: each prunes only its own.
+    let scoped = |scope: &str, doc: &str| {
+        env.run_stdin(
+            &["apply", "-f", "-", "--prune", "--prune-scope", scope],
+            Some(doc.as_bytes()),
+        )
+        .ok()
+    };
+    scoped("one", &support::model_doc("c", "/c.gguf"));
+    let r = scoped("two", &b);
+    assert!(!r.stdout.contains("pruned"), "{}", r.stdout);
+    let r = scoped("one", &support::model_doc("d", "/d.gguf"));
+    assert!(r.stdout.contains("model/c pruned"), "{}", r.stdout);
+    let names = env.run(&["get", "models", "-o", "name"]).ok().stdout;
+    assert_eq!(names, "model/a\nmodel/b\nmodel/d\n");
 }
 
 #[test]

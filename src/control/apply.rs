@@ -27,6 +27,9 @@ pub struct ApplyOptions {
     pub prune: bool,
     pub allow_empty: bool,
     pub dry_run: bool,
+    /// The prune scope of stdin (`--prune-scope NAME`): its objects are recorded under
+    /// `<stdin:NAME>`, so unrelated stdin applies never prune each other's.
+    pub stdin_scope: Option<String>,
 }
 
 /// The key under which an apply of PATH records its objects, for prune: the canonical path, or
@@ -106,10 +109,12 @@ pub fn check_prune_scope(paths: &[PathBuf], opts: &ApplyOptions) -> Result<(), I
         }])
     };
     for p in paths {
-        if p.as_os_str() == "-" {
+        if p.as_os_str() == "-" && opts.stdin_scope.is_none() {
             return Err(whole(
                 "<stdin>".into(),
-                "--prune with stdin has no scope: every apply from stdin would share one and prune                  the others' objects; apply files or a directory with --prune, or stdin without it"
+                "--prune with stdin has no scope: every apply from stdin would share one and \
+                 prune the others' objects; name one with --prune-scope NAME (the same NAME \
+                 each time)"
                     .into(),
             ));
         }
@@ -144,14 +149,18 @@ pub fn request(
     objects: Vec<(Desired, String)>,
     opts: &ApplyOptions,
 ) -> ApplyRequest {
-    let keys: Vec<String> = paths.iter().map(|p| source_key(p)).collect();
+    let stdin_key = |k: String| match &opts.stdin_scope {
+        Some(scope) if k == "<stdin>" => format!("<stdin:{scope}>"),
+        _ => k,
+    };
+    let keys: Vec<String> = paths.iter().map(|p| stdin_key(source_key(p))).collect();
     ApplyRequest {
         items: objects
             .into_iter()
             .map(|(desired, source)| ApplyItem {
                 expected_resource_version: desired.resource_version,
                 desired,
-                source,
+                source: stdin_key(source),
             })
             .collect(),
         prune_sources: if opts.prune { keys.clone() } else { Vec::new() },

@@ -420,6 +420,7 @@ impl Commit {
             prune: true,
             allow_empty: false,
             dry_run: false,
+            stdin_scope: None,
         };
         let paths = [self.dir.clone()];
         let mut req = request(

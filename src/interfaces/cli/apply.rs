@@ -57,6 +57,7 @@ pub fn run(a: ApplyArgs) -> Result<ExitCode, CliError> {
         prune: a.prune,
         allow_empty: a.allow_empty,
         dry_run: a.dry_run,
+        stdin_scope: a.prune_scope.clone(),
     };
     let paths = &a.files.paths;
     check_prune_scope(paths, &opts)?;

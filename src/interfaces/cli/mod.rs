@@ -202,6 +202,10 @@ pub struct ApplyArgs {
     /// With --prune: allow pruning every object of a PATH.
     #[arg(long, requires = "prune")]
     pub allow_empty: bool,
+    /// With --prune and -f -: the scope stdin's objects are recorded and pruned in (stdin has
+    /// no path to scope them; without a name, --prune with stdin is refused).
+    #[arg(long, value_name = "NAME", requires = "prune")]
+    pub prune_scope: Option<String>,
     /// name, json or yaml (default: one line per object).
     #[arg(short = 'o', long = "output", value_parser = output::only(&["name", "json", "yaml"]))]
     pub output: Option<OutputFormat>,
