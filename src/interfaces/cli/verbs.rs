@@ -23,11 +23,13 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
             print!("{}", explain(&path, recursive)?);
             ok
         }
-        Command::History { output } => super::history::run(output).and(ok),
+        Command::History { object, output } => super::history::run(&object, output).and(ok),
         Command::Rollback {
             generation,
             suspend_source,
-        } => super::history::rollback(generation, suspend_source).and(ok),
+            dry_run,
+        } => super::history::rollback(generation, suspend_source, dry_run).and(ok),
+        Command::Rollout(r) => super::rollout::run(r).and(ok),
         Command::Resume(r) => super::resume::run(r).and(ok),
         Command::Plan(p) => super::plan::run(p),
         Command::Hardware(h) => super::hardware::run(h).and(ok),
