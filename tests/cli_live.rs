@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use localaistack::api::Kind;
 use localaistack::control::store::Store;
 use serde_json::Value;
-use support::daemon::{Daemon, free_port, get_json, sweep, wait_ready, wait_until};
+use support::daemon::{Daemon, free_port, get_json, sweep, wait_until};
 use support::{ChildGuard, FreshEnv, lasctl_bin};
 
 fn generate_tiny_model(env: &FreshEnv, name: &str) -> PathBuf {
@@ -394,7 +394,7 @@ fn history_of_one_object_and_a_rollback_preview_that_records_nothing() {
     );
     assert!(
         r.stdout
-            .contains("spec.source: \"/srv/a.gguf\" -> \"/srv/b.gguf\""),
+            .contains("spec.source: \"file:///srv/a.gguf\" -> \"file:///srv/b.gguf\""),
         "{}",
         r.stdout
     );
@@ -404,24 +404,24 @@ fn history_of_one_object_and_a_rollback_preview_that_records_nothing() {
     let j: Vec<Value> = serde_json::from_str(&j.stdout).unwrap();
     assert_eq!(j[1]["revision"], "Changed");
     assert_eq!(j[1]["changes"][1]["path"], "spec.source");
-    assert_eq!(j[1]["changes"][1]["new"], "/srv/b.gguf");
+    assert_eq!(j[1]["changes"][1]["new"], "file:///srv/b.gguf");
 
     // The preview of a rollback to the previous generation (3): tiny comes back, labelled.
     let before = (history_rows(&env), env.run(&["get", "models", "-o", "json"]).ok().stdout);
     let r = env.run(&["rollback", "--dry-run"]).ok();
     assert!(r.stdout.contains("+++ generation-3/Model/tiny"), "{r:?}");
     assert!(r.stdout.contains("+    team: x"), "{r:?}");
-    assert!(r.stdout.contains("+  source: /srv/b.gguf"), "{r:?}");
+    assert!(r.stdout.contains("+  source: file:///srv/b.gguf"), "{r:?}");
     let r1 = env.run(&["rollback", "1", "--dry-run"]).ok();
-    assert!(r1.stdout.contains("-  source: /srv/o.gguf"), "{r1:?}");
-    assert!(r1.stdout.contains("+  source: /srv/a.gguf"), "{r1:?}");
+    assert!(r1.stdout.contains("-  source: file:///srv/o.gguf"), "{r1:?}");
+    assert!(r1.stdout.contains("+  source: file:///srv/a.gguf"), "{r1:?}");
     assert!(r1.stderr.contains("nothing was recorded"), "{r1:?}");
     let after = (history_rows(&env), env.run(&["get", "models", "-o", "json"]).ok().stdout);
     assert_eq!(before, after, "a preview changed the store");
     // What the preview showed is what the rollback does.
     env.run(&["rollback", "1"]).ok();
     let o = get_json(&env, "model", "tiny").unwrap();
-    assert_eq!(o["spec"]["source"], "/srv/a.gguf");
+    assert_eq!(o["spec"]["source"], "file:///srv/a.gguf");
     assert!(get_json(&env, "model", "other").is_none());
 }
 
