@@ -326,7 +326,7 @@ impl ModelReconciler {
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// Turns a fetch's progress reports into `status.progress` (and, for a Model not yet Ready,
-/// `Ready=False` with the phase as reason and the figures as message), at most once per
+/// `Ready=False` with the phase as reason), at most once per
 /// [`PROGRESS_EVERY`], plus one `Downloading` event when a network download starts.
 ///
 /// # Guarantees
@@ -422,7 +422,17 @@ fn write_progress(
         bytes_total: p.total_bytes,
         bytes_per_second: rate,
     };
-    let message = progress.summary();
+    // The figures live in `status.progress` only: conditions change at transitions, so a
+    // progress write is no change to anyone who waits on them (see the scheduler's `Seen`).
+    let source = obj
+        .spec
+        .get("source")
+        .and_then(|v| v.as_str())
+        .unwrap_or("?");
+    let message = match p.phase {
+        Phase::Verifying => format!("hashing the bytes of {source}"),
+        _ => format!("fetching {source}"),
+    };
     let mut conds = vec![cond(
         "Reconciling",
         ConditionStatus::True,
@@ -439,11 +449,6 @@ fn write_progress(
     }
     let ok = write_status(s, obj, &json!({ "progress": progress }), conds)?;
     if ok && announce {
-        let source = obj
-            .spec
-            .get("source")
-            .and_then(|v| v.as_str())
-            .unwrap_or("?");
         let msg = match (p.done_bytes, p.total_bytes) {
             (0, Some(t)) => format!("downloading {source} ({})", binary_bytes(t)),
             (0, None) => format!("downloading {source} (size unknown)"),
