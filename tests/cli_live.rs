@@ -122,7 +122,11 @@ fn a_download_reports_progress_about_once_a_second_without_waking_anything() {
         "m.yaml",
         &model_yaml("big", &format!("http://{}/big.gguf", server.addr), None),
     );
-    apply(&env, "web.yaml", &native_yaml("web", "600", "  model: big\n"));
+    apply(
+        &env,
+        "web.yaml",
+        &native_yaml("web", "600", "  model: big\n"),
+    );
     // `wait` follows it from the start (stderr is a pipe here: plain lines).
     let mut wait = env.cmd();
     wait.args(["wait", "model/big", "--timeout", "120s"])
@@ -159,7 +163,9 @@ fn a_download_reports_progress_about_once_a_second_without_waking_anything() {
                 }
             }
         }
-        if o.condition("Ready").is_some_and(|(s, _, _)| s.as_str() == "True") {
+        if o.condition("Ready")
+            .is_some_and(|(s, _, _)| s.as_str() == "True")
+        {
             break;
         }
         assert!(
@@ -186,7 +192,9 @@ fn a_download_reports_progress_about_once_a_second_without_waking_anything() {
         .collect();
     assert!(done.windows(2).all(|w| w[0] <= w[1]), "{done:?}");
     assert!(
-        samples.iter().any(|p| p["bytesPerSecond"].as_u64().unwrap() > 0),
+        samples
+            .iter()
+            .any(|p| p["bytesPerSecond"].as_u64().unwrap() > 0),
         "{samples:?}"
     );
     assert!(reasons.iter().all(|r| r == "Downloading"), "{reasons:?}");
@@ -212,7 +220,10 @@ fn a_download_reports_progress_about_once_a_second_without_waking_anything() {
         .unwrap()
         .events(Some(("Model", "big")), 0, 100)
         .unwrap();
-    let downloading: Vec<_> = events.iter().filter(|e| e.reason == "Downloading").collect();
+    let downloading: Vec<_> = events
+        .iter()
+        .filter(|e| e.reason == "Downloading")
+        .collect();
     assert_eq!(downloading.len(), 1, "{events:?}");
     assert_eq!(downloading[0].count, 1);
     assert!(downloading[0].message.contains("12.0 MiB"), "{events:?}");
@@ -231,7 +242,11 @@ fn a_download_reports_progress_about_once_a_second_without_waking_anything() {
         .collect();
     assert!(lines.len() >= 2, "{}", w.stderr);
     assert!(lines.iter().any(|l| l.contains('%')), "{}", w.stderr);
-    assert!(!w.stderr.contains('\u{1b}'), "no terminal control codes: {}", w.stderr);
+    assert!(
+        !w.stderr.contains('\u{1b}'),
+        "no terminal control codes: {}",
+        w.stderr
+    );
 }
 
 /// Lines a child writes to stdout, collected by a thread.
@@ -257,7 +272,11 @@ impl Lines {
             if f(&now) {
                 return now;
             }
-            assert!(Instant::now() < deadline, "no {what} in:\n{}", now.join("\n"));
+            assert!(
+                Instant::now() < deadline,
+                "no {what} in:\n{}",
+                now.join("\n")
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -287,13 +306,17 @@ fn get_watch_prints_a_row_per_change_without_a_daemon() {
     apply(&env, "web.yaml", &native_yaml("web", "600", ""));
     env.run(&["delete", "model", "b"]).ok();
     let lines = out.wait_for("deleted row of b", |l| {
-        l.iter().any(|x| x.starts_with("b ") && x.contains("Deleted"))
+        l.iter()
+            .any(|x| x.starts_with("b ") && x.contains("Deleted"))
     });
     std::thread::sleep(Duration::from_millis(1500));
     let lines_after = out.0.lock().unwrap().clone();
     drop(child);
     assert_eq!(lines.len(), lines_after.len(), "{lines_after:?}");
-    assert!(lines[0].starts_with("NAME") && lines[0].contains("READY"), "{lines:?}");
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("READY"),
+        "{lines:?}"
+    );
     assert_eq!(
         lines.iter().filter(|l| l.starts_with("NAME")).count(),
         1,
@@ -308,7 +331,9 @@ fn get_watch_prints_a_row_per_change_without_a_daemon() {
     // The rows line up with the header.
     let col = lines[0].find("READY").unwrap();
     assert!(
-        lines[1..].iter().all(|l| l[col..].starts_with(['-', 'T', 'F', 'D'])),
+        lines[1..]
+            .iter()
+            .all(|l| l[col..].starts_with(['-', 'T', 'F', 'D'])),
         "{lines:?}"
     );
 }
@@ -336,7 +361,11 @@ fn rollout_status_follows_a_module_and_fails_on_stall_or_timeout() {
     );
     assert!(r.stderr.contains("module/web: "), "{r:?}");
     // Waiting for a Model that never comes: a timeout with the reason.
-    apply(&env, "w.yaml", &native_yaml("waits", "600", "  model: nope\n"));
+    apply(
+        &env,
+        "w.yaml",
+        &native_yaml("waits", "600", "  model: nope\n"),
+    );
     let r = env.run(&["rollout", "status", "module/waits", "--timeout", "2s"]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
@@ -377,7 +406,8 @@ fn history_of_one_object_and_a_rollback_preview_that_records_nothing() {
     apply(
         &env,
         "m.yaml",
-        &model_yaml("tiny", "/srv/b.gguf", None).replace("name: tiny", "name: tiny\n  labels: {team: x}"),
+        &model_yaml("tiny", "/srv/b.gguf", None)
+            .replace("name: tiny", "name: tiny\n  labels: {team: x}"),
     );
     env.run(&["delete", "model", "tiny"]).ok();
     let r = env.run(&["history", "model", "tiny"]).ok();
@@ -400,7 +430,11 @@ fn history_of_one_object_and_a_rollback_preview_that_records_nothing() {
         "{}",
         r.stdout
     );
-    assert!(r.stdout.contains("metadata.labels: + {\"team\":\"x\"}"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("metadata.labels: + {\"team\":\"x\"}"),
+        "{}",
+        r.stdout
+    );
     // Same in both forms; JSON for scripts.
     let j = env.run(&["history", "model/tiny", "-o", "json"]).ok();
     let j: Vec<Value> = serde_json::from_str(&j.stdout).unwrap();
@@ -409,16 +443,28 @@ fn history_of_one_object_and_a_rollback_preview_that_records_nothing() {
     assert_eq!(j[1]["changes"][1]["new"], "file:///srv/b.gguf");
 
     // The preview of a rollback to the previous generation (3): tiny comes back, labelled.
-    let before = (history_rows(&env), env.run(&["get", "models", "-o", "json"]).ok().stdout);
+    let before = (
+        history_rows(&env),
+        env.run(&["get", "models", "-o", "json"]).ok().stdout,
+    );
     let r = env.run(&["rollback", "--dry-run"]).ok();
     assert!(r.stdout.contains("+++ generation-3/Model/tiny"), "{r:?}");
     assert!(r.stdout.contains("+    team: x"), "{r:?}");
     assert!(r.stdout.contains("+  source: file:///srv/b.gguf"), "{r:?}");
     let r1 = env.run(&["rollback", "1", "--dry-run"]).ok();
-    assert!(r1.stdout.contains("-  source: file:///srv/o.gguf"), "{r1:?}");
-    assert!(r1.stdout.contains("+  source: file:///srv/a.gguf"), "{r1:?}");
+    assert!(
+        r1.stdout.contains("-  source: file:///srv/o.gguf"),
+        "{r1:?}"
+    );
+    assert!(
+        r1.stdout.contains("+  source: file:///srv/a.gguf"),
+        "{r1:?}"
+    );
     assert!(r1.stderr.contains("nothing was recorded"), "{r1:?}");
-    let after = (history_rows(&env), env.run(&["get", "models", "-o", "json"]).ok().stdout);
+    let after = (
+        history_rows(&env),
+        env.run(&["get", "models", "-o", "json"]).ok().stdout,
+    );
     assert_eq!(before, after, "a preview changed the store");
     // What the preview showed is what the rollback does.
     env.run(&["rollback", "1"]).ok();
@@ -451,14 +497,26 @@ fn daemon_logs_one_plain_line_per_state_change_and_says_what_keeps_running() {
     let log = env.work.path().join("daemon.log");
     let (mut child, _listen) = user_daemon(&env, &log);
     let gguf = generate_tiny_model(&env, "t.gguf");
-    apply(&env, "m.yaml", &model_yaml("tiny", gguf.to_str().unwrap(), None));
-    apply(&env, "web.yaml", &native_yaml("web", "600", "  model: tiny\n"));
+    apply(
+        &env,
+        "m.yaml",
+        &model_yaml("tiny", gguf.to_str().unwrap(), None),
+    );
+    apply(
+        &env,
+        "web.yaml",
+        &native_yaml("web", "600", "  model: tiny\n"),
+    );
     // A source that fails on every retry (connection refused).
     let dead = format!("http://127.0.0.1:{}/gone.gguf", free_port());
     apply(&env, "gone.yaml", &model_yaml("gone", &dead, None));
     let deadline = Instant::now() + Duration::from_secs(60);
     while !get_json(&env, "module", "web").is_some_and(|o| support::daemon::is_ready(&o)) {
-        assert!(Instant::now() < deadline, "web not Ready:\n{}", std::fs::read_to_string(&log).unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "web not Ready:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // Several retries of the failing Model (backoff 0.5, 1, 2, 4 s).
@@ -473,7 +531,10 @@ fn daemon_logs_one_plain_line_per_state_change_and_says_what_keeps_running() {
     let text = std::fs::read_to_string(&log).unwrap();
     sweep(env.home_path());
     assert_eq!(r.code, 0, "{text}");
-    assert!(!text.contains('\u{1b}'), "colour codes in a log file:\n{text:?}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file:\n{text:?}"
+    );
     let lines: Vec<&str> = text.lines().collect();
     let about = |obj: &str, reason: &str| {
         lines
@@ -485,7 +546,9 @@ fn daemon_logs_one_plain_line_per_state_change_and_says_what_keeps_running() {
     assert_eq!(about("module/web", "Started"), 1, "{text}");
     assert_eq!(about("module/web", "Ready"), 1, "{text}");
     assert!(
-        lines.iter().any(|l| l.contains(" INFO ") && l.contains("model/tiny Verified")),
+        lines
+            .iter()
+            .any(|l| l.contains(" INFO ") && l.contains("model/tiny Verified")),
         "{text}"
     );
     // The failing Model: its warning once, not once per retry.

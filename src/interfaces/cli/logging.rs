@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -42,7 +42,10 @@ pub fn init(format: LogFormat, daemon: bool) {
         "warn".to_string()
     };
     let filter = EnvFilter::try_from_env("LAS_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let ansi = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR"));
+    let ansi = colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR"),
+    );
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(RateLimit::default());
@@ -197,6 +200,43 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts the events that reach it.
+    struct Count(Arc<AtomicUsize>);
+
+    impl<S: Subscriber> Layer<S> for Count {
+        fn on_event(&self, _: &Event<'_>, _: Context<'_, S>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn repeats_of_one_warning_are_held_back_and_others_pass() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let subscriber = tracing_subscriber::registry()
+            .with(RateLimit::default())
+            .with(Count(n.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..5 {
+                tracing::warn!(source = "a", "cannot fetch");
+            }
+            tracing::warn!(source = "b", "cannot fetch");
+            for name in ["x", "y"] {
+                let span = tracing::info_span!("reconcile", name);
+                let _e = span.enter();
+                for _ in 0..2 {
+                    tracing::warn!("failed");
+                }
+            }
+            for _ in 0..3 {
+                tracing::info!("not limited");
+            }
+        });
+        // a once, b once, once per span, and every INFO line.
+        assert_eq!(n.load(Ordering::SeqCst), 1 + 1 + 2 + 3);
+    }
 
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {
