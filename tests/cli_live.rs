@@ -507,6 +507,14 @@ fn daemon_logs_one_plain_line_per_state_change_and_says_what_keeps_running() {
         "web.yaml",
         &native_yaml("web", "600", "  model: tiny\n"),
     );
+    // A native workload that logs through tracing, like the engine: its output is copied into
+    // logs/ by `lasctl log-writer`.
+    let tracer = format!(
+        "apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata:\n  name: tracer\nspec:\n  native:\n    command: [{:?}, \"wait\", \"model/none\", \"--timeout\", \"600s\"]\n    env: {{LAS_LOG: trace, LAS_HOME: {:?}}}\n",
+        lasctl_bin().display().to_string(),
+        env.home_path().display().to_string()
+    );
+    apply(&env, "tracer.yaml", &tracer);
     // A source that fails on every retry (connection refused).
     let dead = format!("http://127.0.0.1:{}/gone.gguf", free_port());
     apply(&env, "gone.yaml", &model_yaml("gone", &dead, None));
@@ -521,6 +529,22 @@ fn daemon_logs_one_plain_line_per_state_change_and_says_what_keeps_running() {
     }
     // Several retries of the failing Model (backoff 0.5, 1, 2, 4 s).
     std::thread::sleep(Duration::from_secs(8));
+    // The workload's log file has its trace lines, without colour codes.
+    let logs: Vec<PathBuf> = std::fs::read_dir(env.home_path().join("logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("tracer"))
+        .collect();
+    let workload_log = logs
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect::<String>();
+    assert!(workload_log.contains("TRACE"), "{logs:?}: {workload_log}");
+    assert!(
+        !workload_log.contains('\u{1b}'),
+        "colour codes in a workload's log file: {workload_log:?}"
+    );
     let pid = child.id();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -529,7 +553,12 @@ fn daemon_logs_one_plain_line_per_state_change_and_says_what_keeps_running() {
     .unwrap();
     let r = child.wait_output(Duration::from_secs(60));
     let text = std::fs::read_to_string(&log).unwrap();
+    let still = support::daemon::workload_pids(env.home_path()).len();
     sweep(env.home_path());
+    assert!(
+        still >= 2,
+        "the workloads keep running after Ctrl-C: {still} processes"
+    );
     assert_eq!(r.code, 0, "{text}");
     assert!(
         !text.contains('\u{1b}'),
@@ -560,11 +589,11 @@ fn daemon_logs_one_plain_line_per_state_change_and_says_what_keeps_running() {
     );
     // Ctrl-C says what keeps running, and how to stop it.
     assert!(
-        text.contains("1 workload keeps running: module/web (pid"),
+        text.contains("2 workloads keep running: module/") && text.contains("module/web (pid"),
         "{text}"
     );
     assert!(text.contains("--stop-workloads-on-exit"), "{text}");
-    assert!(text.contains("lasctl delete module web"), "{text}");
+    assert!(text.contains("lasctl delete module tracer web"), "{text}");
 }
 
 /// Colour stays off in files even when a user asks for every line (LAS_LOG=debug).
@@ -590,5 +619,4 @@ fn no_colour_codes_in_a_redirected_log_at_any_level() {
     child.wait_output(Duration::from_secs(60));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains('\u{1b}'), "{text:?}");
-    let _ = lasctl_bin();
 }
