@@ -133,6 +133,21 @@ fn a_download_reports_progress_about_once_a_second_without_waking_anything() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut wait = ChildGuard::spawn(wait);
+    // `rollout status` on a terminal (a pseudo-terminal from util-linux's `script`): a bar.
+    let mut tty = std::process::Command::new("script");
+    tty.args(["-qec"])
+        .arg(format!(
+            "{} rollout status model/big --timeout 120s",
+            lasctl_bin().display()
+        ))
+        .arg("/dev/null")
+        .env("LAS_HOME", env.home_path())
+        .env("TERM", "xterm")
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut tty = ChildGuard::spawn(tty);
 
     let db = env.home_path().join("state.db");
     let mut writes = 0u64;
@@ -246,6 +261,17 @@ fn a_download_reports_progress_about_once_a_second_without_waking_anything() {
         !w.stderr.contains('\u{1b}'),
         "no terminal control codes: {}",
         w.stderr
+    );
+    let t = tty.wait_output(Duration::from_secs(60));
+    assert_eq!(t.code, 0, "{t:?}");
+    assert!(
+        t.stdout.contains("downloading model/big [") && t.stdout.contains("MiB/12.00 MiB"),
+        "no progress bar on a terminal: {t:?}"
+    );
+    assert!(
+        t.stdout
+            .contains("model/big successfully rolled out (generation 1)"),
+        "{t:?}"
     );
 }
 
