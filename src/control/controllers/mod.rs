@@ -4,7 +4,8 @@
 //! - One reconcile per object at a time; a trigger during a reconcile runs it again afterwards.
 //! - A reconcile's own status writes never run it again: an object is woken by changes of its
 //!   desired state (spec, deletion, finalizers, labels), by changes of what it depends on
-//!   ([`Reconciler::dependents`]), by runtime events and by the resync.
+//!   ([`Reconciler::dependents`]), by runtime events and by the resync. A write that changes only
+//!   `status.progress` (a download's figures) wakes nothing, dependents included.
 //! - Errors back off exponentially with jitter (capped), and nothing but a change of the object's
 //!   own desired state cuts a backoff short. Errors no retry can fix mark the object `Stalled`: it
 //!   is not reconciled again (the resync included) until its desired state or something it
