@@ -385,7 +385,15 @@ fn rollout_status_follows_a_module_and_fails_on_stall_or_timeout() {
         r.stdout.trim(),
         "module/web successfully rolled out (generation 2)"
     );
-    assert!(r.stderr.contains("module/web: "), "{r:?}");
+    // The steps of this rollout (the events since the apply), each state once.
+    assert!(r.stderr.contains("module/web: Replacing: "), "{r:?}");
+    assert!(r.stderr.contains("module/web: Started: "), "{r:?}");
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert!(
+        lines.windows(2).all(|w| w[0] != w[1]),
+        "a line repeated: {r:?}"
+    );
+    assert!(!r.stderr.contains("generation 1 not yet observed"), "{r:?}");
     // Waiting for a Model that never comes: a timeout with the reason.
     apply(
         &env,

@@ -52,7 +52,8 @@ pub fn size_cell(o: &StoredObject) -> String {
 pub struct View {
     bar: Option<ProgressBar>,
     terminal: bool,
-    last_line: Option<String>,
+    last_state: Option<String>,
+    last_progress: Option<String>,
 }
 
 impl View {
@@ -60,22 +61,27 @@ impl View {
         View {
             bar: None,
             terminal: std::io::stderr().is_terminal(),
-            last_line: None,
+            last_state: None,
+            last_progress: None,
         }
     }
 
-    /// Prints `line` unless it is the one printed last.
+    /// Prints `line` (above the bar, if one is drawn).
     pub fn line(&mut self, line: &str) {
-        if self.last_line.as_deref() == Some(line) {
-            return;
-        }
-        self.last_line = Some(line.to_string());
         match &self.bar {
             Some(b) => b.println(line),
             None => {
                 let mut e = std::io::stderr().lock();
                 let _ = writeln!(e, "{line}");
             }
+        }
+    }
+
+    /// Prints `line` unless it is the state printed last.
+    pub fn state(&mut self, line: &str) {
+        if self.last_state.as_deref() != Some(line) {
+            self.last_state = Some(line.to_string());
+            self.line(line);
         }
     }
 
@@ -88,7 +94,11 @@ impl View {
             return;
         };
         if !self.terminal {
-            self.line(&format!("model/{model}: {} {}", p.phase, p.summary()));
+            let line = format!("model/{model}: {} {}", p.phase, p.summary());
+            if self.last_progress.as_deref() != Some(&line) {
+                self.line(&line);
+                self.last_progress = Some(line);
+            }
             return;
         }
         let bar = self.bar.get_or_insert_with(|| {

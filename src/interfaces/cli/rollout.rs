@@ -55,11 +55,19 @@ pub fn run(cmd: RolloutCommand) -> Result<(), CliError> {
         }
         Err(e) => return Err(e.into()),
     };
-    // The steps from now on (what came before is in `lasctl describe` and `lasctl events`).
-    let mut after = store
-        .events(Some((kind.as_str(), &name)), 0, 1)?
+    // The steps of this rollout: the events since the generation that last changed the object
+    // (those of earlier rollouts are in `lasctl describe` and `lasctl events`).
+    let since = crate::control::history::object_history(&store, kind, &name)?
         .last()
-        .map_or(0, |e| e.id);
+        .map(|r| r.time.clone())
+        .unwrap_or_default();
+    let mut after = store
+        .events(Some((kind.as_str(), &name)), 0, 10_000)?
+        .iter()
+        .filter(|e| e.time < since)
+        .map(|e| e.id)
+        .max()
+        .unwrap_or(0);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -102,7 +110,7 @@ pub fn run(cmd: RolloutCommand) -> Result<(), CliError> {
                 )));
             }
             let waiting = waiting_line(&o);
-            view.line(&format!("Waiting for {id} rollout to finish: {waiting}"));
+            view.state(&format!("Waiting for {id} rollout to finish: {waiting}"));
             view.follow(&store, &o);
             let left = match deadline {
                 Some(d) => {
