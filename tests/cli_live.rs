@@ -133,6 +133,14 @@ fn a_download_reports_progress_about_once_a_second_without_waking_anything() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut wait = ChildGuard::spawn(wait);
+    // `get -w` prints a row per progress report.
+    let mut watch = env.cmd();
+    watch
+        .args(["get", "model", "big", "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut watch = ChildGuard::spawn(watch);
+    let watched = Lines::follow(watch.0.as_mut().unwrap().stdout.take().unwrap());
     // `rollout status` on a terminal (a pseudo-terminal from util-linux's `script`): a bar.
     let mut tty = std::process::Command::new("script");
     tty.args(["-qec"])
@@ -262,6 +270,13 @@ fn a_download_reports_progress_about_once_a_second_without_waking_anything() {
         "no terminal control codes: {}",
         w.stderr
     );
+    let rows = watched.wait_for("the Ready row", |l| {
+        l.iter()
+            .any(|r| r.contains("True") && r.contains("12.0MiB"))
+    });
+    drop(watch);
+    let progress_rows = rows.iter().filter(|r| r.contains("% of 12.0MiB")).count();
+    assert!(progress_rows >= 3, "{rows:#?}");
     let t = tty.wait_output(Duration::from_secs(60));
     assert_eq!(t.code, 0, "{t:?}");
     assert!(
