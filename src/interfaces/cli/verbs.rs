@@ -14,6 +14,9 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
     let ok = Ok(ExitCode::SUCCESS);
     match cmd {
         Command::Apply(a) => super::apply::run(a).and(ok),
+        Command::Get(g) if super::sources::is_sources(&g.kind) && g.watch => Err(CliError::Usage(
+            "get sources does not watch (-w); `lasctl events -w` follows what the daemon does with them".into(),
+        )),
         Command::Get(g) if super::sources::is_sources(&g.kind) => super::sources::run(g).and(ok),
         Command::Get(g) => super::get::run(g).and(ok),
         Command::Describe { object } => super::describe::run(&object).and(ok),
