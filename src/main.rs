@@ -1,8 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use localaistack::interfaces::cli::{Cli, LogFormat, run, usage_exit_code};
-use tracing_subscriber::EnvFilter;
+use localaistack::interfaces::cli::{Cli, Command, init_logging, run, usage_exit_code};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -14,13 +13,6 @@ fn main() -> ExitCode {
             return usage_exit_code(&e);
         }
     };
-    let filter = EnvFilter::try_from_env("LAS_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    init_logging(cli.log_format, matches!(cli.command, Command::Daemon(_)));
     run(cli)
 }

@@ -143,6 +143,15 @@ pub fn resume(store: &mut Store, source: &str) -> Result<bool, StoreError> {
     Ok(true)
 }
 
+/// Whether a rollback suspended the watched directory `src` (until `resume source`).
+pub fn is_suspended(store: &Store, src: &str) -> bool {
+    store
+        .get_record(&suspension_key(src))
+        .ok()
+        .flatten()
+        .is_some()
+}
+
 /// The watched sources (those with a `source/` record) that own objects a rollback to `target`
 /// would change, with those objects (`Kind/name`).
 pub fn rollback_owners(

@@ -11,7 +11,7 @@ use super::verbs::{load, preview_store};
 use super::{CliError, FileArgs};
 
 /// The part of an object a user writes, for diffs.
-fn user_view(
+pub(super) fn user_view(
     name: &str,
     labels: &BTreeMap<String, String>,
     annotations: &BTreeMap<String, String>,
@@ -25,6 +25,15 @@ fn user_view(
         meta["annotations"] = json!(annotations);
     }
     to_yaml(&json!({"metadata": meta, "spec": spec}))
+}
+
+/// A unified diff of two YAML texts with 3 lines of context (empty when they are equal).
+pub(super) fn unified(old: &str, new: &str, from: &str, to: &str) -> String {
+    similar::TextDiff::from_lines(old, new)
+        .unified_diff()
+        .context_radius(3)
+        .header(from, to)
+        .to_string()
 }
 
 pub fn run(f: FileArgs) -> Result<ExitCode, CliError> {
@@ -55,11 +64,7 @@ pub fn run(f: FileArgs) -> Result<ExitCode, CliError> {
         if old != new {
             changed = true;
             let id = format!("{}/{}", d.kind(), d.name);
-            let text = similar::TextDiff::from_lines(&old, &new)
-                .unified_diff()
-                .context_radius(3)
-                .header(&format!("live/{id}"), &format!("desired/{id}"))
-                .to_string();
+            let text = unified(&old, &new, &format!("live/{id}"), &format!("desired/{id}"));
             write!(out, "{text}")?;
         }
     }

@@ -2,10 +2,8 @@
 
 use std::io::Write;
 
-use serde_json::Value;
-
 use super::objref;
-use super::output::{OutputFormat, age, human_bytes, list_value, print_table, to_yaml};
+use super::output::{OutputFormat, age, list_value, print_table, to_yaml};
 use super::verbs::{lower, open_store};
 use super::{CliError, GetArgs, parse_selector};
 use crate::api::Kind;
@@ -20,7 +18,7 @@ fn ready(o: &StoredObject) -> (String, String) {
     }
 }
 
-fn row(o: &StoredObject, wide: bool, prefix_kind: bool) -> Vec<String> {
+pub(super) fn row(o: &StoredObject, wide: bool, prefix_kind: bool) -> Vec<String> {
     let name = if prefix_kind {
         format!("{}/{}", lower(o.kind), o.name)
     } else {
@@ -35,13 +33,8 @@ fn row(o: &StoredObject, wide: bool, prefix_kind: bool) -> Vec<String> {
     let mut r = vec![name, ready];
     match o.kind {
         Kind::Model => {
-            r.push(
-                o.status
-                    .get("sizeBytes")
-                    .and_then(Value::as_u64)
-                    .map(human_bytes)
-                    .unwrap_or_else(|| "-".into()),
-            );
+            // While a fetch runs: how far it is (`11% of 104.0MiB`).
+            r.push(super::progress::size_cell(o));
             r.push(age(&o.created_at));
             if wide {
                 r.push(reason);
@@ -86,7 +79,7 @@ fn row(o: &StoredObject, wide: bool, prefix_kind: bool) -> Vec<String> {
     r
 }
 
-fn header(kind: Kind, wide: bool) -> Vec<&'static str> {
+pub(super) fn header(kind: Kind, wide: bool) -> Vec<&'static str> {
     let mut h = match kind {
         Kind::Model => vec!["NAME", "READY", "SIZE", "AGE"],
         Kind::Module => vec!["NAME", "READY", "RUNTIME", "ENDPOINT", "RESTARTS", "AGE"],
@@ -167,6 +160,15 @@ pub fn run(mut g: GetArgs) -> Result<(), CliError> {
             v
         }
     };
+    if g.watch {
+        let w = super::watch::Watched {
+            kind,
+            name: g.name,
+            selector,
+            output: g.output,
+        };
+        return super::watch::run(w, store, objects);
+    }
     let mut out = std::io::stdout().lock();
     match g.output {
         OutputFormat::Json | OutputFormat::Yaml => {

@@ -12,16 +12,20 @@ mod hardware;
 mod history;
 mod lock;
 mod lockfile;
+mod logging;
 mod logs;
 mod model;
 mod objref;
 mod output;
 mod plan;
+mod progress;
 mod resume;
+mod rollout;
 mod sources;
 mod ui;
 mod verbs;
 mod wait;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,6 +33,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub use logging::init as init_logging;
 pub use output::OutputFormat;
 
 use crate::api::decode::InputErrors;
@@ -64,6 +69,9 @@ pub enum CliError {
     Client(#[from] crate::interfaces::http::client::ClientError),
     #[error("{0}")]
     Timeout(String),
+    /// What was waited for will not happen (stalled, deleted, absent).
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl From<crate::control::apply::ApplyError> for CliError {
@@ -117,7 +125,12 @@ pub enum Command {
         recursive: bool,
     },
     /// List the generations of desired state.
+    ///
+    /// With an object (KIND NAME or KIND/NAME): the generations that created, changed or deleted
+    /// it, and what changed.
     History {
+        #[arg(num_args = 0..=2, value_name = "KIND NAME | KIND/NAME")]
+        object: Vec<String>,
         #[arg(short = 'o', long = "output", default_value = "table",
               value_parser = output::only(&["table", "json", "yaml"]))]
         output: OutputFormat,
@@ -131,7 +144,13 @@ pub enum Command {
         /// Suspend the watched directories that own rolled-back objects (until `resume source`).
         #[arg(long)]
         suspend_source: bool,
+        /// Print the unified diff the rollback would apply, and record nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
+    /// Follow a rollout: rollout status module/NAME waits until it is Ready at its generation.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
     /// Resume what a rollback suspended: resume source PATH.
     #[command(subcommand)]
     Resume(resume::ResumeCommand),
@@ -221,6 +240,9 @@ pub struct GetArgs {
     /// Label selector: k=v[,k=v].
     #[arg(short = 'l', long = "selector")]
     pub selector: Option<String>,
+    /// After the list, print a row whenever a listed object changes (until interrupted).
+    #[arg(short = 'w', long = "watch")]
+    pub watch: bool,
 }
 
 #[derive(Debug, clap::Args)]

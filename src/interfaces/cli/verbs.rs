@@ -14,6 +14,9 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
     let ok = Ok(ExitCode::SUCCESS);
     match cmd {
         Command::Apply(a) => super::apply::run(a),
+        Command::Get(g) if super::sources::is_sources(&g.kind) && g.watch => Err(CliError::Usage(
+            "get sources does not watch (-w); `lasctl events -w` follows what the daemon does with them".into(),
+        )),
         Command::Get(g) if super::sources::is_sources(&g.kind) => super::sources::run(g).and(ok),
         Command::Get(g) => super::get::run(g).and(ok),
         Command::Describe { object } => super::describe::run(&object).and(ok),
@@ -23,11 +26,13 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
             print!("{}", explain(&path, recursive)?);
             ok
         }
-        Command::History { output } => super::history::run(output).and(ok),
+        Command::History { object, output } => super::history::run(&object, output).and(ok),
         Command::Rollback {
             generation,
             suspend_source,
-        } => super::history::rollback(generation, suspend_source).and(ok),
+            dry_run,
+        } => super::history::rollback(generation, suspend_source, dry_run).and(ok),
+        Command::Rollout(r) => super::rollout::run(r).and(ok),
         Command::Resume(r) => super::resume::run(r).and(ok),
         Command::Plan(p) => super::plan::run(p),
         Command::Lock(l) => super::lockfile::run(l),
