@@ -517,3 +517,41 @@ fn sigterm_finishes_in_flight_requests_and_exits_zero() {
     let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert!(last["choices"][0]["finish_reason"].is_string(), "{last}");
 }
+
+/// `logit_bias` and GBNF `grammar` are honoured (sampling profiles of plugins rely on them); a
+/// malformed value of either is a 400 naming the field.
+#[test]
+fn logit_bias_and_grammar_are_honoured() {
+    let (_dir, model) = tiny();
+    let engine = Engine::start_ready(&model, &["--threads", "1", "--ctx", "256"]);
+    rt().block_on(async {
+        let url = engine.url("/v1/completions");
+        // Token 93 is the byte token of "Z" in the test model's vocabulary.
+        let body = json!({"prompt": "Once", "temperature": 0, "max_tokens": 4,
+                          "logit_bias": {"93": 100}});
+        let (s, v) = post(&url, &body).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["choices"][0]["text"], "ZZZZ", "{v}");
+
+        let body = json!({"prompt": "Once", "temperature": 0.8, "seed": 3, "max_tokens": 8,
+                          "grammar": "root ::= (\"yes\" | \"no\") \".\""});
+        let (s, v) = post(&url, &body).await;
+        assert_eq!(s, 200, "{v}");
+        let text = v["choices"][0]["text"].as_str().unwrap();
+        assert!(text == "yes." || text == "no.", "{v}");
+
+        for (field, bad) in [
+            ("logit_bias", json!({"logit_bias": {"not-a-token": 1}})),
+            ("logit_bias", json!({"logit_bias": {"5": 1000}})),
+            ("grammar", json!({"grammar": "root ::= (("})),
+        ] {
+            let mut body = json!({"prompt": "Once", "max_tokens": 2});
+            body.as_object_mut()
+                .unwrap()
+                .extend(bad.as_object().unwrap().clone());
+            let (s, v) = post(&url, &body).await;
+            let e = assert_openai_error(s, &v, 400);
+            assert_eq!(e["param"], field, "{v}");
+        }
+    });
+}
