@@ -479,3 +479,73 @@ fn example_plugin_manifests_pin_the_committed_wasm() {
         );
     }
 }
+
+/// A model verifier (here one that refuses every model) keeps a Model from Ready with the reason;
+/// deleting its activation lets the Model through.
+#[test]
+fn a_model_verifier_refuses_a_model_until_its_activation_goes() {
+    let env = FreshEnv::new();
+    let dir = env.work.path().join("v");
+    std::fs::create_dir_all(&dir).unwrap();
+    let wasm = dir.join("change_freeze.wasm");
+    std::fs::copy(repo("plugins/change_freeze.wasm"), &wasm).unwrap();
+    let manifest = dir.join("plugin.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: plugins.localaistack.io/v1alpha1
+kind: PluginManifest
+metadata: {{name: no-models}}
+spec:
+  version: 1.0.0
+  hostApi: \"^1\"
+  runtime:
+    type: wasm
+    artifacts: [{{name: module, path: change_freeze.wasm, sha256: {}}}]
+  contributes:
+    modelVerifiers: [{{id: refuse, entry: admit}}]
+",
+            sha256_file(&wasm)
+        ),
+    )
+    .unwrap();
+    let gguf = env.work.path().join("tiny.gguf");
+    env.run(&[
+        "model",
+        "generate-test",
+        gguf.to_str().unwrap(),
+        "--preset",
+        "tiny",
+    ])
+    .ok();
+    let plugins = env.write(
+        "p/plugin.yaml",
+        &(plugin_doc("verifier", &manifest, &sha256_file(&manifest))
+            + "---\napiVersion: localaistack.io/v1alpha1\nkind: PluginActivation\nmetadata: {name: verifier}\nspec:\n  pluginRef: verifier\n  contributions: [refuse]\n  scope: {models: {architectures: [llama]}}\n"),
+    );
+    let d = Daemon::start(&env, &[], &[]);
+    env.run(&["apply", "-f", plugins.to_str().unwrap()]).ok();
+    wait_ready(
+        &env,
+        &d,
+        "pluginactivation",
+        "verifier",
+        Duration::from_secs(30),
+    );
+    let model = env.write(
+        "m/model.yaml",
+        &support::model_doc("tiny", gguf.to_str().unwrap()),
+    );
+    env.run(&["apply", "-f", model.to_str().unwrap()]).ok();
+    wait_until(
+        "the verifier to refuse the model",
+        Duration::from_secs(30),
+        || {
+            get_json(&env, "model", "tiny").is_some_and(|o| {
+                condition(&o, "Stalled") == ("True".into(), "VerifierDenied".into())
+            })
+        },
+    );
+    env.run(&["delete", "pa/verifier"]).ok();
+    wait_ready(&env, &d, "model", "tiny", Duration::from_secs(30));
+}

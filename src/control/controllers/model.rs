@@ -40,6 +40,8 @@ pub struct ModelReconciler {
     too_large: Mutex<HashMap<Key, (TooLargeAt, String)>>,
     /// The stamp of the local source file of each Stalled Model, when it stalled.
     stalled_stamps: Mutex<HashMap<Key, Option<SourceStamp>>>,
+    /// Where active `modelVerifiers` come from (none: no plugin verifies).
+    plugins: Option<Arc<crate::control::plugins::PluginHost>>,
 }
 
 /// What tells a changed local file: identity, size and modification time. Not the change time:
@@ -68,6 +70,62 @@ impl ModelReconciler {
             limits: None,
             too_large: Mutex::default(),
             stalled_stamps: Mutex::default(),
+            plugins: None,
+        }
+    }
+
+    /// Runs the active plugins' `modelVerifiers` on every blob before it is Ready.
+    pub fn with_plugins(mut self, plugins: Arc<crate::control::plugins::PluginHost>) -> Self {
+        self.plugins = Some(plugins);
+        self
+    }
+
+    /// The verdict of the active model verifiers in scope: `Err` stalls the Model (a verifier
+    /// fails closed unless its activation says `Ignore`).
+    async fn run_verifiers(
+        &self,
+        obj: &StoredObject,
+        fields: &serde_json::Value,
+    ) -> Result<(), ReconcileError> {
+        let Some(host) = self.plugins.clone() else {
+            return Ok(());
+        };
+        let acts = self
+            .store
+            .with(|s| s.list(Some(Kind::PluginActivation), &Default::default()))
+            .await?;
+        if acts.is_empty() {
+            return Ok(());
+        }
+        let name = obj.name.to_string();
+        let model = json!({"name": name, "digest": fields["digest"], "sizeBytes": fields["sizeBytes"], "gguf": fields["gguf"]});
+        let verdict = tokio::task::spawn_blocking(move || {
+            let active = host.build(&acts);
+            let arch = model["gguf"]["architecture"].as_str().map(String::from);
+            let quant = model["gguf"]["quantization"].as_str().map(String::from);
+            let chain: Vec<&crate::control::plugins::ActiveCode> = active
+                .iter()
+                .filter(|c| {
+                    c.point == crate::api::plugin::Point::ModelVerifier
+                        && c.scope
+                            .matches(None, Some(&name), arch.as_deref(), quant.as_deref())
+                })
+                .collect();
+            host.run_chain(&chain, "model", model, &json!({}), Duration::from_secs(10))
+        })
+        .await
+        .map_err(|e| ReconcileError::retry("Verifying", e.to_string()))?;
+        match verdict {
+            crate::control::plugins::Verdict::Allow(_) => Ok(()),
+            crate::control::plugins::Verdict::Deny {
+                activation,
+                id,
+                reason,
+                ..
+            } => Err(ReconcileError::stalled(
+                "VerifierDenied",
+                format!("denied by plugin activation {activation} ({id}): {reason}"),
+            )),
         }
     }
 
@@ -282,6 +340,7 @@ impl ModelReconciler {
             "gguf": info,
             "progress": null,
         });
+        self.run_verifiers(&obj, &fields).await?;
         let o = obj.clone();
         let msg = format!(
             "sha256 {} verified ({} bytes)",
@@ -517,6 +576,22 @@ impl Reconciler for ModelReconciler {
                 Some(o) => self.converge_recording_stalls(key, o).await,
             }
         })
+    }
+
+    /// A Model a plugin verifier refused is tried again when activations or plugins change.
+    fn unstalled_by(&self, changed: &Key, all: &[StoredObject]) -> Vec<Key> {
+        if !matches!(changed.0, Kind::PluginActivation | Kind::Plugin) {
+            return Vec::new();
+        }
+        all.iter()
+            .filter(|o| {
+                o.kind == Kind::Model
+                    && o.condition("Stalled").is_some_and(|(s, r, _)| {
+                        s == ConditionStatus::True && r == "VerifierDenied"
+                    })
+            })
+            .map(|o| (o.kind, o.name.to_string()))
+            .collect()
     }
 
     fn retry_stalled(&self, obj: &StoredObject) -> bool {

@@ -291,7 +291,8 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
     let reconcilers: Vec<Arc<dyn Reconciler>> = vec![
         Arc::new(
             ModelReconciler::new(store.clone(), models.clone(), Duration::from_secs(600))
-                .with_limits(admission.clone()),
+                .with_limits(admission.clone())
+                .with_plugins(plugins.clone()),
         ),
         Arc::new(ModuleReconciler {
             store: store.clone(),
@@ -394,7 +395,7 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
     let ctx = ApiContext::new(home.clone(), metrics.clone(), changes_rx, info)
         .with_token(token)
         .with_access(Access::new(&args.allow_hosts, !args.v1_requires_token))
-        .with_plugins(plugins);
+        .with_plugins(plugins.clone());
     let access = ctx.access.clone();
     let health = ctx.health.clone();
     health.require_db();
