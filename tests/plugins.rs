@@ -549,3 +549,136 @@ spec:
     env.run(&["delete", "pa/verifier"]).ok();
     wait_ready(&env, &d, "model", "tiny", Duration::from_secs(30));
 }
+
+/// Hostile hooks on `/v1`: an infinite loop ends on its timeout and, failing closed, denies the
+/// request; under `failurePolicy: Ignore` the request goes through; the breaker opens after
+/// repeated failures; a module importing an ungranted host function never activates; the daemon
+/// keeps serving throughout.
+#[test]
+fn misbehaving_hooks_fail_per_their_policy_and_the_daemon_keeps_serving() {
+    let env = FreshEnv::new();
+    let write_plugin = |name: &str, wat: &str, entry: &str, requests: &str| {
+        let dir = env.work.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let wasm = dir.join("m.wasm");
+        std::fs::write(&wasm, wat::parse_file(repo(wat)).unwrap()).unwrap();
+        let manifest = dir.join("plugin.yaml");
+        std::fs::write(
+            &manifest,
+            format!(
+                "apiVersion: plugins.localaistack.io/v1alpha1
+kind: PluginManifest
+metadata: {{name: {name}}}
+spec:
+  version: 1.0.0
+  hostApi: \"^1\"
+  runtime:
+    type: wasm
+    artifacts: [{{name: module, path: m.wasm, sha256: {}}}]
+  contributes:
+    inferenceHooks: [{{id: hook, stage: preRequest, entry: {entry}}}]
+  requests: {requests}
+",
+                sha256_file(&wasm)
+            ),
+        )
+        .unwrap();
+        plugin_doc(name, &manifest, &sha256_file(&manifest))
+    };
+    let gguf = env.work.path().join("tiny.gguf");
+    env.run(&[
+        "model",
+        "generate-test",
+        gguf.to_str().unwrap(),
+        "--preset",
+        "tiny",
+    ])
+    .ok();
+    env.write(
+        "ai/model.yaml",
+        &support::model_doc("tiny", gguf.to_str().unwrap()),
+    );
+    env.write(
+        "ai/chat.yaml",
+        "apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata: {name: chat}\nspec:\n  model: tiny\n  engine: {type: llama, contextSize: 256}\n",
+    );
+    env.write(
+        "ai/loop.yaml",
+        &write_plugin(
+            "spinner",
+            "plugins/testdata/infinite_loop.wat",
+            "spin",
+            "[]",
+        ),
+    );
+    env.write(
+        "ai/loop-act.yaml",
+        "apiVersion: localaistack.io/v1alpha1\nkind: PluginActivation\nmetadata: {name: spinner}\nspec:\n  pluginRef: spinner\n  contributions: [hook]\n  limits: {timeoutMs: 50, fuel: 1000000000}\n",
+    );
+    env.write(
+        "ai/clock.yaml",
+        &write_plugin(
+            "clocky",
+            "plugins/testdata/ungranted_clock.wat",
+            "now",
+            "[clock]",
+        ),
+    );
+    env.write(
+        "ai/clock-act.yaml",
+        "apiVersion: localaistack.io/v1alpha1\nkind: PluginActivation\nmetadata: {name: clocky}\nspec:\n  pluginRef: clocky\n  contributions: [hook]\n",
+    );
+    let dir = env.work.path().join("ai");
+    let d = Daemon::start(&env, &[&dir], &[]);
+    wait_ready(&env, &d, "module", "chat", Duration::from_secs(120));
+    wait_ready(
+        &env,
+        &d,
+        "pluginactivation",
+        "spinner",
+        Duration::from_secs(30),
+    );
+    // Granted nothing, the clock-importing module is refused, naming the capability.
+    wait_until(
+        "the ungranted import to stall its activation",
+        Duration::from_secs(30),
+        || {
+            get_json(&env, "pluginactivation", "clocky").is_some_and(|o| {
+                let (s, r) = condition(&o, "Stalled");
+                s == "True" && r == "UngrantedImport" && o.to_string().contains("clock")
+            })
+        },
+    );
+
+    let url = d.url("/v1/chat/completions");
+    for _ in 0..5 {
+        let (code, e) = curl(&url, &chat("hello"));
+        assert_eq!(code, 403, "{e}");
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains("spinner"),
+            "{e}"
+        );
+    }
+    // Five failures in a row: the breaker is open, and the inventory says so.
+    let inv = inventory(&env, &d);
+    assert!(inv.to_string().contains("\"breaker\":\"open\""), "{inv}");
+    env.write(
+        "ai/loop-act.yaml",
+        "apiVersion: localaistack.io/v1alpha1\nkind: PluginActivation\nmetadata: {name: spinner}\nspec:\n  pluginRef: spinner\n  contributions: [hook]\n  failurePolicy: Ignore\n  limits: {timeoutMs: 50}\n",
+    );
+    wait_until("Ignore to take effect", Duration::from_secs(30), || {
+        curl(&url, &chat("hello")).0 == 200
+    });
+    let health = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &d.url("/healthz"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&health.stdout), "200");
+}
