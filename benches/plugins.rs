@@ -54,6 +54,54 @@ fn main() {
         times[n - 1],
     );
 
+    // The same hook as the daemon's `/v1` path runs it: through the plugin host's guard chain
+    // (context merged into the input, statistics, the verdict), on top of the proxy.
+    let code = localaistack::control::plugins::ActiveCode {
+        activation: "guard-chat".into(),
+        plugin: "guard".into(),
+        id: "guard".into(),
+        point: localaistack::api::plugin::Point::InferenceHook,
+        stage: Some(localaistack::api::plugin::HookStage::PreRequest),
+        kinds: Vec::new(),
+        entry: "pre_request".into(),
+        module: Some(guard.clone()),
+        profile: None,
+        limits: limits.clone(),
+        failure: localaistack::api::plugin::FailurePolicy::Fail,
+        priority: 0,
+        scope: Default::default(),
+        config: input["config"].clone(),
+    };
+    let home = tempfile::tempdir().unwrap();
+    let host = localaistack::control::plugins::PluginHost::new(
+        localaistack::home::LasHome::at(home.path()),
+        std::sync::Arc::new(WasmiEngine::new()),
+    );
+    let request = input["request"].clone();
+    let context = json!({"module": "chat", "model": "tiny", "path": "/v1/chat/completions"});
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let v = host.run_chain(
+            &[&code],
+            "request",
+            request.clone(),
+            &context,
+            Duration::from_secs(2),
+        );
+        times.push(t.elapsed());
+        assert!(matches!(
+            v,
+            localaistack::control::plugins::Verdict::Allow(_)
+        ));
+    }
+    times.sort();
+    println!(
+        "plugins: /v1 preRequest hook overhead through the plugin host x{n}: p50 {:?}, p99 {:?} (target p50 < 200 µs)",
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+    );
+
     // A plugin that never returns: stopped by its fuel (default limits), then by the timeout
     // when fuel is unlimited.
     let spin = wat::parse_file(plugins.join("testdata/infinite_loop.wat")).unwrap();
