@@ -63,6 +63,7 @@ fn main() {
         point: localaistack::api::plugin::Point::InferenceHook,
         stage: Some(localaistack::api::plugin::HookStage::PreRequest),
         kinds: Vec::new(),
+        scheme: None,
         entry: "pre_request".into(),
         module: Some(guard.clone()),
         profile: None,

@@ -682,3 +682,119 @@ spec:
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&health.stdout), "200");
 }
+
+/// A model source for a custom scheme (`lab://`): the plugin resolves the URI to a URL and a
+/// sha256, the host downloads and verifies from a local HTTP server, and the resolution is pinned
+/// in status, so the Model stays Ready after the plugin is gone and the daemon restarts.
+#[test]
+fn a_model_source_plugin_resolves_a_custom_scheme_and_the_resolution_is_pinned() {
+    let env = FreshEnv::new();
+    let served = env.work.path().join("srv");
+    std::fs::create_dir_all(&served).unwrap();
+    let gguf = served.join("tiny.gguf");
+    env.run(&[
+        "model",
+        "generate-test",
+        gguf.to_str().unwrap(),
+        "--preset",
+        "tiny",
+    ])
+    .ok();
+    let port = support::daemon::free_port();
+    let mut http = std::process::Command::new("python3");
+    http.args([
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ])
+    .arg("--directory")
+    .arg(&served)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let _server = support::ChildGuard::spawn(http);
+    // The resolver answers with a fixed (url, sha256): a plugin built for this test's server.
+    let answer = format!(
+        r#"{{"url":"http://127.0.0.1:{port}/tiny.gguf","sha256":"{}"}}"#,
+        sha256_file(&gguf)
+    );
+    let wat = format!(
+        r#"(module
+  (memory (export "memory") 1)
+  (data (i32.const 0) "{}")
+  (global $heap (mut i32) (i32.const 4096))
+  (func (export "las_alloc") (param $len i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (local.get $p) (local.get $len)))
+    (drop (memory.grow (i32.add (i32.shr_u (local.get $len) (i32.const 16)) (i32.const 1))))
+    (local.get $p))
+  (func (export "resolve") (param i32 i32) (result i64) (i64.const {})))"#,
+        answer.replace('"', "\\\""),
+        answer.len()
+    );
+    let pdir = env.work.path().join("lab");
+    std::fs::create_dir_all(&pdir).unwrap();
+    let wasm = pdir.join("lab.wasm");
+    std::fs::write(&wasm, wat::parse_str(&wat).unwrap()).unwrap();
+    let manifest = pdir.join("plugin.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: plugins.localaistack.io/v1alpha1
+kind: PluginManifest
+metadata: {{name: lab}}
+spec:
+  version: 1.0.0
+  hostApi: \"^1\"
+  runtime:
+    type: wasm
+    artifacts: [{{name: module, path: lab.wasm, sha256: {}}}]
+  contributes:
+    modelSources: [{{id: lab, scheme: lab, entry: resolve}}]
+",
+            sha256_file(&wasm)
+        ),
+    )
+    .unwrap();
+    let plugin = env.write(
+        "p/plugin.yaml",
+        &(plugin_doc("lab", &manifest, &sha256_file(&manifest))
+            + "---\napiVersion: localaistack.io/v1alpha1\nkind: PluginActivation\nmetadata: {name: lab}\nspec:\n  pluginRef: lab\n  contributions: [lab]\n"),
+    );
+    let model = env.write(
+        "m/model.yaml",
+        "apiVersion: localaistack.io/v1alpha1\nkind: Model\nmetadata: {name: tiny}\nspec:\n  source: lab://models/tiny\n",
+    );
+    let mut d = Daemon::start(&env, &[], &[]);
+    env.run(&["apply", "-f", plugin.to_str().unwrap()]).ok();
+    wait_ready(&env, &d, "pluginactivation", "lab", Duration::from_secs(30));
+    env.run(&["apply", "-f", model.to_str().unwrap()]).ok();
+    let m = wait_ready(&env, &d, "model", "tiny", Duration::from_secs(60));
+    assert_eq!(m["status"]["digest"], sha256_file(&gguf), "{m}");
+    assert_eq!(
+        m["status"]["resolvedSource"]["uri"], "lab://models/tiny",
+        "{m}"
+    );
+    assert_eq!(m["status"]["resolvedSource"]["activation"], "lab", "{m}");
+
+    // Neither the plugin nor the network is needed any more.
+    env.run(&["delete", "pa/lab", "plugin/lab"]).ok();
+    drop(_server);
+    d.kill9();
+    let d = Daemon::start(&env, &[], &[]);
+    wait_until(
+        "the daemon to look at the model again",
+        Duration::from_secs(10),
+        || get_json(&env, "pluginactivation", "lab").is_none(),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let m = wait_ready(&env, &d, "model", "tiny", Duration::from_secs(30));
+    assert_eq!(m["status"]["digest"], sha256_file(&gguf), "{m}");
+    let events = env.run(&["events", "model/tiny"]).ok().stdout;
+    assert!(
+        !events.contains("NoModelSource") && !events.contains("SourceUnavailable"),
+        "{events}"
+    );
+}

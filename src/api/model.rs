@@ -71,6 +71,9 @@ pub enum ModelSource {
         file: String,
         revision: Option<String>,
     },
+    /// Any other `scheme://…`: resolved to a pinned `(url, sha256)` by a plugin's `modelSources`
+    /// contribution for that scheme; the host fetches and verifies.
+    Plugin(String),
 }
 
 impl ModelSource {
@@ -115,10 +118,17 @@ impl ModelSource {
                 )),
             };
         }
-        if s.contains("://") {
-            return Err(format!(
-                "{s:?} has an unsupported scheme: use an absolute path, file://, http://, https:// or hf://"
-            ));
+        if let Some((scheme, rest)) = s.split_once("://") {
+            let ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok || rest.is_empty() {
+                return Err(format!(
+                    "{s:?} has an unsupported scheme: use an absolute path, file://, http://, https://, hf://, or a scheme a plugin's modelSources resolves"
+                ));
+            }
+            return Ok(ModelSource::Plugin(s.to_string()));
         }
         Err(format!(
             "{s:?} is a relative path: model sources must be absolute (/path or file:///path)"
@@ -156,6 +166,7 @@ impl ModelSource {
                 },
                 revision: revision.clone(),
             },
+            ModelSource::Plugin(u) => ModelSource::Plugin(format!("{}/{rel}", dir(u))),
         }
     }
 }
@@ -164,7 +175,7 @@ impl fmt::Display for ModelSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ModelSource::File(p) => write!(f, "file://{}", p.display()),
-            ModelSource::Http(u) => f.write_str(u),
+            ModelSource::Http(u) | ModelSource::Plugin(u) => f.write_str(u),
             ModelSource::Hf {
                 owner,
                 repo,
@@ -337,7 +348,13 @@ mod tests {
         ));
         assert!(ModelSource::parse("file://a/b.gguf").is_err());
         assert!(ModelSource::parse("models/b.gguf").is_err());
-        assert!(ModelSource::parse("ftp://x/y").is_err());
+        // Other schemes are for plugins' modelSources; malformed ones are still errors.
+        assert_eq!(
+            ModelSource::parse("modelscope://org/m.gguf").unwrap(),
+            ModelSource::Plugin("modelscope://org/m.gguf".into())
+        );
+        assert!(ModelSource::parse("Bad Scheme://x/y").is_err());
+        assert!(ModelSource::parse("lab://").is_err());
         let hf = ModelSource::parse("hf://o/r/dir/f.gguf@abc").unwrap();
         assert_eq!(hf.to_string(), "hf://o/r/dir/f.gguf@abc");
         assert!(ModelSource::parse("hf://o/f.gguf").is_err());

@@ -66,8 +66,18 @@ pub fn referenced_models(
             )?;
         }
     }
-    for o in store.list(Some(Kind::Model), &BTreeMap::new())? {
+    let now = store.list(Some(Kind::Model), &BTreeMap::new())?;
+    for o in &now {
         add(o.name.as_str(), "the store".to_string(), &o.spec)?;
+    }
+    // A plugin scheme's pinned resolution: the blob is stored under its URL.
+    for o in &now {
+        let r = &o.status["resolvedSource"];
+        if let (Some(url), Some(sha)) = (r["url"].as_str(), r["sha256"].as_str())
+            && let Ok(sha) = Sha256::new(sha)
+        {
+            out.push((ModelSource::Http(url.to_string()), Some(sha)));
+        }
     }
     Ok(out)
 }

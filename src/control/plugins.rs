@@ -207,6 +207,8 @@ pub struct ActiveCode {
     pub stage: Option<HookStage>,
     /// For admission checks: the kinds it sees (empty: all).
     pub kinds: Vec<Kind>,
+    /// For model sources: the URI scheme it resolves.
+    pub scheme: Option<String>,
     pub entry: String,
     /// The compiled module; `None` for data contributions (sampling profiles).
     pub module: Option<Arc<dyn Module>>,
@@ -566,6 +568,7 @@ fn codes(
             point,
             stage: None,
             kinds: Vec::new(),
+            scheme: None,
             entry: entry.to_string(),
             module: module.clone(),
             profile: None,
@@ -592,7 +595,9 @@ fn codes(
         } else if let Some(v) = c.model_verifiers.iter().find(|v| &v.id == id) {
             out.push(base(Point::ModelVerifier, &v.entry));
         } else if let Some(s) = c.model_sources.iter().find(|s| &s.id == id) {
-            out.push(base(Point::ModelSource, &s.entry));
+            let mut a = base(Point::ModelSource, &s.entry);
+            a.scheme = Some(s.scheme.clone());
+            out.push(a);
         } else if let Some(p) = c.sampling_profiles.iter().find(|p| &p.id == id) {
             let mut a = base(Point::SamplingProfile, "");
             a.profile = Some(p.clone());

@@ -302,7 +302,7 @@ impl ModelStore {
     /// The URL a network source is fetched from (`None` for local files).
     pub fn resolve_url(&self, src: &ModelSource) -> Option<String> {
         match src {
-            ModelSource::File(_) => None,
+            ModelSource::File(_) | ModelSource::Plugin(_) => None,
             ModelSource::Http(u) => Some(u.clone()),
             ModelSource::Hf {
                 owner,
@@ -401,6 +401,13 @@ impl ModelStore {
                 return Ok(b);
             }
 
+            if let ModelSource::Plugin(_) = &spec.source {
+                return Err(ModelError::SourceUnavailable {
+                    model_source: key,
+                    message: "a plugin scheme is resolved to a URL by the model controller first"
+                        .into(),
+                });
+            }
             let (fetched, origin) = match &spec.source {
                 ModelSource::File(p) => {
                     let this = self.clone();

@@ -80,6 +80,91 @@ impl ModelReconciler {
         self
     }
 
+    /// A source of another scheme, resolved by the active `modelSources` contribution for it to
+    /// a `(url, sha256)` the host fetches. The resolution is pinned in `status.resolvedSource`:
+    /// later reconciles and restarts use it without the plugin (or the network, once fetched).
+    async fn resolve_plugin_source(
+        &self,
+        obj: &StoredObject,
+        spec: &crate::api::ModelSpec,
+        uri: &str,
+    ) -> Result<crate::api::ModelSpec, ReconcileError> {
+        use crate::api::model::{ModelSource, Sha256};
+        let pinned = &obj.status["resolvedSource"];
+        let (url, sha, by) = if pinned["uri"].as_str() == Some(uri)
+            && let (Some(url), Some(sha)) = (pinned["url"].as_str(), pinned["sha256"].as_str())
+        {
+            (url.to_string(), sha.to_string(), None)
+        } else {
+            let scheme = uri.split_once("://").map_or("", |(s, _)| s).to_string();
+            let host = self.plugins.clone().ok_or_else(|| {
+                ReconcileError::retry("NoModelSource", format!("no plugin resolves {scheme}://"))
+            })?;
+            let acts = self
+                .store
+                .with(|s| s.list(Some(Kind::PluginActivation), &Default::default()))
+                .await?;
+            let u = uri.to_string();
+            let out = tokio::task::spawn_blocking(move || {
+                let active = host.build(&acts);
+                let Some(c) = active.iter().find(|c| c.scheme.as_deref() == Some(scheme.as_str()))
+                else {
+                    return Err(ReconcileError::retry(
+                        "NoModelSource",
+                        format!("no active plugin activation resolves {scheme}:// (activate a modelSources contribution for it)"),
+                    ));
+                };
+                host.call(c, &json!({"uri": u, "config": c.config}))
+                    .map(|v| (v, c.activation.clone()))
+                    .map_err(|e| {
+                        ReconcileError::retry(
+                            "SourceUnavailable",
+                            format!("plugin activation {} could not resolve it: {e}", c.activation),
+                        )
+                    })
+            })
+            .await
+            .map_err(|e| ReconcileError::retry("SourceUnavailable", e.to_string()))??;
+            let (v, activation) = out;
+            let url = v["url"].as_str().unwrap_or_default().to_string();
+            let sha = v["sha256"].as_str().unwrap_or_default().to_string();
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || Sha256::new(&sha).is_err()
+            {
+                return Err(ReconcileError::retry(
+                    "SourceUnavailable",
+                    format!(
+                        "plugin activation {activation} answered {v}, expected {{\"url\": \"http(s)://…\", \"sha256\": \"<64 hex>\"}}"
+                    ),
+                ));
+            }
+            (url, sha, Some(activation))
+        };
+        let sha = Sha256::new(&sha).map_err(|e| ReconcileError::retry("SourceUnavailable", e))?;
+        if let Some(want) = &spec.sha256
+            && *want != sha
+        {
+            return Err(ReconcileError::stalled(
+                "DigestMismatch",
+                format!("{uri} resolves to sha256 {sha}, but spec.sha256 is {want}"),
+            ));
+        }
+        if let Some(activation) = by {
+            update_status(
+                &self.store,
+                obj,
+                json!({"resolvedSource": {"uri": uri, "url": url, "sha256": sha.as_str(), "activation": activation}}),
+                vec![],
+            )
+            .await?;
+        }
+        Ok(crate::api::ModelSpec {
+            source: ModelSource::Http(url),
+            sha256: Some(sha),
+            format: spec.format.clone(),
+        })
+    }
+
     /// The verdict of the active model verifiers in scope: `Err` stalls the Model (a verifier
     /// fails closed unless its activation says `Ignore`).
     async fn run_verifiers(
@@ -291,6 +376,13 @@ impl ModelReconciler {
             cancel: Some(cancel),
             progress: Some(progress.callback()),
             ..Default::default()
+        };
+        let spec = match &spec.source {
+            crate::api::model::ModelSource::Plugin(uri) => {
+                let uri = uri.clone();
+                self.resolve_plugin_source(&obj, &spec, &uri).await?
+            }
+            _ => spec,
         };
         let ensured = self.models.ensure(&spec, &opts).await;
         drop(opts);
