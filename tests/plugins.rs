@@ -798,3 +798,67 @@ spec:
         "{events}"
     );
 }
+
+/// One URI scheme, one resolver: a second activation claiming `lab://` is refused at apply with
+/// the field path, in the same apply and against a stored one.
+#[test]
+fn a_scheme_claimed_twice_is_refused_at_apply() {
+    let env = FreshEnv::new();
+    let dir = env.work.path().join("src");
+    std::fs::create_dir_all(&dir).unwrap();
+    let wasm = dir.join("m.wasm");
+    std::fs::copy(repo("plugins/prompt_guard.wasm"), &wasm).unwrap();
+    let manifest = dir.join("plugin.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: plugins.localaistack.io/v1alpha1
+kind: PluginManifest
+metadata: {{name: lab}}
+spec:
+  version: 1.0.0
+  hostApi: \"^1\"
+  runtime:
+    type: wasm
+    artifacts: [{{name: module, path: m.wasm, sha256: {}}}]
+  contributes:
+    modelSources: [{{id: lab, scheme: lab, entry: pre_request}}]
+",
+            sha256_file(&wasm)
+        ),
+    )
+    .unwrap();
+    let act = |name: &str| {
+        format!(
+            "apiVersion: localaistack.io/v1alpha1\nkind: PluginActivation\nmetadata: {{name: {name}}}\nspec:\n  pluginRef: lab\n  contributions: [lab]\n"
+        )
+    };
+    env.write(
+        "a/plugin.yaml",
+        &plugin_doc("lab", &manifest, &sha256_file(&manifest)),
+    );
+    env.write("a/one.yaml", &act("one"));
+    env.write("a/two.yaml", &act("two"));
+    let a = env.work.path().join("a");
+    let r = env.run(&["apply", "-f", a.to_str().unwrap()]).fails();
+    assert!(
+        r.stderr.contains("two.yaml")
+            && r.stderr.contains("spec.contributions[0]")
+            && r.stderr.contains("lab://"),
+        "{}",
+        r.stderr
+    );
+    std::fs::remove_file(a.join("two.yaml")).unwrap();
+    env.run(&["apply", "-f", a.to_str().unwrap()]).ok();
+    let two = env.write("b/two.yaml", &act("two"));
+    let r = env.run(&["apply", "-f", two.to_str().unwrap()]).fails();
+    assert!(
+        r.stderr
+            .contains("already resolved by plugin activation one"),
+        "{}",
+        r.stderr
+    );
+    // Re-applying the claimant itself is fine.
+    env.run(&["apply", "-f", a.join("one.yaml").to_str().unwrap()])
+        .ok();
+}

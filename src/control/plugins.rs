@@ -129,6 +129,7 @@ pub fn check_activations(
         })
         .collect();
     let mut errors = Vec::new();
+    errors.extend(scheme_conflicts(home, store, objects, &applied));
     for d in objects {
         let Spec::PluginActivation(a) = &d.spec else {
             continue;
@@ -170,6 +171,83 @@ pub fn check_activations(
     } else {
         Err(InputErrors(errors))
     }
+}
+
+/// A URI scheme is claimed by one activation only: two activations enabling `modelSources` for
+/// the same scheme (stored, or in this apply) are refused at the applied one's contribution.
+fn scheme_conflicts(
+    home: &LasHome,
+    store: &Store,
+    objects: &[Desired],
+    applied: &BTreeMap<&str, &PluginSpec>,
+) -> Vec<InputError> {
+    let schemes_of = |plugin: &str, contributions: &[String]| -> Vec<(usize, String)> {
+        let stored = store.get(Kind::Plugin, plugin).ok();
+        let spec = match (applied.get(plugin), &stored) {
+            (Some(s), _) => (*s).clone(),
+            (None, Some(o)) => match o.typed_spec() {
+                Ok(Spec::Plugin(s)) => s,
+                _ => return Vec::new(),
+            },
+            (None, None) => return Vec::new(),
+        };
+        let Ok(Some(m)) = knowable_manifest(home, plugin, &spec, stored.as_ref()) else {
+            return Vec::new();
+        };
+        contributions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, id)| {
+                m.spec
+                    .contributes
+                    .model_sources
+                    .iter()
+                    .find(|s| &s.id == id)
+                    .map(|s| (i, s.scheme.clone()))
+            })
+            .collect()
+    };
+    let applied_names: Vec<&str> = objects
+        .iter()
+        .filter(|d| d.kind() == Kind::PluginActivation)
+        .map(|d| d.name.as_str())
+        .collect();
+    // scheme → the activation claiming it (stored ones not re-applied first).
+    let mut claims: BTreeMap<String, String> = BTreeMap::new();
+    for o in store
+        .list(Some(Kind::PluginActivation), &BTreeMap::new())
+        .unwrap_or_default()
+    {
+        if applied_names.contains(&o.name.as_str()) || o.deleted_at.is_some() {
+            continue;
+        }
+        if let Ok(Spec::PluginActivation(a)) = o.typed_spec() {
+            for (_, scheme) in schemes_of(a.plugin_ref.as_str(), &a.contributions) {
+                claims.entry(scheme).or_insert_with(|| o.name.to_string());
+            }
+        }
+    }
+    let mut errors = Vec::new();
+    for d in objects {
+        let Spec::PluginActivation(a) = &d.spec else {
+            continue;
+        };
+        for (i, scheme) in schemes_of(a.plugin_ref.as_str(), &a.contributions) {
+            match claims.get(&scheme) {
+                Some(other) if other != d.name.as_str() => errors.push(at(
+                    d,
+                    &format!("spec.contributions[{i}]"),
+                    format!(
+                        "the scheme {scheme}:// is already resolved by plugin activation {other}: one activation per scheme"
+                    ),
+                )),
+                _ => {
+                    claims.insert(scheme, d.name.to_string());
+                }
+            }
+        }
+    }
+    errors
 }
 
 fn at(d: &Desired, path: &str, message: String) -> InputError {
