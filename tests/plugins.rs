@@ -662,6 +662,17 @@ spec:
     // Five failures in a row: the breaker is open, and the inventory says so.
     let inv = inventory(&env, &d);
     assert!(inv.to_string().contains("\"breaker\":\"open\""), "{inv}");
+    // ... and the activation's status, at its next statistics copy.
+    wait_until(
+        "the activation to be Degraded",
+        Duration::from_secs(40),
+        || {
+            get_json(&env, "pluginactivation", "spinner").is_some_and(|o| {
+                condition(&o, "Degraded") == ("True".into(), "BreakerOpen".into())
+                    && o["status"]["stats"]["failures"].as_u64() >= Some(5)
+            })
+        },
+    );
     env.write(
         "ai/loop-act.yaml",
         "apiVersion: localaistack.io/v1alpha1\nkind: PluginActivation\nmetadata: {name: spinner}\nspec:\n  pluginRef: spinner\n  contributions: [hook]\n  failurePolicy: Ignore\n  limits: {timeoutMs: 50}\n",

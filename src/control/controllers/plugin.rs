@@ -199,7 +199,12 @@ pub struct PluginActivationReconciler {
     pub store: SharedStore,
     pub home: LasHome,
     pub engine: Arc<dyn Engine>,
+    /// Where the calls are counted (the daemon's host); its statistics are copied into status.
+    pub host: Option<Arc<crate::control::plugins::PluginHost>>,
 }
+
+/// How often an active activation's statistics are copied into its status.
+pub const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl PluginActivationReconciler {
     async fn converge(&self, obj: StoredObject) -> Result<Action, ReconcileError> {
@@ -318,11 +323,33 @@ impl PluginActivationReconciler {
             &digest[..12],
             crate::api::plugin::list(&effective)
         );
+        let stats = self
+            .host
+            .as_ref()
+            .and_then(|h| h.stats().get(obj.name.as_str()).cloned())
+            .unwrap_or_default();
+        let open = stats.breaker == "open";
         let fields = json!({
             "boundDigest": digest,
             "effectiveGrants": effective,
             "ungrantedRequests": ungranted,
+            "stats": {"calls": stats.calls, "failures": stats.failures, "fuelP50": stats.fuel_p50,
+                      "fuelP95": stats.fuel_p95, "breaker": if open { "open" } else { "closed" }},
         });
+        let degraded = if open {
+            cond(
+                "Degraded",
+                ConditionStatus::True,
+                "BreakerOpen",
+                format!(
+                    "{} failures in a row; calls are skipped for a while (last error: {})",
+                    stats.consecutive_failures,
+                    stats.last_error.clone().unwrap_or_default()
+                ),
+            )
+        } else {
+            cond("Degraded", ConditionStatus::False, "Healthy", "")
+        };
         let was_ready = super::status::is_ready(&obj);
         let rebound = bound.is_some_and(|b| b != digest);
         let o = obj.clone();
@@ -336,6 +363,7 @@ impl PluginActivationReconciler {
                         cond("Granted", ConditionStatus::True, "Granted", ""),
                         cond("Ready", ConditionStatus::True, "Active", msg.clone()),
                         cond("Stalled", ConditionStatus::False, "Active", ""),
+                        degraded,
                     ],
                 )?;
                 if ok && (!was_ready || rebound) {
@@ -344,7 +372,7 @@ impl PluginActivationReconciler {
                 Ok::<_, crate::control::store::StoreError>(())
             })
             .await?;
-        Ok(Action::AwaitChange)
+        Ok(Action::Requeue(STATS_INTERVAL))
     }
 }
 

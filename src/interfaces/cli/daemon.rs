@@ -320,6 +320,7 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
                 store: store.clone(),
                 home: home.clone(),
                 engine: wasm.clone(),
+                host: Some(plugins.clone()),
             },
         ),
     ];
