@@ -130,6 +130,13 @@ fn activation_granting_more_than_the_manifest_requests_is_refused_at_apply() {
         env.run(&["get", "pa", "-o", "name"]).ok().stdout.trim(),
         "pluginactivation/guard-chat"
     );
+    // The applied directory's las.lock records the Plugin's digests.
+    let lock = std::fs::read_to_string(dir.join("las.lock")).unwrap();
+    let wasm = env.work.path().join("guard/prompt_guard.wasm");
+    assert!(
+        lock.contains("plugins:") && lock.contains(&sha) && lock.contains(&sha256_file(&wasm)),
+        "{lock}"
+    );
 }
 
 #[test]

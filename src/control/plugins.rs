@@ -92,6 +92,11 @@ pub fn knowable_manifest(
     {
         return Ok(Some(m));
     }
+    local_manifest(spec)
+}
+
+/// The manifest of a Plugin whose source is a local file with the pinned digest.
+pub fn local_manifest(spec: &PluginSpec) -> Result<Option<Manifest>, InputErrors> {
     if let ModelSource::File(p) = &spec.source
         && let Ok(bytes) = read_small(p)
         && sha256_hex(&bytes) == spec.sha256.as_str()
@@ -99,6 +104,33 @@ pub fn knowable_manifest(
         return parse_manifest(&p.display().to_string(), &bytes, spec.sha256.clone()).map(Some);
     }
     Ok(None)
+}
+
+/// What `las.lock` records of the Plugins among `objects`.
+pub fn lock_entries(objects: &[Desired]) -> Vec<crate::control::resolver::PluginLock> {
+    objects
+        .iter()
+        .filter_map(|d| match &d.spec {
+            Spec::Plugin(p) => Some(crate::control::resolver::PluginLock {
+                name: d.name.to_string(),
+                source: p.source.to_string(),
+                sha256: p.sha256.to_string(),
+                artifacts: local_manifest(p)
+                    .ok()
+                    .flatten()
+                    .map(|m| {
+                        m.spec
+                            .runtime
+                            .artifacts
+                            .iter()
+                            .map(|a| (a.name.clone(), a.sha256.to_string()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 fn read_small(p: &Path) -> std::io::Result<Vec<u8>> {

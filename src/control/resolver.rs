@@ -102,6 +102,20 @@ pub enum ResolveError {
 pub struct LockFile {
     pub lock_version: u32,
     pub modules: Vec<LockEntry>,
+    /// The Plugins applied with the modules: the manifest digest and every artifact it pins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginLock>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PluginLock {
+    pub name: String,
+    pub source: String,
+    pub sha256: String,
+    /// `name: sha256` of each artifact, when the manifest is a local file with that digest.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub artifacts: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +181,7 @@ impl LockFile {
                     dependencies: p.dependencies.clone(),
                 })
                 .collect(),
+            plugins: Vec::new(),
         }
     }
 

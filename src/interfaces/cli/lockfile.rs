@@ -41,18 +41,29 @@ pub(crate) fn write_lock(
     update: bool,
 ) -> Result<LockWrite, CliError> {
     let reqs = requests(objects);
-    let Some(path) = lock_path_for(paths).filter(|_| !reqs.is_empty()) else {
+    let plugins = crate::control::plugins::lock_entries(objects);
+    let Some(path) = lock_path_for(paths).filter(|_| !reqs.is_empty() || !plugins.is_empty())
+    else {
         return Ok(LockWrite::NotNeeded);
     };
-    let loaded = Catalog::from_env()?;
-    for e in &loaded.rejected {
-        eprintln!("warning: manifest ignored: {e}");
-    }
     let old = LockFile::read(&path)?;
-    match resolve(&reqs, &loaded.catalog, old.as_ref(), update) {
+    let resolved = if reqs.is_empty() {
+        Ok(LockFile {
+            lock_version: 1,
+            modules: Vec::new(),
+            plugins: Vec::new(),
+        })
+    } else {
+        let loaded = Catalog::from_env()?;
+        for e in &loaded.rejected {
+            eprintln!("warning: manifest ignored: {e}");
+        }
+        resolve(&reqs, &loaded.catalog, old.as_ref(), update).map(|r| LockFile::from_resolution(&r))
+    };
+    match resolved {
         Err(e) => Ok(LockWrite::Unresolved(path, e)),
-        Ok(r) => {
-            let new = LockFile::from_resolution(&r);
+        Ok(mut new) => {
+            new.plugins = plugins;
             if old.as_ref() == Some(&new) {
                 Ok(LockWrite::Unchanged(path))
             } else {
