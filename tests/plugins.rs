@@ -880,3 +880,44 @@ spec:
     env.run(&["apply", "-f", a.join("one.yaml").to_str().unwrap()])
         .ok();
 }
+
+/// Plugins are desired state like the rest: an activation's change rolls back with its
+/// generation, and `apply --prune` removes what the directory lost.
+#[test]
+fn plugins_roll_back_and_prune_with_everything_else() {
+    let env = FreshEnv::new();
+    let manifest = write_guard(&env.work.path().join("guard"), "1.0.0", "[]", "");
+    let sha = sha256_file(&manifest);
+    env.write("s/plugin.yaml", &plugin_doc("guard", &manifest, &sha));
+    env.write("s/activation.yaml", &activation_doc("guard", "[]", "[one]"));
+    let dir = env.work.path().join("s");
+    let d = dir.to_str().unwrap();
+    env.run(&["apply", "--prune", "-f", d]).ok();
+    env.write("s/activation.yaml", &activation_doc("guard", "[]", "[two]"));
+    env.run(&["apply", "--prune", "-f", d]).ok();
+    let config = |env: &FreshEnv| {
+        let a: Value = serde_json::from_str(
+            &env.run(&["get", "pa", "guard-chat", "-o", "json"])
+                .ok()
+                .stdout,
+        )
+        .unwrap();
+        a["spec"]["config"]["patterns"][0]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(config(&env), "two");
+    env.run(&["rollback"]).ok();
+    assert_eq!(config(&env), "one");
+    std::fs::remove_file(dir.join("activation.yaml")).unwrap();
+    env.run(&["apply", "--prune", "-f", d]).ok();
+    assert!(env.run(&["get", "pa", "-o", "name"]).ok().stdout.is_empty());
+    assert_eq!(
+        env.run(&["get", "plugins", "-o", "name"])
+            .ok()
+            .stdout
+            .trim(),
+        "plugin/guard"
+    );
+}
