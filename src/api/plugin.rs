@@ -306,14 +306,13 @@ impl Point {
             Point::AdmissionCheck => Seam::PluginManager,
         }
     }
-    /// What a failure of this point risks decides its default: guards, verifiers and admission
-    /// fail closed; everything else (sinks, probes, post-processing) fails open.
+    /// What a failure risks decides the default: guards (pre-request hooks), verifiers, model
+    /// sources and admission checks fail closed. Post-response hooks fail open (the host sets
+    /// that by stage); data (sampling profiles) cannot fail.
     pub fn default_failure_policy(self) -> FailurePolicy {
         match self {
-            Point::ModelVerifier | Point::AdmissionCheck | Point::ModelSource => {
-                FailurePolicy::Fail
-            }
-            Point::InferenceHook | Point::SamplingProfile => FailurePolicy::Fail,
+            Point::SamplingProfile => FailurePolicy::Ignore,
+            _ => FailurePolicy::Fail,
         }
     }
 }
