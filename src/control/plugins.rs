@@ -403,12 +403,15 @@ pub enum Verdict {
     },
 }
 
+/// A compiled module is reused for the same bytes (sha256) and grants.
+type CompiledKey = (String, Vec<crate::sandbox::Capability>);
+
 /// The plugin host: compiled modules by digest and grants, the active contributions built from the
 /// store (rebuilt when the store's change counter moves), and per-activation statistics.
 pub struct PluginHost {
     home: LasHome,
     engine: Arc<dyn Engine>,
-    compiled: Mutex<HashMap<(String, Vec<crate::sandbox::Capability>), Arc<dyn Module>>>,
+    compiled: Mutex<HashMap<CompiledKey, Arc<dyn Module>>>,
     active: Mutex<Option<(u64, Arc<Vec<ActiveCode>>)>>,
     stats: Mutex<HashMap<String, Stats>>,
 }

@@ -161,7 +161,7 @@ impl ModelReconciler {
         Ok(crate::api::ModelSpec {
             source: ModelSource::Http(url),
             sha256: Some(sha),
-            format: spec.format.clone(),
+            format: spec.format,
         })
     }
 
