@@ -57,6 +57,14 @@ pub fn run(a: ApplyArgs) -> Result<(), CliError> {
     let outcome = apply_paths(&mut store, &a.files.paths, &opts)?;
     drop(store);
     print_outcome(&outcome, a.dry_run, a.output)?;
+    if !a.dry_run
+        && let Some(w) = super::daemon_record::no_daemon_warning(
+            &crate::home::LasHome::from_env()?,
+            "recorded in",
+        )
+    {
+        eprintln!("{w}");
+    }
     if a.dry_run && a.output.is_none() {
         let objects: Vec<Desired> = load(&a.files)?.into_iter().map(|(d, _)| d).collect();
         let p = super::plan::compute(&a.files, &objects, false, false)?;

@@ -216,6 +216,7 @@ pub(super) async fn proxy(
     } else {
         body
     };
+    ctx.metrics.record_served(module);
     let url = format!("{endpoint}{}", uri.path());
     let mut req = ctx.upstream.post(&url).body(body);
     for (k, v) in &headers {
