@@ -85,13 +85,20 @@ fn daemon_records_where_it_is_and_removes_the_record_when_it_exits() {
 
     let (code, s) = status_json(&env);
     assert_eq!(s["daemon"]["running"], true, "{s}");
-    assert_eq!(s["daemon"]["pid"].as_u64(), Some(d.guard.id() as u64), "{s}");
+    assert_eq!(
+        s["daemon"]["pid"].as_u64(),
+        Some(d.guard.id() as u64),
+        "{s}"
+    );
     assert_eq!(s["home"], env.home_path().display().to_string(), "{s}");
     assert_eq!(s["homeFrom"], "LAS_HOME", "{s}");
     assert_eq!(code, 0, "a served, empty home needs no attention: {s}");
 
     assert_eq!(d.sigterm_and_wait(Duration::from_secs(30)), 0);
-    assert!(record(&env).is_none(), "a clean exit removes run/daemon.json");
+    assert!(
+        record(&env).is_none(),
+        "a clean exit removes run/daemon.json"
+    );
     let (code, s) = status_json(&env);
     assert_eq!(code, 1, "{s}");
     assert_eq!(s["daemon"]["running"], false, "{s}");
@@ -136,9 +143,11 @@ fn apply_into_another_home_names_the_default_home_a_daemon_serves() {
         }
     }
     let _sweep = Sweep(default_home.clone());
-    wait_until("the default home's daemon record", Duration::from_secs(60), || {
-        default_home.join("run/daemon.json").exists()
-    });
+    wait_until(
+        "the default home's daemon record",
+        Duration::from_secs(60),
+        || default_home.join("run/daemon.json").exists(),
+    );
 
     let f = env.write("m.yaml", &model_doc("tiny", "/srv/tiny.gguf"));
     let out: Run = env
@@ -189,10 +198,22 @@ fn status_without_a_daemon_names_the_home_tier_and_disk_and_exits_1() {
     let env = FreshEnv::new();
     let r = env.run(&["status"]);
     assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
-    for want in ["Home:", "Daemon:", "Docker:", "GPU:", "Disk:", "Tier:", "Attention:"] {
+    for want in [
+        "Home:",
+        "Daemon:",
+        "Docker:",
+        "GPU:",
+        "Disk:",
+        "Tier:",
+        "Attention:",
+    ] {
         assert!(r.stdout.contains(want), "{want} missing:\n{}", r.stdout);
     }
-    assert!(r.stdout.contains("no daemon serves this home"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("no daemon serves this home"),
+        "{}",
+        r.stdout
+    );
     assert!(
         !env.home_path().join("state.db").exists(),
         "status records nothing"
@@ -215,17 +236,21 @@ fn status_lists_a_stalled_module_and_exits_1() {
     let dir = env.work.path().join("stack");
     let _d = Daemon::start(&env, &[&dir], &[]);
     let mut last = Value::Null;
-    wait_until("status to list the Stalled module", Duration::from_secs(60), || {
-        let (code, s) = status_json(&env);
-        last = s.clone();
-        code == 1
-            && s["attention"].as_array().is_some_and(|a| {
-                a.iter().any(|m| {
-                    m.as_str()
-                        .is_some_and(|m| m.starts_with("module/nowhere: Stalled"))
+    wait_until(
+        "status to list the Stalled module",
+        Duration::from_secs(60),
+        || {
+            let (code, s) = status_json(&env);
+            last = s.clone();
+            code == 1
+                && s["attention"].as_array().is_some_and(|a| {
+                    a.iter().any(|m| {
+                        m.as_str()
+                            .is_some_and(|m| m.starts_with("module/nowhere: Stalled"))
+                    })
                 })
-            })
-    });
+        },
+    );
     assert_eq!(last["daemon"]["running"], true, "{last}");
 }
 
@@ -263,16 +288,32 @@ fn ps_shows_what_runs_with_pid_memory_and_uptime() {
 
     let r = env.run(&["ps"]).ok();
     let header = r.stdout.lines().next().unwrap();
-    for col in ["NAME", "RUNTIME", "PID/CONTAINER", "ENDPOINT", "UPTIME", "MEMORY", "VRAM", "REQUESTS"] {
+    for col in [
+        "NAME",
+        "RUNTIME",
+        "PID/CONTAINER",
+        "ENDPOINT",
+        "UPTIME",
+        "MEMORY",
+        "VRAM",
+        "REQUESTS",
+    ] {
         assert!(header.contains(col), "{header}");
     }
     let row = r.stdout.lines().nth(1).unwrap();
-    assert!(row.starts_with("sleeper") && row.contains(&pid.to_string()), "{row}");
+    assert!(
+        row.starts_with("sleeper") && row.contains(&pid.to_string()),
+        "{row}"
+    );
 
     // The route is an /api route: over TCP it needs the token.
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(&d.listen).unwrap();
-    write!(s, "GET /api/v1/ps HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /api/v1/ps HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
@@ -280,8 +321,14 @@ fn ps_shows_what_runs_with_pid_memory_and_uptime() {
 
 fn generate_tiny_model(env: &FreshEnv) -> std::path::PathBuf {
     let gguf = env.work.path().join("tiny.gguf");
-    env.run(&["model", "generate-test", gguf.to_str().unwrap(), "--preset", "tiny"])
-        .ok();
+    env.run(&[
+        "model",
+        "generate-test",
+        gguf.to_str().unwrap(),
+        "--preset",
+        "tiny",
+    ])
+    .ok();
     gguf
 }
 
@@ -304,9 +351,20 @@ fn run_chats_with_a_served_model_keeps_the_conversation_and_ps_counts_requests()
 
     // A prompt as arguments: one streamed answer, then exit.
     let r = env
-        .run(&["run", "tiny", "Hello", "there", "--max-tokens", "4", "--verbose"])
+        .run(&[
+            "run",
+            "tiny",
+            "Hello",
+            "there",
+            "--max-tokens",
+            "4",
+            "--verbose",
+        ])
         .ok();
-    assert!(!r.stdout.trim().is_empty() || r.stderr.contains("completion tokens: "), "{r:?}");
+    assert!(
+        !r.stdout.trim().is_empty() || r.stderr.contains("completion tokens: "),
+        "{r:?}"
+    );
     assert!(r.stderr.contains("completion tokens: "), "{}", r.stderr);
     // By module name, the prompt on stdin.
     let r = env
@@ -360,7 +418,10 @@ fn run_chats_with_a_served_model_keeps_the_conversation_and_ps_counts_requests()
         chat["requests"].as_u64().is_some_and(|n| n >= 5),
         "every /v1 request routed to chat is counted: {chat}"
     );
-    assert!(chat["memoryBytes"].as_u64().is_some_and(|m| m > 0), "{chat}");
+    assert!(
+        chat["memoryBytes"].as_u64().is_some_and(|m| m > 0),
+        "{chat}"
+    );
 }
 
 #[test]
@@ -387,32 +448,46 @@ fn catalog_lists_every_manifest_and_shows_what_one_needs() {
     let env = FreshEnv::new();
     let r = env.run(&["catalog", "list"]).ok();
     let header = r.stdout.lines().next().unwrap();
-    for col in ["NAME", "LATEST", "VERSIONS", "RUNTIME", "GPU", "MEMORY", "PORTS"] {
+    for col in [
+        "NAME", "LATEST", "VERSIONS", "RUNTIME", "GPU", "MEMORY", "PORTS",
+    ] {
         assert!(header.contains(col), "{header}");
     }
-    let manifests: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests"))
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            n.strip_suffix(".yaml").map(String::from)
-        })
-        .collect();
+    let manifests: Vec<String> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/manifests"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.strip_suffix(".yaml").map(String::from)
+            })
+            .collect();
     assert!(!manifests.is_empty());
     for m in &manifests {
         assert!(
-            r.stdout.lines().any(|l| l.split_whitespace().next() == Some(m)),
+            r.stdout
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(m)),
             "{m} missing:\n{}",
             r.stdout
         );
     }
     let r = env.run(&["catalog", "show", "qdrant"]).ok();
-    for want in ["6333/http", "memory 512.0MiB", "container", "sha256:", "from: qdrant"] {
+    for want in [
+        "6333/http",
+        "memory 512.0MiB",
+        "container",
+        "sha256:",
+        "from: qdrant",
+    ] {
         assert!(r.stdout.contains(want), "{want}:\n{}", r.stdout);
     }
-    let v: Value =
-        serde_json::from_str(&env.run(&["catalog", "show", "qdrant", "-o", "json"]).ok().stdout)
-            .unwrap();
+    let v: Value = serde_json::from_str(
+        &env.run(&["catalog", "show", "qdrant", "-o", "json"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
     assert_eq!(v["kind"], "ModuleManifest");
     let r = env.run(&["catalog", "show", "nosuch"]).fails();
     assert!(r.stderr.contains("qdrant"), "{}", r.stderr);
@@ -438,23 +513,51 @@ fn completion_completes_kinds_and_the_names_in_the_store() {
     let env = FreshEnv::new();
     let f = env.write(
         "s.yaml",
-        &format!("{}---\n{}", model_doc("tiny", "/srv/tiny.gguf"), native_module("chat")),
+        &format!(
+            "{}---\n{}",
+            model_doc("tiny", "/srv/tiny.gguf"),
+            native_module("chat")
+        ),
     );
     env.run(&["apply", "-f", f.to_str().unwrap()]).ok();
 
     assert!(complete(&env, &["lasctl", "sta"]).contains(&"status".to_string()));
     let kinds = complete(&env, &["lasctl", "get", "mo"]);
-    assert!(kinds.contains(&"model".into()) && kinds.contains(&"module".into()), "{kinds:?}");
-    assert_eq!(complete(&env, &["lasctl", "get", "model", ""]), vec!["tiny"]);
-    assert_eq!(complete(&env, &["lasctl", "describe", "module", "c"]), vec!["chat"]);
-    assert_eq!(complete(&env, &["lasctl", "logs", "module/"]), vec!["module/chat"]);
+    assert!(
+        kinds.contains(&"model".into()) && kinds.contains(&"module".into()),
+        "{kinds:?}"
+    );
+    let names = complete(&env, &["lasctl", "get", "model", ""]);
+    assert!(
+        names.contains(&"tiny".into()) && !names.contains(&"chat".into()),
+        "{names:?}"
+    );
+    assert_eq!(
+        complete(&env, &["lasctl", "describe", "module", "c"]),
+        vec!["chat"]
+    );
+    assert_eq!(
+        complete(&env, &["lasctl", "logs", "module/"]),
+        vec!["module/chat"]
+    );
     let models = complete(&env, &["lasctl", "run", ""]);
-    assert!(models.contains(&"tiny".into()) && models.contains(&"chat".into()), "{models:?}");
+    assert!(
+        models.contains(&"tiny".into()) && models.contains(&"chat".into()),
+        "{models:?}"
+    );
 
     // The registration script calls this binary back; --static keeps the old script.
     let r = env.run(&["completion", "bash"]).ok();
-    assert!(r.stdout.contains("COMPLETE=\"bash\"") || r.stdout.contains("COMPLETE="), "{}", r.stdout);
-    assert!(r.stdout.contains(&lasctl_bin().display().to_string()), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("COMPLETE=\"bash\"") || r.stdout.contains("COMPLETE="),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains(&lasctl_bin().display().to_string()),
+        "{}",
+        r.stdout
+    );
     let r = env.run(&["completion", "bash", "--static"]).ok();
     assert!(r.stdout.contains("_lasctl"), "{}", r.stdout);
 }
@@ -464,9 +567,15 @@ fn man_pages_are_generated_for_lasctl_and_every_verb() {
     let env = FreshEnv::new();
     let dir = env.work.path().join("man1");
     env.run(&["man-pages", dir.to_str().unwrap()]).ok();
-    for page in ["lasctl.1", "lasctl-apply.1", "lasctl-status.1", "lasctl-ps.1", "lasctl-run.1"] {
-        let text = std::fs::read_to_string(dir.join(page))
-            .unwrap_or_else(|e| panic!("{page}: {e}"));
+    for page in [
+        "lasctl.1",
+        "lasctl-apply.1",
+        "lasctl-status.1",
+        "lasctl-ps.1",
+        "lasctl-run.1",
+    ] {
+        let text =
+            std::fs::read_to_string(dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
         assert!(text.contains(".TH"), "{page} is not a man page");
     }
 }

@@ -57,7 +57,13 @@ fn vm_rss(pid: u32) -> Option<u64> {
 fn process_start(pid: u32) -> Option<DateTime<Utc>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may hold spaces): state is field 3, starttime 22.
-    let ticks: u64 = stat.rsplit(')').next()?.split_whitespace().nth(19)?.parse().ok()?;
+    let ticks: u64 = stat
+        .rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
     let btime: i64 = std::fs::read_to_string("/proc/stat")
         .ok()?
         .lines()
@@ -134,6 +140,9 @@ mod tests {
         assert!(u.memory_bytes.is_some_and(|m| m > 0), "{u:?}");
         let started = u.started_at.expect("a start time");
         assert!(started <= Utc::now(), "{started}");
-        assert!(Utc::now() - started < chrono::Duration::hours(1), "{started}");
+        assert!(
+            Utc::now() - started < chrono::Duration::hours(1),
+            "{started}"
+        );
     }
 }

@@ -115,7 +115,9 @@ fn list(output: OutputFormat) -> Result<(), CliError> {
         }
         OutputFormat::Table | OutputFormat::Wide => {
             let wide = output == OutputFormat::Wide;
-            let mut header = vec!["NAME", "LATEST", "VERSIONS", "RUNTIME", "GPU", "MEMORY", "PORTS"];
+            let mut header = vec![
+                "NAME", "LATEST", "VERSIONS", "RUNTIME", "GPU", "MEMORY", "PORTS",
+            ];
             if wide {
                 header.push("DESCRIPTION");
             }
@@ -179,16 +181,17 @@ fn show(name: &str, output: Option<OutputFormat>) -> Result<(), CliError> {
             serde_json::to_string_pretty(&manifest_value(m)).expect("json")
         )?,
         Some(OutputFormat::Yaml) => write!(out, "{}", to_yaml(&manifest_value(m)))?,
-        None | Some(OutputFormat::Table) | Some(OutputFormat::Wide) => {
-            write!(out, "{}", text(m))?
-        }
+        None | Some(OutputFormat::Table) | Some(OutputFormat::Wide) => write!(out, "{}", text(m))?,
         Some(OutputFormat::Name) => writeln!(out, "{}", m.name)?,
     }
     Ok(())
 }
 
 fn text(m: &CatalogModule) -> String {
-    let mut s = format!("Name:         {}\nDescription:  {}\n", m.name, m.spec.description);
+    let mut s = format!(
+        "Name:         {}\nDescription:  {}\n",
+        m.name, m.spec.description
+    );
     if let Some(h) = &m.spec.homepage {
         s += &format!("Homepage:     {h}\n");
     }
@@ -244,7 +247,10 @@ fn text(m: &CatalogModule) -> String {
             s += &format!("    depends on:    {} {}\n", d.name, d.version.0);
         }
         for c in &v.conflicts {
-            s += &format!("    conflicts:     {} {}: {}\n", c.name, c.version.0, c.reason);
+            s += &format!(
+                "    conflicts:     {} {}: {}\n",
+                c.name, c.version.0, c.reason
+            );
         }
     }
     s

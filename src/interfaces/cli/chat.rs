@@ -260,7 +260,10 @@ pub fn run(a: RunArgs) -> Result<(), CliError> {
         rt.block_on(chat.ask(&messages))?;
         return Ok(());
     }
-    eprintln!("Chatting with {} (/bye or Ctrl-D ends, /clear forgets the conversation)", a.model);
+    eprintln!(
+        "Chatting with {} (/bye or Ctrl-D ends, /clear forgets the conversation)",
+        a.model
+    );
     let system = messages.clone();
     let mut lines = stdin.lock();
     loop {

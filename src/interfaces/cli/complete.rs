@@ -171,7 +171,13 @@ pub fn completion(shell: clap_complete::Shell, static_: bool) -> Result<(), CliE
     // The shell calls this very binary back, wherever it is installed.
     let exe = std::env::current_exe()?;
     let mut buf = Vec::new();
-    env.write_registration("COMPLETE", "lasctl", "lasctl", &exe.to_string_lossy(), &mut buf)?;
+    env.write_registration(
+        "COMPLETE",
+        "lasctl",
+        "lasctl",
+        &exe.to_string_lossy(),
+        &mut buf,
+    )?;
     out.write_all(&buf)?;
     Ok(())
 }

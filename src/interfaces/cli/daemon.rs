@@ -211,9 +211,9 @@ impl DaemonInfo for Info {
                         pid: w.pid,
                         container_id: w.container_id.clone(),
                         endpoint: w.endpoint.clone(),
-                        started_at: usage.started_at.map(|t| {
-                            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                        }),
+                        started_at: usage
+                            .started_at
+                            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
                         memory_bytes: usage.memory_bytes,
                         vram_bytes: usage.vram_bytes,
                         restarts: w.restarts,

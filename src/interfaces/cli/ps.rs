@@ -74,7 +74,13 @@ pub fn run(a: PsArgs) -> Result<(), CliError> {
             }
             let wide = a.output == OutputFormat::Wide;
             let mut header = vec![
-                "NAME", "RUNTIME", "PID/CONTAINER", "ENDPOINT", "UPTIME", "MEMORY", "VRAM",
+                "NAME",
+                "RUNTIME",
+                "PID/CONTAINER",
+                "ENDPOINT",
+                "UPTIME",
+                "MEMORY",
+                "VRAM",
                 "REQUESTS",
             ];
             if wide {

@@ -195,7 +195,11 @@ fn attention(store: &Store) -> Result<(Vec<String>, bool), CliError> {
         }
     }
     for (key, v) in store.records_with_prefix(super::sources::PREFIX)? {
-        if let Some(e) = v.get("error").and_then(Value::as_str).filter(|e| !e.is_empty()) {
+        if let Some(e) = v
+            .get("error")
+            .and_then(Value::as_str)
+            .filter(|e| !e.is_empty())
+        {
             let path = v
                 .get("path")
                 .and_then(Value::as_str)
@@ -243,9 +247,9 @@ pub fn run(a: StatusArgs) -> Result<ExitCode, CliError> {
     };
     let profile = probe_from_env().probe()?;
     for g in &profile.gpus {
+        let vendor = format!("{:?}", g.vendor).to_lowercase();
         r.gpus.push(format!(
-            "{} #{}: {} ({} total, {} free)",
-            format!("{:?}", g.vendor).to_lowercase(),
+            "{vendor} #{}: {} ({} total, {} free)",
             g.index,
             g.name,
             human_bytes(g.memory_total_bytes),
@@ -350,12 +354,21 @@ fn text(r: &Report, has_db: bool) -> String {
         );
     } else {
         for (i, g) in r.gpus.iter().enumerate() {
-            s += &format!("{}{g}\n", if i == 0 { "GPU:        " } else { "            " });
+            s += &format!(
+                "{}{g}\n",
+                if i == 0 {
+                    "GPU:        "
+                } else {
+                    "            "
+                }
+            );
         }
     }
     s += &format!(
         "Disk:       {} free under the home\n",
-        r.disk_free_bytes.map(human_bytes).unwrap_or("unknown".into())
+        r.disk_free_bytes
+            .map(human_bytes)
+            .unwrap_or("unknown".into())
     );
     s += &format!(
         "Tier:       {}{}\n",

@@ -57,7 +57,9 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
             );
             ok
         }
-        Command::Completion { shell, static_ } => super::complete::completion(shell, static_).and(ok),
+        Command::Completion { shell, static_ } => {
+            super::complete::completion(shell, static_).and(ok)
+        }
         Command::ManPages { dir } => super::complete::man_pages(&dir).and(ok),
         Command::Status(a) => super::status::run(a),
         Command::Ps(a) => super::ps::run(a).and(ok),
