@@ -107,13 +107,14 @@ impl Objects {
 }
 
 impl ValueCompleter for Objects {
+    // The engine's value index is not reliable for a positional taking 1..=2 values (the second
+    // value is reported at index 0 too), so the word before decides: after a KIND come names.
     fn complete(&self, current: &OsStr) -> Vec<CompletionCandidate> {
-        self.kind_or_ref(current)
-    }
-    fn complete_at(&self, arg_index: usize, current: &OsStr) -> Vec<CompletionCandidate> {
-        match arg_index {
-            0 => self.kind_or_ref(current),
-            _ => self.name(current),
+        let after_kind = previous_word().as_deref().and_then(Kind::parse_loose).is_some();
+        if after_kind && !current.to_string_lossy().contains('/') {
+            self.name(current)
+        } else {
+            self.kind_or_ref(current)
         }
     }
 }
