@@ -110,7 +110,10 @@ impl ValueCompleter for Objects {
     // The engine's value index is not reliable for a positional taking 1..=2 values (the second
     // value is reported at index 0 too), so the word before decides: after a KIND come names.
     fn complete(&self, current: &OsStr) -> Vec<CompletionCandidate> {
-        let after_kind = previous_word().as_deref().and_then(Kind::parse_loose).is_some();
+        let after_kind = previous_word()
+            .as_deref()
+            .and_then(Kind::parse_loose)
+            .is_some();
         if after_kind && !current.to_string_lossy().contains('/') {
             self.name(current)
         } else {
