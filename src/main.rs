@@ -1,20 +1,20 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use localaistack::interfaces::cli::{Cli, LogFormat, run};
-use tracing_subscriber::EnvFilter;
+use localaistack::interfaces::cli::{Cli, Command, init_logging, run, usage_exit_code};
 
 fn main() -> ExitCode {
     // `COMPLETE=bash lasctl ...`: the shell asks for completions (see `lasctl completion`).
     clap_complete::CompleteEnv::with_factory(Cli::command).complete();
-    let cli = Cli::parse();
-    let filter = EnvFilter::try_from_env("LAS_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed; usage errors exit 1 as every
+            // failure does (2 for diff, whose 1 means "changes").
+            let _ = e.print();
+            return usage_exit_code(&e);
+        }
+    };
+    init_logging(cli.log_format, matches!(cli.command, Command::Daemon(_)));
     run(cli)
 }

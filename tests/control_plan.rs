@@ -111,17 +111,17 @@ fn each_profile_falls_in_its_tier_with_the_reason() {
         (
             "laptop-8g",
             "cpu-only",
-            "policy default tier cpu-only: it has no condition; not chosen earlier: default/multi-gpu (gpus.count >= 2 does not hold (gpus.count is 0)); default/single-gpu (gpus.max.memoryTotalBytes is not in the profile); default/cpu-small (memory.usableBytes < 8589934592 does not hold (memory.usableBytes is 8589934592))",
+            "policy default tier cpu-only: it has no condition; not chosen earlier: default/multi-gpu (gpus.count >= 2 does not hold (gpus.count is 0)); default/single-gpu (gpus.max.memoryTotalBytes is not in the profile); default/cpu-small (memory.usableBytes < 8.0 GiB does not hold (memory.usableBytes is 8.0 GiB))",
         ),
         (
             "workstation-24g",
             "single-gpu",
-            "policy default tier single-gpu: gpus.max.memoryTotalBytes >= 4294967296 holds (gpus.max.memoryTotalBytes is 25757220864); not chosen earlier: default/multi-gpu (gpus.count >= 2 does not hold (gpus.count is 1))",
+            "policy default tier single-gpu: gpus.max.memoryTotalBytes >= 4.0 GiB holds (gpus.max.memoryTotalBytes is 24.0 GiB); not chosen earlier: default/multi-gpu (gpus.count >= 2 does not hold (gpus.count is 1))",
         ),
         (
             "dual-80g",
             "multi-gpu",
-            "policy default tier multi-gpu: gpus.count >= 2 holds (gpus.count is 2) and gpus.min.memoryTotalBytes >= 4294967296 holds (gpus.min.memoryTotalBytes is 85520809984)",
+            "policy default tier multi-gpu: gpus.count >= 2 holds (gpus.count is 2) and gpus.min.memoryTotalBytes >= 4.0 GiB holds (gpus.min.memoryTotalBytes is 79.6 GiB)",
         ),
     ] {
         let r = run_with(&env, Some(&profile(prof)), &[], &["hardware", "-o", "json"]).ok();
@@ -311,7 +311,7 @@ fn laptop_admits_small_models_and_refuses_with_reasons() {
     assert_eq!(plan["tier"]["tier"], "cpu-only");
     assert_eq!(
         refusal(&plan, "model/big").unwrap(),
-        "model big is 9.0 GiB (9663676416 bytes); tier cpu-only allows models up to 8.0 GiB (8589934592 bytes)"
+        "model big is 9.0 GiB; tier cpu-only allows models up to 8.0 GiB"
     );
     assert_eq!(
         refusal(&plan, "module/big-chat").unwrap(),
@@ -441,7 +441,15 @@ fn dual_gpu_box_splits_a_large_model_and_runs_the_catalog() {
         resolved.contains("\"module\":\"ollama\",\"version\":\"0.6.5\""),
         "{resolved}"
     );
-    // The lock pins exact versions and digests.
+    // The plan writes no lock; `lasctl lock` does, pinning exact versions and digests.
+    assert!(!dir.join("las.lock").exists(), "a plan writes nothing");
+    run_with(
+        &env,
+        Some(&profile("dual-80g")),
+        &[],
+        &["lock", "-f", dir.to_str().unwrap()],
+    )
+    .ok();
     let lock = std::fs::read_to_string(dir.join("las.lock")).unwrap();
     assert!(lock.contains("name: open-webui\n  version: 0.11.3\n  artifact: ghcr.io/open-webui/open-webui@sha256:9cd136ef"), "{lock}");
     assert!(lock.contains("dependencies:\n  - ollama"), "{lock}");
@@ -543,7 +551,7 @@ fn lock_file_keeps_versions_until_update() {
     std::fs::write(dir.join("s.yaml"), from("db", "store", "^1", None)).unwrap();
     let catalog = [("LAS_CATALOG", cat.to_str().unwrap())];
     let p = |args: &[&str]| run_with(&env, Some(&profile("laptop-8g")), &catalog, args);
-    p(&["plan", "-f", dir.to_str().unwrap()]).ok();
+    p(&["lock", "-f", dir.to_str().unwrap()]).ok();
     assert!(
         std::fs::read_to_string(dir.join("las.lock"))
             .unwrap()
@@ -566,6 +574,13 @@ fn lock_file_keeps_versions_until_update() {
     ])
     .ok();
     assert!(r.stdout.contains("\"version\": \"1.1.0\""), "{}", r.stdout);
+    // plan --update is a preview: the lock still holds until `lock --update`.
+    assert!(
+        std::fs::read_to_string(dir.join("las.lock"))
+            .unwrap()
+            .contains("version: 1.0.0")
+    );
+    p(&["lock", "-f", dir.to_str().unwrap(), "--update"]).ok();
     assert!(
         std::fs::read_to_string(dir.join("las.lock"))
             .unwrap()

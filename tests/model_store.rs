@@ -1014,6 +1014,7 @@ fn apply_model(store: &mut Store, name: &str, source: &str) {
             file: "models.yaml".into(),
             line: 1,
         },
+        resource_version: None,
     };
     let outcome = store
         .apply(&ApplyRequest {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use super::meta::{API_VERSION, InputMeta, Kind, SystemSet};
+use super::meta::{API_VERSION, InputMeta, Kind};
 use super::{Desired, ModelSpec, ModuleSpec, Origin, PolicySpec, Spec};
 
 /// Largest single YAML/JSON document accepted.
@@ -263,9 +263,10 @@ struct Manifest<S> {
     kind: String,
     metadata: InputMeta,
     spec: S,
+    /// Written by controllers: accepted (as `get -o yaml` prints it) and ignored.
     #[serde(default)]
     #[allow(dead_code)]
-    status: Option<SystemSet>,
+    status: Option<serde::de::IgnoredAny>,
 }
 
 /// Refuses a file with a document over [`MAX_DOC_BYTES`] before anything is parsed (a caller that
@@ -296,9 +297,44 @@ pub fn check_document_sizes(file: &InputFile) -> Result<(), InputErrors> {
 /// Decodes every document of every file. Returns all errors, or all objects if there are none.
 /// The same kind/name twice in one call is an error naming both places.
 pub fn decode_files(files: &[InputFile]) -> Result<Vec<Desired>, InputErrors> {
+    decode_files_skipping(files, |_| false).map(|(objects, _)| objects)
+}
+
+/// A file [`decode_files_skipping`] left out, and why (for a notice on stderr).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub file: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Skipped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: skipped: {}", self.file, self.reason)
+    }
+}
+
+/// [`decode_files`], except that a file for which `skippable(name)` is true (a file found in a
+/// directory rather than named) and whose documents are all someone else's — none has an
+/// apiVersion of `localaistack.io` or a kind this version knows — is left out and returned as
+/// [`Skipped`]. A file that claims to be ours and is wrong is still an error, and so is one that
+/// does not parse.
+pub fn decode_files_skipping(
+    files: &[InputFile],
+    skippable: impl Fn(&str) -> bool,
+) -> Result<(Vec<Desired>, Vec<Skipped>), InputErrors> {
     let mut errors = Vec::new();
     let mut out: Vec<Desired> = Vec::new();
+    let mut skipped = Vec::new();
     for f in files {
+        if skippable(&f.name)
+            && let Some(reason) = foreign(f)
+        {
+            skipped.push(Skipped {
+                file: f.name.clone(),
+                reason,
+            });
+            continue;
+        }
         let text = match std::str::from_utf8(&f.bytes) {
             Ok(t) => t,
             Err(e) => {
@@ -316,12 +352,10 @@ pub fn decode_files(files: &[InputFile]) -> Result<Vec<Desired>, InputErrors> {
                 continue;
             }
         };
+        // A UTF-8 byte order mark (some Windows editors write one) is not part of the text.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for doc in split_documents(&f.name, text) {
-            match decode_doc(&doc) {
-                Ok(Some(d)) => out.push(d),
-                Ok(None) => {}
-                Err(e) => errors.push(e),
-            }
+            decode_doc(&doc, &mut out, &mut errors);
         }
     }
     let mut seen: BTreeMap<(Kind, String), &Origin> = BTreeMap::new();
@@ -342,11 +376,112 @@ pub fn decode_files(files: &[InputFile]) -> Result<Vec<Desired>, InputErrors> {
             });
         }
     }
+    errors.extend(port_conflicts(&out));
     if errors.is_empty() {
-        Ok(out)
+        Ok((out, skipped))
     } else {
         Err(InputErrors(errors))
     }
+}
+
+/// Whether a parsed document says it is ours: an apiVersion of our group, a kind we know, or a
+/// `List` holding one.
+fn claims_ours(v: &serde_yaml::Value) -> bool {
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str());
+    if s("apiVersion").is_some_and(|a| a.starts_with(API_GROUP_PREFIX)) {
+        return true;
+    }
+    match s("kind") {
+        Some("List") => v
+            .get("items")
+            .and_then(|i| i.as_sequence())
+            .is_some_and(|items| items.iter().any(claims_ours)),
+        Some(k) => Kind::ALL.iter().any(|known| known.as_str() == k),
+        None => false,
+    }
+}
+
+/// `apiVersion` prefix of every kind of ours.
+const API_GROUP_PREFIX: &str = "localaistack.io/";
+
+/// `Some(reason)` when every document of `f` parses and none claims to be ours.
+fn foreign(f: &InputFile) -> Option<String> {
+    let text = std::str::from_utf8(&f.bytes).ok()?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut docs: Vec<serde_yaml::Value> = Vec::new();
+    if f.name.ends_with(".json") {
+        docs.push(serde_json::from_str(text).ok()?);
+    } else {
+        for doc in split_documents(&f.name, text) {
+            if doc.text.len() > MAX_DOC_BYTES {
+                return None;
+            }
+            let v: serde_yaml::Value = serde_yaml::from_str(&doc.text).ok()?;
+            if !v.is_null() {
+                docs.push(v);
+            }
+        }
+    }
+    if docs.is_empty() || docs.iter().any(claims_ours) {
+        return None;
+    }
+    Some(format!(
+        "not a LocalAIStack manifest (no apiVersion {API_VERSION} and no kind among {})",
+        Kind::known_list()
+    ))
+}
+
+/// The fixed host ports a Module binds, with the field that names each.
+pub fn fixed_host_ports(m: &super::ModuleSpec) -> Vec<((u16, &'static str), String)> {
+    let mut out = Vec::new();
+    if let Some(c) = &m.container {
+        for (i, p) in c.ports.iter().enumerate() {
+            let (port, field) = match p.host_port {
+                Some(h) => (h, format!("spec.container.ports[{i}].hostPort")),
+                None => (
+                    p.container_port,
+                    format!("spec.container.ports[{i}].containerPort"),
+                ),
+            };
+            if port != 0 {
+                out.push(((port, p.protocol.as_str()), field));
+            }
+        }
+    }
+    if let Some(e) = &m.engine
+        && e.port != 0
+    {
+        out.push(((e.port, "tcp"), "spec.engine.port".to_string()));
+    }
+    out
+}
+
+/// Two Modules of one call (or one Module twice) binding the same fixed host port and protocol.
+fn port_conflicts(objects: &[Desired]) -> Vec<InputError> {
+    let mut seen: BTreeMap<(u16, &str), (String, &Origin)> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for d in objects {
+        let Spec::Module(m) = &d.spec else { continue };
+        for (key, field) in fixed_host_ports(m) {
+            let who = format!("module/{}", d.name);
+            match seen.get(&key) {
+                Some((first, at)) => errors.push(InputError {
+                    file: d.origin.file.clone(),
+                    line: d.origin.line,
+                    column: 1,
+                    path: field,
+                    message: format!(
+                        "host port {}/{} is also bound by {first} ({}:{}): each fixed host port can be bound once",
+                        key.0, key.1, at.file, at.line
+                    ),
+                }),
+                None => {
+                    seen.insert(key, (who, &d.origin));
+                }
+            }
+        }
+    }
+    errors
 }
 
 fn line_col(prefix: &[u8]) -> (usize, usize) {
@@ -355,7 +490,174 @@ fn line_col(prefix: &[u8]) -> (usize, usize) {
     (line, col)
 }
 
-fn decode_doc(doc: &RawDoc<'_>) -> Result<Option<Desired>, InputError> {
+/// Decodes one document into `out` (a `List` into one object per item), or its errors into
+/// `errors`.
+fn decode_doc(doc: &RawDoc<'_>, out: &mut Vec<Desired>, errors: &mut Vec<InputError>) {
+    let list = (doc.text.len() <= MAX_DOC_BYTES)
+        .then(|| serde_yaml::from_str::<serde_yaml::Value>(&doc.text).ok())
+        .flatten()
+        .filter(|v| {
+            v.get("kind").and_then(|k| k.as_str()) == Some("List")
+                && v.get("apiVersion").and_then(|a| a.as_str()) == Some("v1")
+        });
+    let Some(list) = list else {
+        match decode_object(doc) {
+            Ok(Some(d)) => out.push(d),
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
+        return;
+    };
+    decode_list(doc, &list, out, errors);
+}
+
+/// A kubectl `List` (`apiVersion: v1, kind: List, items: [...]`, as `get -o yaml` prints several
+/// objects): each item is decoded as a document of its own; errors name `items[N].field` at the
+/// item's own line when the list is block YAML (else at the line of `items`).
+fn decode_list(
+    doc: &RawDoc<'_>,
+    list: &serde_yaml::Value,
+    out: &mut Vec<Desired>,
+    errors: &mut Vec<InputError>,
+) {
+    let items_at = locate(&doc.text, &["items"]).unwrap_or((first_content_line(&doc.text), 1));
+    let at = |line: usize, column: usize, path: String, message: String| InputError {
+        file: doc.file.to_string(),
+        line: doc.first_line + line.saturating_sub(1),
+        column,
+        path,
+        message,
+    };
+    if let Some(m) = list.as_mapping() {
+        for k in m.keys() {
+            let k = k.as_str().unwrap_or_default();
+            if !matches!(k, "apiVersion" | "kind" | "items" | "metadata") {
+                let (l, c) = locate(&doc.text, &[k]).unwrap_or(items_at);
+                errors.push(at(
+                    l,
+                    c,
+                    k.to_string(),
+                    "unknown field of a List: expected apiVersion, kind, metadata and items".into(),
+                ));
+            }
+        }
+    }
+    let items = match list.get("items") {
+        Some(serde_yaml::Value::Sequence(items)) => items,
+        Some(serde_yaml::Value::Null) | None => return,
+        Some(_) => {
+            errors.push(at(
+                items_at.0,
+                items_at.1,
+                "items".into(),
+                "expected a list of objects".into(),
+            ));
+            return;
+        }
+    };
+    let blocks = item_blocks(&doc.text);
+    for (i, item) in items.iter().enumerate() {
+        // The item's own text, columns shifted, when it can be cut out of block YAML and reads
+        // back as the same value; else the item re-serialized, positioned at `items`.
+        let cut = blocks.get(i).filter(|b| {
+            blocks.len() == items.len()
+                && serde_yaml::from_str::<serde_yaml::Value>(&b.text)
+                    .ok()
+                    .as_ref()
+                    == Some(item)
+        });
+        let (text, first_line, shift) = match cut {
+            Some(b) => (b.text.clone(), doc.first_line + b.first_index, b.shift),
+            None => (
+                serde_yaml::to_string(item).unwrap_or_default(),
+                doc.first_line + items_at.0 - 1,
+                0,
+            ),
+        };
+        let sub = RawDoc {
+            text,
+            first_line,
+            file: doc.file,
+        };
+        let mut errs = Vec::new();
+        match decode_object(&sub) {
+            Ok(Some(d)) => out.push(d),
+            Ok(None) => errs.push(InputError {
+                file: doc.file.to_string(),
+                line: first_line,
+                column: 1,
+                path: String::new(),
+                message:
+                    "an empty item: expected an object with apiVersion, kind, metadata and spec"
+                        .into(),
+            }),
+            Err(e) => errs.push(e),
+        }
+        for mut e in errs {
+            if cut.is_some() {
+                e.column += shift;
+            } else {
+                e.line = doc.first_line + items_at.0 - 1;
+                e.column = items_at.1;
+            }
+            e.path = if e.path.is_empty() {
+                format!("items[{i}]")
+            } else {
+                format!("items[{i}].{}", e.path)
+            };
+            errors.push(e);
+        }
+    }
+}
+
+/// One item of a block-style `items:` sequence, de-indented.
+struct ItemBlock {
+    text: String,
+    /// 0-based index of the item's first line in the document.
+    first_index: usize,
+    /// Columns removed from every line.
+    shift: usize,
+}
+
+/// Cuts the items of a top-level block sequence `items:` out of `text` (`- ` at one indent).
+fn item_blocks(text: &str) -> Vec<ItemBlock> {
+    let lines: Vec<&str> = text.lines().collect();
+    let Some(start) = lines.iter().position(|l| l.trim_end() == "items:") else {
+        return Vec::new();
+    };
+    let mut blocks: Vec<ItemBlock> = Vec::new();
+    let mut indent: Option<usize> = None;
+    for (i, line) in lines.iter().enumerate().skip(start + 1) {
+        let trimmed = line.trim_start_matches(' ');
+        let ind = line.len() - trimmed.len();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            if let Some(b) = blocks.last_mut() {
+                b.text.push('\n');
+            }
+            continue;
+        }
+        let item_indent = *indent.get_or_insert(ind);
+        if ind == item_indent && (trimmed.starts_with("- ") || trimmed == "-") {
+            let shift = ind + 2;
+            let rest = trimmed.get(2..).unwrap_or("");
+            blocks.push(ItemBlock {
+                text: format!("{rest}\n"),
+                first_index: i,
+                shift,
+            });
+        } else if ind > item_indent
+            && let Some(b) = blocks.last_mut()
+        {
+            b.text.push_str(line.get(b.shift..).unwrap_or(""));
+            b.text.push('\n');
+        } else {
+            break;
+        }
+    }
+    blocks
+}
+
+fn decode_object(doc: &RawDoc<'_>) -> Result<Option<Desired>, InputError> {
     let err_at = |line: usize, column: usize, path: &str, message: String| InputError {
         file: doc.file.to_string(),
         line: doc.first_line + line.saturating_sub(1),
@@ -449,16 +751,26 @@ fn decode_doc(doc: &RawDoc<'_>) -> Result<Option<Desired>, InputError> {
         Kind::Module => parse_typed::<ModuleSpec>(doc).map(|(m, s)| (m, Spec::Module(s))),
         Kind::Policy => parse_typed::<PolicySpec>(doc).map(|(m, s)| (m, Spec::Policy(s))),
     })?;
-    validate_spec(&spec).map_err(|(path, message)| {
-        let (l, c) = locate(&doc.text, &path_keys(&path)).unwrap_or((start, 1));
-        err_at(l, c, &path, message)
-    })?;
+    meta.validate()
+        .and_then(|()| validate_spec(&spec))
+        .map_err(|(path, message)| {
+            // The deepest key that can be found (flow mappings hide the last ones).
+            let keys = path_keys(&path);
+            let (l, c) = (1..=keys.len())
+                .rev()
+                .find_map(|n| locate(&doc.text, &keys[..n]))
+                .unwrap_or((start, 1));
+            err_at(l, c, &path, message)
+        })?;
+    let mut annotations = meta.annotations;
+    annotations.remove(super::meta::BUILT_IN_ANNOTATION);
     Ok(Some(Desired {
         name: meta.name,
         labels: meta.labels,
-        annotations: meta.annotations,
+        annotations,
         spec,
         origin,
+        resource_version: meta.resource_version.map(|r| r.0),
     }))
 }
 

@@ -137,19 +137,49 @@ impl fmt::Display for ObjectRef {
     }
 }
 
-/// A field the system sets; a user who writes it gets an error at its exact position.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SystemSet;
+/// The annotation that marks the shipped policies where they are shown as objects (`get
+/// policies` while no Policy is stored: then they are the ones in effect). Set by the system only:
+/// in input it is accepted and dropped, so a saved built-in policy applies as one's own.
+pub const BUILT_IN_ANNOTATION: &str = "localaistack.io/built-in";
 
-impl<'de> Deserialize<'de> for SystemSet {
-    fn deserialize<D: Deserializer<'de>>(_d: D) -> Result<Self, D::Error> {
-        Err(serde::de::Error::custom(
-            "is set by the system, never by the user: remove it from the file",
-        ))
+/// A field the system sets. Accepted in input (so `get -o yaml | apply -f -` round-trips) and
+/// ignored: the system keeps its own value.
+pub type SystemSet = Option<serde::de::IgnoredAny>;
+
+/// `metadata.resourceVersion` in input: a non-negative integer, as a string (as `get` prints it)
+/// or a number. When present, the write is conditional on it (a stale value is a conflict).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceVersion(pub u64);
+
+impl<'de> Deserialize<'de> for ResourceVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ResourceVersion;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a resourceVersion (a non-negative integer, as get prints it)")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ResourceVersion, E> {
+                Ok(ResourceVersion(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ResourceVersion, E> {
+                u64::try_from(v)
+                    .map(ResourceVersion)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ResourceVersion, E> {
+                v.trim()
+                    .parse()
+                    .map(ResourceVersion)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
-/// Metadata as a user writes it.
+/// Metadata as a user writes it, or as `get -o yaml` prints it: the system's fields are accepted
+/// and ignored, except `resourceVersion`, which makes the write conditional.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct InputMeta {
@@ -160,22 +190,89 @@ pub struct InputMeta {
     pub annotations: BTreeMap<String, String>,
     #[serde(default)]
     #[schemars(skip)]
-    pub uid: Option<SystemSet>,
+    pub uid: SystemSet,
     #[serde(default)]
     #[schemars(skip)]
-    pub generation: Option<SystemSet>,
+    pub generation: SystemSet,
     #[serde(default)]
     #[schemars(skip)]
-    pub resource_version: Option<SystemSet>,
+    pub resource_version: Option<ResourceVersion>,
     #[serde(default)]
     #[schemars(skip)]
-    pub creation_timestamp: Option<SystemSet>,
+    pub creation_timestamp: SystemSet,
     #[serde(default)]
     #[schemars(skip)]
-    pub deletion_timestamp: Option<SystemSet>,
+    pub deletion_timestamp: SystemSet,
     #[serde(default)]
     #[schemars(skip)]
-    pub finalizers: Option<SystemSet>,
+    pub finalizers: SystemSet,
+}
+
+impl InputMeta {
+    /// Checks labels and annotations as Kubernetes does; returns a field path and a message.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        for (k, v) in &self.labels {
+            check_qualified_key(k).map_err(|m| (format!("metadata.labels.{k}"), m))?;
+            check_label_value(v).map_err(|m| (format!("metadata.labels.{k}"), m))?;
+        }
+        for k in self.annotations.keys() {
+            check_qualified_key(k).map_err(|m| (format!("metadata.annotations.{k}"), m))?;
+        }
+        Ok(())
+    }
+}
+
+/// A label's name part (and a label value): at most 63 characters, letters, digits, '-', '_'
+/// and '.', starting and ending with a letter or digit.
+fn is_label_segment(s: &str) -> bool {
+    s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// `[prefix/]name`, the prefix a DNS subdomain (at most 253 characters), as Kubernetes checks
+/// label and annotation keys.
+pub fn check_qualified_key(k: &str) -> Result<(), String> {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    if let Some(p) = prefix {
+        let ok = !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            });
+        if !ok {
+            return Err(format!(
+                "key {k:?}: the prefix {p:?} must be a DNS subdomain (lower-case letters, digits, '-' and '.', at most 253 characters)"
+            ));
+        }
+    }
+    if !is_label_segment(name) {
+        return Err(format!(
+            "key {k:?} is not valid: expected [prefix/]name, the name 1-63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// A label value: empty, or at most 63 characters of letters, digits, '-', '_' and '.',
+/// starting and ending with a letter or digit.
+pub fn check_label_value(v: &str) -> Result<(), String> {
+    if v.is_empty() || is_label_segment(v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "value {v:?} is not a valid label value: expected at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit (or empty)"
+        ))
+    }
 }
 
 /// Metadata as the system reports it.

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use meta::{
     API_VERSION, Condition, ConditionStatus, InputMeta, Kind, ObjectMeta, ObjectName, ObjectRef,
+    ResourceVersion,
 };
 pub use model::{ModelSpec, ModelStatus};
 pub use module::{ModuleSpec, ModuleStatus};
@@ -73,6 +74,9 @@ pub struct Desired {
     pub annotations: BTreeMap<String, String>,
     pub spec: Spec,
     pub origin: Origin,
+    /// `metadata.resourceVersion` as the input carried it (a `get -o yaml` round trip): the write
+    /// is made only if the stored object still has it.
+    pub resource_version: Option<u64>,
 }
 
 impl Desired {

@@ -221,6 +221,70 @@ pub struct ModelStatus {
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gguf: Option<GgufInfo>,
+    /// How far a fetch has come; present only while bytes are downloaded or hashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ModelProgress>,
+}
+
+/// A fetch in progress, written at most about once a second while it runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelProgress {
+    /// `Downloading` (bytes fetched or copied) or `Verifying` (bytes hashed).
+    pub phase: String,
+    pub bytes_done: u64,
+    /// Unknown when the server sends no length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<u64>,
+    /// Over the interval since the previous report (0 at the first).
+    #[serde(default)]
+    pub bytes_per_second: u64,
+}
+
+impl ModelProgress {
+    /// Whole percent done, when the total is known.
+    pub fn percent(&self) -> Option<u64> {
+        self.bytes_total
+            .filter(|t| *t > 0)
+            .map(|t| (self.bytes_done.min(t) as u128 * 100 / t as u128) as u64)
+    }
+
+    /// `12.0 MiB of 104.0 MiB (11%) fetched, 8.0 MiB/s`: the figures for people.
+    pub fn summary(&self) -> String {
+        let verb = if self.phase == "Verifying" {
+            "hashed"
+        } else {
+            "fetched"
+        };
+        let mut s = match (self.bytes_total, self.percent()) {
+            (Some(t), Some(pc)) => format!(
+                "{} of {} ({pc}%) {verb}",
+                binary_bytes(self.bytes_done),
+                binary_bytes(t)
+            ),
+            _ => format!("{} {verb}", binary_bytes(self.bytes_done)),
+        };
+        if self.bytes_per_second > 0 {
+            s.push_str(&format!(", {}/s", binary_bytes(self.bytes_per_second)));
+        }
+        s
+    }
+}
+
+/// Bytes in binary units with one decimal: `512 B`, `12.0 MiB`.
+pub fn binary_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 #[cfg(test)]

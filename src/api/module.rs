@@ -102,13 +102,54 @@ impl ModuleSpec {
                 "command must name the program to run (an argv array, at least one element)".into(),
             ));
         }
-        if let Some(c) = &self.container
-            && c.image.trim().is_empty()
-        {
-            return Err((
-                "spec.container.image".into(),
-                "image must not be empty".into(),
-            ));
+        if let Some(c) = &self.container {
+            if c.image.trim().is_empty() {
+                return Err((
+                    "spec.container.image".into(),
+                    "image must not be empty".into(),
+                ));
+            }
+            check_env(&c.env, "spec.container.env")?;
+            for (i, v) in c.volumes.iter().enumerate() {
+                for (field, p) in [
+                    ("hostPath", &v.host_path),
+                    ("containerPath", &v.container_path),
+                ] {
+                    if !p.is_absolute() {
+                        return Err((
+                            format!("spec.container.volumes[{i}].{field}"),
+                            format!(
+                                "{} is a relative path: expected an absolute path (relative to what would depend on where the daemon runs)",
+                                p.display()
+                            ),
+                        ));
+                    }
+                }
+            }
+            if let Some(cpus) = c.resources.as_ref().and_then(|r| r.cpus)
+                && !(cpus.is_finite() && cpus > 0.0)
+            {
+                return Err((
+                    "spec.container.resources.cpus".into(),
+                    format!(
+                        "{cpus} is not a CPU limit: expected a positive number of cores, e.g. 2 or 0.5"
+                    ),
+                ));
+            }
+        }
+        if let Some(n) = &self.native {
+            check_env(&n.env, "spec.native.env")?;
+            if let Some(w) = &n.working_dir
+                && !w.is_absolute()
+            {
+                return Err((
+                    "spec.native.workingDir".into(),
+                    format!(
+                        "{} is a relative path: expected an absolute path",
+                        w.display()
+                    ),
+                ));
+            }
         }
         if self.engine.is_some() && self.model.is_none() {
             return Err((
@@ -121,6 +162,32 @@ impl ModuleSpec {
         }
         Ok(())
     }
+}
+
+/// Environment variable names as Kubernetes accepts them (letters, digits, '_', '-' and '.', not
+/// starting with a digit); values without NUL bytes, which no process environment can hold.
+fn check_env(env: &BTreeMap<String, String>, path: &str) -> Result<(), (String, String)> {
+    for (k, v) in env {
+        let ok = !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            && !k.as_bytes()[0].is_ascii_digit();
+        if !ok {
+            return Err((
+                format!("{path}.{k}"),
+                format!(
+                    "{k:?} is not an environment variable name: expected letters, digits, '_', '-' and '.', not starting with a digit"
+                ),
+            ));
+        }
+        if v.contains('\0') {
+            return Err((
+                format!("{path}.{k}"),
+                "the value contains a NUL byte, which no environment can hold".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A semver requirement such as `^0.6` or `>=1.2, <2`.
@@ -182,6 +249,15 @@ pub enum Protocol {
     #[default]
     Tcp,
     Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

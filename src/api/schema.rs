@@ -37,16 +37,51 @@ pub fn kind_schema(kind: Kind) -> Value {
 }
 
 /// One schema that accepts any kind, for editors (`# yaml-language-server: $schema=...`).
+///
+/// Self-contained: every kind's schema is inlined under `$defs` (its own definitions merged in,
+/// renamed `<Kind><Name>` where two kinds define a name differently), so every `$ref` is a
+/// fragment of this document and validators resolve it offline. Relative references to the
+/// per-kind files resolved against the remote `$id` instead, which fails without the network.
 pub fn combined_schema() -> Value {
-    let branches: Vec<Value> = Kind::ALL
-        .iter()
-        .map(|k| {
-            json!({
-                "if": {"properties": {"kind": {"const": k.as_str()}}, "required": ["kind"]},
-                "then": {"$ref": format!("{}.schema.json", k.as_str().to_lowercase())}
-            })
-        })
-        .collect();
+    let mut defs = Map::new();
+    let mut branches = Vec::new();
+    for k in Kind::ALL {
+        let mut root = kind_schema(k);
+        let obj = root.as_object_mut().expect("root schema is an object");
+        let own = match obj.remove("$defs") {
+            Some(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
+        obj.remove("$schema");
+        obj.remove("$id");
+        // Names another kind already defined differently get this kind's prefix.
+        let renames: Vec<(String, String)> = own
+            .iter()
+            .filter(|(n, v)| defs.get(*n).is_some_and(|d| d != *v))
+            .map(|(n, _)| (n.clone(), format!("{}{n}", k.as_str())))
+            .collect();
+        let mut own = Value::Object(own);
+        for (from, to) in &renames {
+            rename_ref(&mut root, from, to);
+            rename_ref(&mut own, from, to);
+        }
+        for (n, v) in own.as_object().expect("object") {
+            let n = renames
+                .iter()
+                .find(|(from, _)| from == n)
+                .map_or(n.clone(), |(_, to)| to.clone());
+            defs.insert(n, v.clone());
+        }
+        assert!(
+            !defs.contains_key(k.as_str()),
+            "a definition is named like the kind {k}"
+        );
+        defs.insert(k.as_str().to_string(), root);
+        branches.push(json!({
+            "if": {"properties": {"kind": {"const": k.as_str()}}, "required": ["kind"]},
+            "then": {"$ref": format!("#/$defs/{}", k.as_str())}
+        }));
+    }
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://localaistack.io/schemas/v1alpha1/localaistack.schema.json",
@@ -57,8 +92,27 @@ pub fn combined_schema() -> Value {
             "apiVersion": {"const": API_VERSION},
             "kind": {"enum": Kind::ALL.map(|k| k.as_str())}
         },
-        "allOf": branches
+        "allOf": branches,
+        "$defs": defs
     })
+}
+
+/// Rewrites every `{"$ref": "#/$defs/<from>"}` under `v` to point at `<to>`.
+fn rename_ref(v: &mut Value, from: &str, to: &str) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get_mut("$ref")
+                && r.strip_prefix("#/$defs/") == Some(from)
+            {
+                *r = format!("#/$defs/{to}");
+            }
+            for (_, c) in m.iter_mut() {
+                rename_ref(c, from, to);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|c| rename_ref(c, from, to)),
+        _ => {}
+    }
 }
 
 /// The files of `crds/`: (file name, pretty JSON text).

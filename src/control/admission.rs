@@ -33,6 +33,7 @@ fn desired_of(o: &StoredObject) -> Option<Desired> {
             file: "<store>".into(),
             line: 0,
         },
+        resource_version: None,
     })
 }
 

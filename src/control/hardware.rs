@@ -262,7 +262,7 @@ impl HardwareProfile {
     /// nothing the planner uses changed (free memory fluctuates and is ignored).
     pub fn changes_since(&self, old: &HardwareProfile) -> Vec<String> {
         let mut out = Vec::new();
-        let gib = |b: u64| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64);
+        let gib = super::policy::human_bytes;
         if old.memory.total_bytes != self.memory.total_bytes {
             out.push(format!(
                 "memory changed from {} to {}",

@@ -5,6 +5,7 @@ pub mod apply;
 pub mod controllers;
 pub mod cycles;
 pub mod hardware;
+pub mod history;
 pub mod model_gc;
 pub mod plan;
 pub mod policy;

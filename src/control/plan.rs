@@ -24,7 +24,7 @@ use serde::Serialize;
 use super::hardware::HardwareProfile;
 use super::policy::{
     Admission, DeviceLedger, GpuNeed, MemoryEstimator, ModelFacts, ServedModel, TierChoice,
-    Verdict, Workload, gib,
+    Verdict, Workload, human_bytes,
 };
 use super::resolver::{LockFile, Request, Resolution, ResolveError, resolve};
 use super::store::StoredObject;
@@ -212,12 +212,12 @@ impl Plan {
                         Some(n) => format!("{} ({n})", d.device),
                         None => d.device.clone(),
                     },
-                    gib(d.capacity_bytes),
-                    gib(d.headroom_bytes),
-                    gib(d.before_bytes),
-                    gib(d.planned_bytes),
-                    gib(d.after_bytes),
-                    gib(d.free_after_headroom_bytes),
+                    human_bytes(d.capacity_bytes),
+                    human_bytes(d.headroom_bytes),
+                    human_bytes(d.before_bytes),
+                    human_bytes(d.planned_bytes),
+                    human_bytes(d.after_bytes),
+                    human_bytes(d.free_after_headroom_bytes),
                 ]
             })
             .collect();
@@ -303,6 +303,95 @@ struct Instance {
     implied_by: Option<String>,
 }
 
+/// The resolver's requests of the `from` Modules of `desired`, sorted by name.
+pub fn requests(desired: &[Desired]) -> Vec<Request> {
+    let mut out: Vec<Request> = desired
+        .iter()
+        .filter_map(|d| {
+            let Spec::Module(m) = &d.spec else {
+                return None;
+            };
+            Some(Request {
+                object: d.name.to_string(),
+                from: m.from.as_ref()?.to_string(),
+                version: m
+                    .version
+                    .as_ref()
+                    .map(|v| v.0.clone())
+                    .unwrap_or(semver::VersionReq::STAR),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.object.cmp(&b.object));
+    out
+}
+
+/// Whether `text` names `module/NAME` (not a longer name that starts with it).
+fn names_module(text: &str, name: &str) -> bool {
+    let needle = format!("module/{name}");
+    text.match_indices(&needle).any(|(i, _)| {
+        text[i + needle.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '-'))
+    })
+}
+
+/// After the whole set failed with `whole`: the Modules to refuse, each with its own reason, and
+/// the resolution of the others. A Module is refused when the error names it (its chain), or
+/// when it does not resolve on its own; what remains is resolved again without them. When
+/// nothing can be singled out, every `from` Module is refused with `whole`.
+fn resolve_apart(
+    requests: &[Request],
+    input: &PlanInput<'_>,
+    whole: &ResolveError,
+) -> (Option<Resolution>, BTreeMap<String, String>) {
+    let mut failed: BTreeMap<String, String> = BTreeMap::new();
+    let mut rest: Vec<Request> = requests.to_vec();
+    let mut err = whole.clone();
+    // Each round removes at least one request, so this ends.
+    loop {
+        let msg = err.to_string();
+        let mut named: Vec<String> = rest
+            .iter()
+            .filter(|r| names_module(&msg, &r.object))
+            .map(|r| r.object.clone())
+            .collect();
+        if named.is_empty() {
+            for r in &rest {
+                if let Err(e) = resolve(
+                    std::slice::from_ref(r),
+                    input.catalog,
+                    input.lock,
+                    input.update,
+                ) {
+                    failed.insert(r.object.clone(), e.to_string());
+                }
+            }
+            named = rest
+                .iter()
+                .filter(|r| failed.contains_key(&r.object))
+                .map(|r| r.object.clone())
+                .collect();
+            if named.is_empty() {
+                for r in &rest {
+                    failed.insert(r.object.clone(), msg.clone());
+                }
+                return (None, failed);
+            }
+        } else {
+            for n in &named {
+                failed.insert(n.clone(), msg.clone());
+            }
+        }
+        rest.retain(|r| !named.contains(&r.object));
+        match resolve(&rest, input.catalog, input.lock, input.update) {
+            Ok(r) => return (Some(r), failed),
+            Err(e) => err = e,
+        }
+    }
+}
+
 /// Computes the plan. See the module documentation.
 pub fn plan(input: &PlanInput<'_>) -> Planned {
     let mut refusals: BTreeMap<String, String> = BTreeMap::new();
@@ -360,26 +449,25 @@ pub fn plan(input: &PlanInput<'_>) -> Planned {
     }
 
     // Resolution of `from` modules.
-    let requests: Vec<Request> = modules
-        .iter()
-        .filter_map(|(n, m)| {
-            Some(Request {
-                object: n.clone(),
-                from: m.from.as_ref()?.to_string(),
-                version: m
-                    .version
-                    .as_ref()
-                    .map(|v| v.0.clone())
-                    .unwrap_or(semver::VersionReq::STAR),
-            })
-        })
-        .collect();
+    let requests = requests(input.desired);
     let resolution = resolve(&requests, input.catalog, input.lock, input.update);
+    // When the whole set does not resolve, each Module that fails gets its own reason and the
+    // rest are planned without them.
+    let (usable, failed) = match &resolution {
+        Ok(r) => (Some(r.clone()), BTreeMap::new()),
+        Err(e) => resolve_apart(&requests, input, e),
+    };
+    for (n, reason) in &failed {
+        refusals.insert(obj(Kind::Module, n), format!("resolution failed: {reason}"));
+    }
     let mut instances: BTreeMap<String, Instance> = BTreeMap::new();
     let mut resolved = Vec::new();
-    match &resolution {
-        Ok(r) => {
+    match &usable {
+        Some(r) => {
             for (n, m) in &modules {
+                if failed.contains_key(n) {
+                    continue;
+                }
                 let manifest = m.from.as_ref().and_then(|f| {
                     let p = &r.modules[f.as_str()];
                     input
@@ -454,10 +542,12 @@ pub fn plan(input: &PlanInput<'_>) -> Planned {
                 });
             }
         }
-        Err(e) => {
+        None => {
             for (n, m) in &modules {
                 if m.from.is_some() {
-                    refusals.insert(obj(Kind::Module, n), format!("resolution failed: {e}"));
+                    refusals
+                        .entry(obj(Kind::Module, n))
+                        .or_insert_with(|| "resolution failed".into());
                 } else {
                     instances.insert(
                         n.clone(),
@@ -592,7 +682,7 @@ pub fn plan(input: &PlanInput<'_>) -> Planned {
         }
         let size = all_models[n]
             .size_bytes
-            .map(|b| format!(" ({})", gib(b)))
+            .map(|b| format!(" ({})", human_bytes(b)))
             .unwrap_or_default();
         let id = push(
             &mut actions,

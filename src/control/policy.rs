@@ -59,14 +59,74 @@ pub struct NamedPolicy {
     pub spec: PolicySpec,
 }
 
-/// The shipped policies (`policies/default.yaml`, compiled in).
-pub fn default_policies() -> Result<Vec<NamedPolicy>, PolicyError> {
+pub use crate::api::meta::BUILT_IN_ANNOTATION;
+
+/// The shipped policies as the objects `policies/default.yaml` defines (labels included).
+pub fn default_policy_objects() -> Result<Vec<crate::api::Desired>, PolicyError> {
     let files = [crate::api::decode::InputFile {
         name: "policies/default.yaml".into(),
         bytes: DEFAULT_POLICY_YAML.as_bytes().to_vec(),
     }];
-    let decoded = crate::api::decode::decode_files(&files)
-        .map_err(|e| PolicyError::BuiltIn(e.to_string()))?;
+    crate::api::decode::decode_files(&files).map_err(|e| PolicyError::BuiltIn(e.to_string()))
+}
+
+/// The shipped policies as objects annotated built-in, while they are the ones in effect: when
+/// `stored_policies` (the stored Policies) holds none that is not being deleted. Not stored: no
+/// uid, generation or resourceVersion. Shown by `lasctl get policies` and the API alike.
+pub fn built_in_policy_objects(
+    stored_policies: &[crate::control::store::StoredObject],
+) -> Result<Vec<crate::control::store::StoredObject>, PolicyError> {
+    if stored_policies
+        .iter()
+        .any(|o| o.kind == crate::api::Kind::Policy && o.deleted_at.is_none())
+    {
+        return Ok(Vec::new());
+    }
+    Ok(default_policy_objects()?
+        .into_iter()
+        .map(|d| {
+            let mut annotations = d.annotations.clone();
+            annotations.insert(BUILT_IN_ANNOTATION.into(), "true".into());
+            crate::control::store::StoredObject {
+                kind: crate::api::Kind::Policy,
+                name: d.name.clone(),
+                uid: String::new(),
+                generation: 0,
+                resource_version: 0,
+                created_at: String::new(),
+                deleted_at: None,
+                finalizers: Vec::new(),
+                labels: d.labels.clone(),
+                annotations,
+                spec: d.spec.to_json(),
+                status: Value::Object(Default::default()),
+            }
+        })
+        .collect())
+}
+
+/// Whether `o` is one of [`built_in_policy_objects`].
+pub fn is_built_in(o: &crate::control::store::StoredObject) -> bool {
+    o.uid.is_empty() && o.annotations.get(BUILT_IN_ANNOTATION).map(String::as_str) == Some("true")
+}
+
+/// An object as `-o json|yaml` and the API show it; a built-in policy without the system fields
+/// it does not have (so it can be saved, edited and applied as a Policy of one's own).
+pub fn object_json(o: &crate::control::store::StoredObject) -> Value {
+    let mut v = o.to_json();
+    if is_built_in(o)
+        && let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut)
+    {
+        for k in ["uid", "generation", "resourceVersion", "creationTimestamp"] {
+            m.remove(k);
+        }
+    }
+    v
+}
+
+/// The shipped policies (`policies/default.yaml`, compiled in).
+pub fn default_policies() -> Result<Vec<NamedPolicy>, PolicyError> {
+    let decoded = default_policy_objects()?;
     Ok(decoded
         .into_iter()
         .filter_map(|d| match d.spec {
@@ -224,8 +284,13 @@ pub fn evaluate(p: &Predicate, facts: &Value) -> (bool, String) {
         return (false, format!("{name} is not in the profile"));
     };
     let holds = compare(&got, op, want);
+    // Facts in bytes read in human units (`memory.usableBytes >= 16.0 GiB`).
+    let bytes = name.ends_with("Bytes");
     let shown = |v: &Value| match v {
         Value::String(s) => s.clone(),
+        Value::Number(n) if bytes && n.as_u64().is_some() => {
+            human_bytes(n.as_u64().expect("checked"))
+        }
         other => other.to_string(),
     };
     (
@@ -513,8 +578,21 @@ pub struct Admission<'a> {
     running_models: u32,
 }
 
-pub fn gib(b: u64) -> String {
-    format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+/// Bytes in human units, as every message and table shows them: `512 B`, `104.0 MiB`,
+/// `5.8 GiB` (binary units, one decimal).
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 impl<'a> Admission<'a> {
@@ -604,11 +682,11 @@ impl<'a> Admission<'a> {
             return Verdict::Refused {
                 object,
                 reason: format!(
-                    "model {} is {} ({size} bytes); tier {} allows models up to {} ({max} bytes)",
+                    "model {} is {}; tier {} allows models up to {}",
                     m.name,
-                    gib(size),
+                    human_bytes(size),
                     self.tier_name(),
-                    gib(max)
+                    human_bytes(max)
                 ),
             };
         }
@@ -723,8 +801,8 @@ impl<'a> Admission<'a> {
                 return Err(format!(
                     "model {} needs {} of RAM at contextSize {ctx}{why}; {} of RAM free after headroom (tier {tier})",
                     m.name,
-                    gib(need),
-                    gib(free)
+                    human_bytes(need),
+                    human_bytes(free)
                 ));
             }
             Ok(Placement {
@@ -735,7 +813,7 @@ impl<'a> Admission<'a> {
                 summary: format!(
                     "model {} on the CPU: {} of RAM at contextSize {ctx}{layers_note}",
                     m.name,
-                    gib(need)
+                    human_bytes(need)
                 ),
             })
         };
@@ -766,8 +844,8 @@ impl<'a> Admission<'a> {
                 return Err(format!(
                     "{} needs {} of RAM; {} free after headroom (tier {tier})",
                     w.object,
-                    gib(w.memory_bytes),
-                    gib(self.ram.free_after_headroom())
+                    human_bytes(w.memory_bytes),
+                    human_bytes(self.ram.free_after_headroom())
                 ));
             }
             return Ok(Placement {
@@ -778,7 +856,7 @@ impl<'a> Admission<'a> {
                 summary: format!(
                     "model {} fully on GPU {best_idx}: {} of VRAM at contextSize {ctx}{layers_note}",
                     m.name,
-                    gib(need)
+                    human_bytes(need)
                 ),
             });
         }
@@ -827,8 +905,8 @@ impl<'a> Admission<'a> {
         let shortfall = format!(
             "model {} needs {} of VRAM at contextSize {ctx}; GPU {best_idx} has {} free after headroom",
             m.name,
-            gib(need),
-            gib(best_free)
+            human_bytes(need),
+            human_bytes(best_free)
         );
         if caps.allow_cpu_fallback != Some(true) && wanted_layers == est.layers {
             return Err(format!(
@@ -861,8 +939,8 @@ impl<'a> Admission<'a> {
             return Err(format!(
                 "{head}: placing {on_gpu} of {} layers on GPU {best_idx} leaves {} for RAM, which has {} free after headroom{layers_note}",
                 est.layers,
-                gib(ram_need),
-                gib(ram_free)
+                human_bytes(ram_need),
+                human_bytes(ram_free)
             ));
         }
         Ok(Placement {
@@ -898,8 +976,8 @@ impl<'a> Admission<'a> {
             return Err(format!(
                 "{} needs {} of RAM; {} free after headroom (tier {})",
                 w.object,
-                gib(need),
-                gib(free),
+                human_bytes(need),
+                human_bytes(free),
                 self.tier_name()
             ));
         }
@@ -909,8 +987,8 @@ impl<'a> Admission<'a> {
             gpu_layers: None,
             total_layers: None,
             summary: match note {
-                Some(n) => format!("{} of RAM; {n}", gib(need)),
-                None => format!("{} of RAM", gib(need)),
+                Some(n) => format!("{} of RAM; {n}", human_bytes(need)),
+                None => format!("{} of RAM", human_bytes(need)),
             },
         })
     }
@@ -1087,7 +1165,7 @@ mod tests {
             v,
             Verdict::Refused {
                 object: "module/c".into(),
-                reason: "model c needs 5.8 GiB of VRAM at contextSize 4096; GPU 0 has 0.5 GiB free after headroom; tier t does not allow CPU fallback".into()
+                reason: "model c needs 5.8 GiB of VRAM at contextSize 4096; GPU 0 has 512.0 MiB free after headroom; tier t does not allow CPU fallback".into()
             }
         );
         let l = &a.ledgers()[1];

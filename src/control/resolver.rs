@@ -84,7 +84,7 @@ pub enum ResolveError {
         cycles.iter().map(|c| c.join(" → ")).collect::<Vec<_>>().join("; "))]
     Cycles { cycles: Vec<Vec<String>> },
     #[error(
-        "las.lock pins {name} {version} ({locked}), but the catalog now has {found}: run with --update to accept the catalog's"
+        "las.lock pins {name} {version} ({locked}), but the catalog now has {found}: run lasctl lock --update to accept the catalog's"
     )]
     LockMismatch {
         name: String,
@@ -121,7 +121,7 @@ pub enum LockError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {message}: fix or delete it, then run plan again")]
+    #[error("{path}: {message}: fix or delete it, then run lasctl lock -f PATH again")]
     Parse { path: PathBuf, message: String },
     #[error("cannot write {path}: {source}")]
     Write {
@@ -200,7 +200,7 @@ impl LockFile {
 
     pub fn to_text(&self) -> String {
         format!(
-            "# las.lock: written by lasctl plan; exact versions and artifacts of the resolved modules.\n# Commit it. `lasctl plan --update` re-resolves.\n{}",
+            "# las.lock: written by lasctl apply and lasctl lock; exact versions and artifacts of the resolved modules.\n# Commit it. `lasctl lock --update` re-resolves.\n{}",
             serde_yaml::to_string(self).expect("lock files serialize")
         )
     }

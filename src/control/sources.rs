@@ -34,7 +34,7 @@ use super::apply::{ApplyOptions, request, source_key};
 use super::controllers::{SharedStore, Trigger};
 use super::store::{Action, EventType, Store, StoreError};
 use crate::api::Desired;
-use crate::api::decode::{InputFile, decode_files, read_paths};
+use crate::api::decode::{InputFile, decode_files_skipping, read_paths};
 /// The record of one watched directory, stored under `source/<path>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -141,6 +141,15 @@ pub fn resume(store: &mut Store, source: &str) -> Result<bool, StoreError> {
         "the daemon applies the directory again",
     );
     Ok(true)
+}
+
+/// Whether a rollback suspended the watched directory `src` (until `resume source`).
+pub fn is_suspended(store: &Store, src: &str) -> bool {
+    store
+        .get_record(&suspension_key(src))
+        .ok()
+        .flatten()
+        .is_some()
 }
 
 /// The watched sources (those with a `source/` record) that own objects a rollback to `target`
@@ -420,6 +429,7 @@ impl Commit {
             prune: true,
             allow_empty: false,
             dry_run: false,
+            stdin_scope: None,
         };
         let paths = [self.dir.clone()];
         let mut req = request(
@@ -680,7 +690,18 @@ async fn attempt(
     let commit = Commit {
         key: key.clone(),
         dir: d.path.clone(),
-        objects: snapshot.and_then(|f| decode_files(&f).map_err(|e| e.to_string())),
+        // Someone else's files in the directory (a compose file, a package.json) are skipped,
+        // as `lasctl apply` skips them, instead of blocking the whole directory.
+        objects: snapshot.and_then(|f| {
+            decode_files_skipping(&f, |_| true)
+                .map(|(objects, skipped)| {
+                    for s in &skipped {
+                        tracing::info!(file = %s.file, reason = %s.reason, "skipped a file of a watched directory");
+                    }
+                    objects
+                })
+                .map_err(|e| e.to_string())
+        }),
         others: all.iter().filter(|k| **k != key).cloned().collect(),
         prune_wait: (now < prune_at).then_some(prune_at),
     };
@@ -738,7 +759,7 @@ mod tests {
         Commit {
             key: source_key(dir),
             dir: dir.to_path_buf(),
-            objects: decode_files(&files).map_err(|e| e.to_string()),
+            objects: crate::api::decode::decode_files(&files).map_err(|e| e.to_string()),
             others: others.iter().map(|s| s.to_string()).collect(),
             prune_wait: None,
         }

@@ -11,6 +11,11 @@
 //!   renamed to `PATH.1` (replacing the older one) and a new `PATH` is started. Nothing is copied.
 //! - The pipe is always drained: if the disk refuses a write, that output is dropped (and the file
 //!   is reopened at the next rotation), so a full disk never blocks the workload.
+//!
+//! # Caveats
+//! - Bytes are copied as they come, escape codes included. `lasctl` processes (the built-in
+//!   engine) write none when stderr is not a terminal (`interfaces::cli::logging`); another
+//!   program that colours a pipe regardless shows its codes in the file, as `docker logs` would.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};

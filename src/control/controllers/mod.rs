@@ -4,7 +4,8 @@
 //! - One reconcile per object at a time; a trigger during a reconcile runs it again afterwards.
 //! - A reconcile's own status writes never run it again: an object is woken by changes of its
 //!   desired state (spec, deletion, finalizers, labels), by changes of what it depends on
-//!   ([`Reconciler::dependents`]), by runtime events and by the resync.
+//!   ([`Reconciler::dependents`]), by runtime events and by the resync. A write that changes only
+//!   `status.progress` (a download's figures) wakes nothing, dependents included.
 //! - Errors back off exponentially with jitter (capped), and nothing but a change of the object's
 //!   own desired state cuts a backoff short. Errors no retry can fix mark the object `Stalled`: it
 //!   is not reconciled again (the resync included) until its desired state or something it
@@ -291,11 +292,13 @@ async fn retry_stalled(
 
 /// What the scheduler last saw of an object: any write moves `resource_version`; `desired` is a
 /// fingerprint of everything but status (uid, generation, deletion, finalizers, labels,
-/// annotations), so the object's own status writes can be told apart.
+/// annotations), so the object's own status writes can be told apart; `status` is one of the
+/// status without `progress`, so a download's progress reports wake nothing at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Seen {
     resource_version: u64,
     desired: u64,
+    status: u64,
 }
 
 impl Seen {
@@ -311,9 +314,19 @@ impl Seen {
             &o.annotations,
         )
             .hash(&mut h);
+        let desired = h.finish();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        match o.status.as_object() {
+            Some(m) => m
+                .iter()
+                .filter(|(k, _)| k.as_str() != "progress")
+                .for_each(|(k, v)| (k, v.to_string()).hash(&mut h)),
+            None => o.status.to_string().hash(&mut h),
+        }
         Seen {
             resource_version: o.resource_version,
-            desired: h.finish(),
+            desired,
+            status: h.finish(),
         }
     }
 }
@@ -345,6 +358,8 @@ fn diff_store(
         let now = Seen::of(o);
         match seen.get(&key) {
             Some(s) if *s == now => {}
+            // Only progress moved: nothing anyone waits for changed.
+            Some(s) if s.desired == now.desired && s.status == now.status => {}
             Some(s) if s.desired == now.desired => changed.push((key.clone(), false)),
             _ => changed.push((key.clone(), true)),
         }
@@ -406,7 +421,9 @@ async fn reconcile_one(
         Ok(Action::Requeue(d)) => Finish::Ok(Some(d)),
         Ok(Action::AwaitChange) => Finish::Ok(None),
         Err(e) => {
-            span.in_scope(|| tracing::warn!(reason = %e.reason, message = %e.message, permanent = e.permanent, "reconcile failed"));
+            // Debug only: the daemon shows the Warning event this records, once per distinct
+            // failure, instead of a line per retry.
+            span.in_scope(|| tracing::debug!(reason = %e.reason, message = %e.message, permanent = e.permanent, "reconcile failed"));
             if let Some(o) = obj {
                 let e2 = e.clone();
                 store.with(move |s| record_failure(s, &o, &e2)).await;

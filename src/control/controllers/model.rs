@@ -22,9 +22,10 @@ use super::module::Admission;
 use super::queue::Key;
 use super::status::{cond, event, update_status, write_status};
 use super::{Action, ReconcileError, Reconciler, SharedStore};
+use crate::api::model::binary_bytes;
 use crate::api::{ConditionStatus, Kind, Spec};
 use crate::artifacts::gguf;
-use crate::artifacts::models::{EnsureOptions, ModelError, ModelStore};
+use crate::artifacts::models::{EnsureOptions, ModelError, ModelStore, Phase, Progress};
 use crate::control::store::{EventType, StoredObject};
 
 pub struct ModelReconciler {
@@ -219,12 +220,27 @@ impl ModelReconciler {
             .await?;
         }
         let (cancel, _watch) = self.watch_deleted(&obj);
+        // A Model already Ready keeps serving its blob while it is fetched again: its progress
+        // is reported, but Ready stays as it is.
+        let progress = ProgressWriter::start(
+            self.store.clone(),
+            obj.clone(),
+            !matches!(spec.source, crate::api::model::ModelSource::File(_)),
+            !was_ready,
+        );
         let opts = EnsureOptions {
             max_bytes: limit.as_ref().map(|l| l.0),
             cancel: Some(cancel),
+            progress: Some(progress.callback()),
             ..Default::default()
         };
         let ensured = self.models.ensure(&spec, &opts).await;
+        drop(opts);
+        // No progress write may land after the writes below (it would undo them).
+        let wrote_progress = progress.stop().await;
+        if wrote_progress && ensured.is_err() {
+            update_status(&self.store, &obj, json!({"progress": null}), vec![]).await?;
+        }
         let blob = match ensured {
             Ok(b) => b,
             // Deleted meanwhile: nothing to report on an object that is gone (no Warning either).
@@ -264,6 +280,7 @@ impl ModelReconciler {
             "sizeBytes": blob.size_bytes,
             "path": blob.path.display().to_string(),
             "gguf": info,
+            "progress": null,
         });
         let o = obj.clone();
         let msg = format!(
@@ -303,6 +320,148 @@ impl ModelReconciler {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key.clone(), Instant::now());
     }
+}
+
+/// The least time between two progress writes of one Model.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Turns a fetch's progress reports into `status.progress` (and, for a Model not yet Ready,
+/// `Ready=False` with the phase as reason), at most once per
+/// [`PROGRESS_EVERY`], plus one `Downloading` event when a network download starts.
+///
+/// # Guarantees
+/// - These writes are status only: they never wake the Model itself, and the scheduler does not
+///   wake its dependents for them either (a change of `status.progress` alone is no change).
+/// - After [`ProgressWriter::stop`] returns, no write of this writer is in flight or to come.
+struct ProgressWriter {
+    latest: Arc<watch::Sender<Option<Progress>>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<bool>,
+}
+
+impl ProgressWriter {
+    fn start(store: SharedStore, obj: StoredObject, network: bool, set_ready: bool) -> Self {
+        let (latest, mut rx) = watch::channel(None::<Progress>);
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let mut wrote = false;
+            let mut announced = !network;
+            let mut last: Option<(Instant, Phase, u64)> = None;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut stopped => return wrote,
+                    r = rx.changed() => if r.is_err() { return wrote },
+                }
+                let Some(p) = *rx.borrow_and_update() else {
+                    continue;
+                };
+                if p.phase == Phase::Verified {
+                    continue;
+                }
+                let now = Instant::now();
+                let rate = match last {
+                    Some((t, phase, done)) if phase == p.phase && p.done_bytes >= done => {
+                        ((p.done_bytes - done) as f64 / (now - t).as_secs_f64().max(1e-3)) as u64
+                    }
+                    _ => 0,
+                };
+                last = Some((now, p.phase, p.done_bytes));
+                let announce = !announced && p.phase == Phase::Downloading;
+                announced |= announce;
+                let o = obj.clone();
+                let written = store
+                    .with(move |s| write_progress(s, &o, p, rate, set_ready, announce))
+                    .await;
+                match written {
+                    Ok(true) => wrote = true,
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(error = %e, "cannot write download progress"),
+                }
+                tokio::select! {
+                    biased;
+                    _ = &mut stopped => return wrote,
+                    _ = tokio::time::sleep(PROGRESS_EVERY) => {}
+                }
+            }
+        });
+        ProgressWriter {
+            latest: Arc::new(latest),
+            stop,
+            task,
+        }
+    }
+
+    /// The callback for [`EnsureOptions::progress`]: keeps only the latest report.
+    fn callback(&self) -> crate::artifacts::models::ProgressFn {
+        let latest = self.latest.clone();
+        Arc::new(move |p| {
+            latest.send_replace(Some(p));
+        })
+    }
+
+    /// Stops the writer once its write in flight (if any) is done; whether it wrote anything.
+    async fn stop(self) -> bool {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(false)
+    }
+}
+
+/// One progress write (see [`ProgressWriter`]).
+fn write_progress(
+    s: &mut crate::control::store::Store,
+    obj: &StoredObject,
+    p: Progress,
+    rate: u64,
+    set_ready: bool,
+    announce: bool,
+) -> Result<bool, crate::control::store::StoreError> {
+    let progress = crate::api::model::ModelProgress {
+        phase: p.phase.reason().to_string(),
+        bytes_done: p.done_bytes,
+        bytes_total: p.total_bytes,
+        bytes_per_second: rate,
+    };
+    // The figures live in `status.progress` only: conditions change at transitions, so a
+    // progress write is no change to anyone who waits on them (see the scheduler's `Seen`).
+    let source = obj
+        .spec
+        .get("source")
+        .and_then(|v| v.as_str())
+        .unwrap_or("?");
+    let message = match p.phase {
+        Phase::Verifying => format!("hashing the bytes of {source}"),
+        _ => format!("fetching {source}"),
+    };
+    let mut conds = vec![cond(
+        "Reconciling",
+        ConditionStatus::True,
+        p.phase.reason(),
+        message.clone(),
+    )];
+    if set_ready {
+        conds.push(cond(
+            "Ready",
+            ConditionStatus::False,
+            p.phase.reason(),
+            message,
+        ));
+    }
+    let ok = write_status(s, obj, &json!({ "progress": progress }), conds)?;
+    if ok && announce {
+        let msg = match (p.done_bytes, p.total_bytes) {
+            (0, Some(t)) => format!("downloading {source} ({})", binary_bytes(t)),
+            (0, None) => format!("downloading {source} (size unknown)"),
+            (d, Some(t)) => format!(
+                "resuming the download of {source} at {} of {}",
+                binary_bytes(d),
+                binary_bytes(t)
+            ),
+            (d, None) => format!("resuming the download of {source} at {}", binary_bytes(d)),
+        };
+        event(s, obj, EventType::Normal, "Downloading", &msg);
+    }
+    Ok(ok)
 }
 
 /// Aborts a helper task when the reconcile that started it ends.

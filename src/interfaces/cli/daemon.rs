@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, TryStreamExt};
@@ -19,6 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
 use super::CliError;
+use super::logging::{REPEAT_WINDOW, STATE_TARGET};
 use crate::api::Kind;
 use crate::artifacts::models::ModelStore;
 use crate::control::controllers::model::ModelReconciler;
@@ -414,7 +415,8 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
         docker: docker.clone(),
         docker_link: docker_link.clone(),
     });
-    let (source_changes, db_changes) = (changes_rx.clone(), changes_rx.clone());
+    let (source_changes, db_changes, state_changes) =
+        (changes_rx.clone(), changes_rx.clone(), changes_rx.clone());
     let ctx = ApiContext::new(home.clone(), metrics.clone(), changes_rx, info)
         .with_token(token)
         .with_access(Access::new(&args.allow_hosts, !args.v1_requires_token));
@@ -497,6 +499,9 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
         access.mint_login()
     );
 
+    // One line per state change on stderr (the events the controllers record).
+    tokio::spawn(log_state_changes(store.clone(), state_changes));
+
     // The state database under us: deleted or replaced → stop (a restart opens the current one);
     // unreadable → /healthz says so.
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(1);
@@ -553,8 +558,106 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
                 }
             }
         }
+    } else {
+        say_what_keeps_running(&native, docker.as_ref()).await;
     }
     Ok(())
+}
+
+/// On exit without `--stop-workloads-on-exit`: which workloads keep running, and how to stop them.
+async fn say_what_keeps_running(native: &Arc<dyn Runtime>, docker: Option<&Arc<dyn Runtime>>) {
+    use crate::runtime::WorkloadState as S;
+    let mut running = Vec::new();
+    let mut modules = std::collections::BTreeSet::new();
+    for rt in std::iter::once(native).chain(docker) {
+        for w in rt.list().await.unwrap_or_default() {
+            if !matches!(w.state, S::Starting | S::Running | S::Ready | S::Unhealthy) {
+                continue;
+            }
+            let what = match (&w.pid, &w.container_id) {
+                (Some(pid), _) => format!("pid {pid}"),
+                (None, Some(id)) => format!("container {}", &id[..id.len().min(12)]),
+                (None, None) => format!("{:?}", w.runtime).to_lowercase(),
+            };
+            let name = match w.owner.object() {
+                Some((kind, name)) => {
+                    modules.insert(name.to_string());
+                    format!("{}/{name}", kind.as_str().to_lowercase())
+                }
+                None => w.owner.as_str().to_string(),
+            };
+            running.push(format!("{name} ({what})"));
+        }
+    }
+    if running.is_empty() {
+        return;
+    }
+    let one = running.len() == 1;
+    eprintln!(
+        "lasctl daemon: {} workload{} running: {}; the next `lasctl daemon` on this home adopts {}",
+        running.len(),
+        if one { " keeps" } else { "s keep" },
+        running.join(", "),
+        if one { "it" } else { "them" },
+    );
+    eprintln!(
+        "lasctl daemon: to stop {}, start the daemon with --stop-workloads-on-exit and stop it \
+         again, or delete {} while a daemon runs: lasctl delete module {}",
+        if one { "it" } else { "them" },
+        if one { "its Module" } else { "their Modules" },
+        modules.into_iter().collect::<Vec<_>>().join(" ")
+    );
+}
+
+/// One line per state change: every event the controllers record (a Model verified, a Module
+/// started, Ready, restarted, stalled, ...), at INFO (Normal) or WARN (Warning), on the target
+/// [`STATE_TARGET`]. A repeated event (its row's count grows) is shown at most once per
+/// [`REPEAT_WINDOW`], with its count.
+async fn log_state_changes(store: SharedStore, mut changes: watch::Receiver<u64>) {
+    use crate::control::store::{EventType, event_series};
+    let mut after = store
+        .with(|s| s.events(None, 0, 1))
+        .await
+        .ok()
+        .and_then(|e| e.last().map(|e| e.id))
+        .unwrap_or(0);
+    let mut shown: std::collections::HashMap<(String, String, String, String), Instant> =
+        Default::default();
+    while changes.changed().await.is_ok() {
+        let a = after;
+        let Ok(events) = store.with(move |s| s.events(None, a, 1000)).await else {
+            continue;
+        };
+        let now = Instant::now();
+        shown.retain(|_, t| now.duration_since(*t) < REPEAT_WINDOW);
+        for e in events {
+            after = after.max(e.id);
+            let key = (
+                e.kind.clone(),
+                e.name.clone(),
+                e.reason.clone(),
+                event_series(&e.message),
+            );
+            if e.count > 1 && shown.contains_key(&key) {
+                continue;
+            }
+            shown.insert(key, now);
+            let object = format!("{}/{}", e.kind.to_lowercase(), e.name);
+            let times = if e.count > 1 {
+                format!(" (x{})", e.count)
+            } else {
+                String::new()
+            };
+            match e.type_ {
+                EventType::Normal => {
+                    tracing::info!(target: STATE_TARGET, "{object} {}: {}{times}", e.reason, e.message)
+                }
+                EventType::Warning => {
+                    tracing::warn!(target: STATE_TARGET, "{object} {}: {}{times}", e.reason, e.message)
+                }
+            }
+        }
+    }
 }
 
 fn db_identity(p: &std::path::Path) -> Option<(u64, u64)> {

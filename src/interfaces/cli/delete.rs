@@ -31,6 +31,15 @@ pub fn run(d: DeleteArgs) -> Result<(), CliError> {
             .join(" ")
     );
     let mut store = open_store()?;
+    let builtins = super::get::built_in_policies(&store, Some(Kind::Policy))?;
+    if let Some((_, n)) = refs
+        .iter()
+        .find(|(k, n)| *k == Kind::Policy && builtins.iter().any(|b| b.name.as_str() == n))
+    {
+        return Err(CliError::Usage(format!(
+            "policy/{n} is built in (policies/default.yaml) and read only: apply a Policy of your own to replace the built-in set"
+        )));
+    }
     let outcome = store.delete(&refs, &description)?;
     print_outcome(&outcome, false, None)
 }

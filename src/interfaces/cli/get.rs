@@ -2,13 +2,12 @@
 
 use std::io::Write;
 
-use serde_json::Value;
-
 use super::objref;
-use super::output::{OutputFormat, age, human_bytes, list_value, print_table, to_yaml};
+use super::output::{OutputFormat, age, list_value, print_table, to_yaml};
 use super::verbs::{lower, open_store};
 use super::{CliError, GetArgs, parse_selector};
 use crate::api::Kind;
+use crate::control::policy::{built_in_policy_objects, is_built_in, object_json as shown};
 use crate::control::store::StoredObject;
 
 fn ready(o: &StoredObject) -> (String, String) {
@@ -19,7 +18,7 @@ fn ready(o: &StoredObject) -> (String, String) {
     }
 }
 
-fn row(o: &StoredObject, wide: bool, prefix_kind: bool) -> Vec<String> {
+pub(super) fn row(o: &StoredObject, wide: bool, prefix_kind: bool) -> Vec<String> {
     let name = if prefix_kind {
         format!("{}/{}", lower(o.kind), o.name)
     } else {
@@ -34,13 +33,8 @@ fn row(o: &StoredObject, wide: bool, prefix_kind: bool) -> Vec<String> {
     let mut r = vec![name, ready];
     match o.kind {
         Kind::Model => {
-            r.push(
-                o.status
-                    .get("sizeBytes")
-                    .and_then(Value::as_u64)
-                    .map(human_bytes)
-                    .unwrap_or_else(|| "-".into()),
-            );
+            // While a fetch runs: how far it is (`11% of 104.0MiB`).
+            r.push(super::progress::size_cell(o));
             r.push(age(&o.created_at));
             if wide {
                 r.push(reason);
@@ -71,7 +65,12 @@ fn row(o: &StoredObject, wide: bool, prefix_kind: bool) -> Vec<String> {
                     .unwrap_or(0)
                     .to_string(),
             );
-            r.push(age(&o.created_at));
+            // The shipped defaults are not stored: no age, a marker instead.
+            r.push(if is_built_in(o) {
+                "built-in".into()
+            } else {
+                age(&o.created_at)
+            });
             if wide {
                 r.push(o.spec["priority"].to_string());
             }
@@ -80,7 +79,7 @@ fn row(o: &StoredObject, wide: bool, prefix_kind: bool) -> Vec<String> {
     r
 }
 
-fn header(kind: Kind, wide: bool) -> Vec<&'static str> {
+pub(super) fn header(kind: Kind, wide: bool) -> Vec<&'static str> {
     let mut h = match kind {
         Kind::Model => vec!["NAME", "READY", "SIZE", "AGE"],
         Kind::Module => vec!["NAME", "READY", "RUNTIME", "ENDPOINT", "RESTARTS", "AGE"],
@@ -94,6 +93,19 @@ fn header(kind: Kind, wide: bool) -> Vec<&'static str> {
         });
     }
     h
+}
+
+/// The shipped policies, shown by `get policies` as objects marked built-in while they are the
+/// ones in effect (no Policy is stored). `get all` lists what is stored.
+pub(crate) fn built_in_policies(
+    store: &crate::control::store::Store,
+    kind: Option<Kind>,
+) -> Result<Vec<StoredObject>, CliError> {
+    if kind != Some(Kind::Policy) {
+        return Ok(Vec::new());
+    }
+    let stored = store.list(Some(Kind::Policy), &Default::default())?;
+    Ok(built_in_policy_objects(&stored)?)
 }
 
 pub fn run(mut g: GetArgs) -> Result<(), CliError> {
@@ -117,19 +129,53 @@ pub fn run(mut g: GetArgs) -> Result<(), CliError> {
     if all && g.name.is_some() {
         return Err(CliError::Usage("get all takes no NAME".into()));
     }
+    if g.name.is_some() && g.selector.is_some() {
+        // kubectl: "name cannot be provided when a selector is specified".
+        return Err(CliError::Usage(
+            "a NAME and a selector (-l) cannot be given together: get KIND -l k=v lists what matches, get KIND NAME shows one object".into(),
+        ));
+    }
     let store = open_store()?;
     let selector = parse_selector(g.selector.as_deref())?;
+    let builtins = built_in_policies(&store, kind)?;
     let objects = match (kind, &g.name) {
-        (Some(k), Some(n)) => vec![store.get(k, n)?],
-        _ => store.list(kind, &selector)?,
+        (Some(k), Some(n)) => match store.get(k, n) {
+            Err(crate::control::store::StoreError::NotFound { .. })
+                if builtins.iter().any(|b| b.name.as_str() == n) =>
+            {
+                builtins
+                    .into_iter()
+                    .filter(|b| b.name.as_str() == n)
+                    .collect()
+            }
+            r => vec![r?],
+        },
+        _ => {
+            let mut v = store.list(kind, &selector)?;
+            v.extend(builtins.into_iter().filter(|b| {
+                selector
+                    .iter()
+                    .all(|(k, want)| b.labels.get(k) == Some(want))
+            }));
+            v
+        }
     };
+    if g.watch {
+        let w = super::watch::Watched {
+            kind,
+            name: g.name,
+            selector,
+            output: g.output,
+        };
+        return super::watch::run(w, store, objects);
+    }
     let mut out = std::io::stdout().lock();
     match g.output {
         OutputFormat::Json | OutputFormat::Yaml => {
             let v = if g.name.is_some() {
-                objects[0].to_json()
+                shown(&objects[0])
             } else {
-                list_value(objects.iter().map(StoredObject::to_json).collect())
+                list_value(objects.iter().map(shown).collect())
             };
             if g.output == OutputFormat::Json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&v).expect("json"))?;

@@ -21,7 +21,7 @@ pub const PROFILE_RECORD: &str = "hardware/profile";
 #[derive(Debug, clap::Args)]
 pub struct HardwareArgs {
     /// yaml prints exactly the format LAS_HARDWARE_PROFILE reads.
-    #[arg(short = 'o', long = "output", value_enum)]
+    #[arg(short = 'o', long = "output", value_parser = super::output::only(&["table", "json", "yaml"]))]
     pub output: Option<OutputFormat>,
 }
 

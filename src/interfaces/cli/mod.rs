@@ -15,18 +15,23 @@ mod get;
 mod hardware;
 mod history;
 mod lock;
+mod lockfile;
+mod logging;
 mod logs;
 mod model;
 mod objref;
 mod output;
 mod plan;
+mod progress;
 mod ps;
 mod resume;
+mod rollout;
 mod sources;
 mod status;
 mod ui;
 mod verbs;
 mod wait;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -34,6 +39,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub use logging::init as init_logging;
 pub use output::OutputFormat;
 
 use crate::api::decode::InputErrors;
@@ -69,6 +75,9 @@ pub enum CliError {
     Client(#[from] crate::interfaces::http::client::ClientError),
     #[error("{0}")]
     Timeout(String),
+    /// What was waited for will not happen (stalled, deleted, absent).
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl From<crate::control::apply::ApplyError> for CliError {
@@ -104,7 +113,7 @@ pub enum LogFormat {
 pub enum Command {
     /// Record desired state from files, directories or stdin (-).
     Apply(ApplyArgs),
-    /// List objects: get KIND [NAME], or get all.
+    /// List objects: get KIND [NAME], get all, or get sources (the watched directories).
     Get(GetArgs),
     /// Show an object's spec, status, conditions and recent events: describe KIND NAME (or KIND/NAME).
     Describe {
@@ -122,8 +131,14 @@ pub enum Command {
         recursive: bool,
     },
     /// List the generations of desired state.
+    ///
+    /// With an object (KIND NAME or KIND/NAME): the generations that created, changed or deleted
+    /// it, and what changed.
     History {
-        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        #[arg(num_args = 0..=2, value_name = "KIND NAME | KIND/NAME")]
+        object: Vec<String>,
+        #[arg(short = 'o', long = "output", default_value = "table",
+              value_parser = output::only(&["table", "json", "yaml"]))]
         output: OutputFormat,
     },
     /// Make desired state equal to an earlier generation (default: the previous one).
@@ -135,7 +150,13 @@ pub enum Command {
         /// Suspend the watched directories that own rolled-back objects (until `resume source`).
         #[arg(long)]
         suspend_source: bool,
+        /// Print the unified diff the rollback would apply, and record nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
+    /// Follow a rollout: rollout status module/NAME waits until it is Ready at its generation.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
     /// Resume what a rollback suspended: resume source PATH.
     #[command(subcommand)]
     Resume(resume::ResumeCommand),
@@ -149,8 +170,11 @@ pub enum Command {
         #[arg(short = 'w', long = "watch")]
         watch: bool,
     },
-    /// The ordered actions an apply would cause, projected RAM/VRAM, and every refusal.
+    /// The ordered actions an apply would cause, projected RAM/VRAM, and every refusal (writes
+    /// nothing; exit 1 when anything is refused).
     Plan(plan::PlanArgs),
+    /// Resolve the from: Modules of PATH and write las.lock beside it (apply does this too).
+    Lock(lockfile::LockArgs),
     /// The detected hardware profile and the tier it falls in.
     Hardware(hardware::HardwareArgs),
     /// Run a built-in inference engine: engine llama --model PATH [--port N] ...
@@ -221,7 +245,12 @@ pub struct ApplyArgs {
     /// With --prune: allow pruning every object of a PATH.
     #[arg(long, requires = "prune")]
     pub allow_empty: bool,
-    #[arg(short = 'o', long = "output", value_enum)]
+    /// With --prune and -f -: the scope stdin's objects are recorded and pruned in (stdin has
+    /// no path to scope them; without a name, --prune with stdin is refused).
+    #[arg(long, value_name = "NAME", requires = "prune")]
+    pub prune_scope: Option<String>,
+    /// name, json or yaml (default: one line per object).
+    #[arg(short = 'o', long = "output", value_parser = output::only(&["name", "json", "yaml"]))]
     pub output: Option<OutputFormat>,
 }
 
@@ -237,6 +266,9 @@ pub struct GetArgs {
     /// Label selector: k=v[,k=v].
     #[arg(short = 'l', long = "selector")]
     pub selector: Option<String>,
+    /// After the list, print a row whenever a listed object changes (until interrupted).
+    #[arg(short = 'w', long = "watch")]
+    pub watch: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -285,6 +317,16 @@ pub(crate) fn parse_selector(s: Option<&str>) -> Result<BTreeMap<String, String>
         m.insert(k.trim().to_string(), v.trim().to_string());
     }
     Ok(m)
+}
+
+/// The exit code of a command line clap refused: 0 for `--help` and `--version`, 2 for `diff`
+/// (whose 1 means "changes"), else 1 like every other failure.
+pub fn usage_exit_code(e: &clap::Error) -> ExitCode {
+    if !e.use_stderr() {
+        return ExitCode::SUCCESS;
+    }
+    let diff = std::env::args().skip(1).find(|a| !a.starts_with('-')) == Some("diff".into());
+    ExitCode::from(if diff { 2 } else { 1 })
 }
 
 /// Runs one parsed command and returns the process exit code.

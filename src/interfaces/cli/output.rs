@@ -84,3 +84,13 @@ pub fn human_bytes(n: u64) -> String {
         format!("{v:.1}{}", UNITS[u])
     }
 }
+
+/// A `-o` parser that accepts only the formats a verb honours (`--help` lists them, anything
+/// else is a usage error naming them).
+pub fn only(
+    names: &'static [&'static str],
+) -> impl clap::builder::TypedValueParser<Value = OutputFormat> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(names)
+        .map(|s: String| OutputFormat::from_str(&s, true).expect("every listed format is one"))
+}

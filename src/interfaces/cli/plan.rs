@@ -1,41 +1,47 @@
-//! `lasctl plan -f PATH… [-o json] [--update]`: the ordered actions an apply would cause,
-//! projected memory per device, and every refusal. Also printed by `apply --dry-run`.
+//! `lasctl plan -f PATH… [-o table|json|yaml] [--update]`: the ordered actions an apply would
+//! cause, projected memory per device, and every refusal. Also printed by `apply --dry-run`.
 //!
-//! Writes `las.lock` (see `control::resolver::lock_path_for`) when every module resolves and the
-//! lock is missing, stale or `--update` was given; `apply --dry-run` never writes it.
+//! A plan is a preview: it writes nothing anywhere — no `las.lock`, no event, no hardware
+//! record, no generation, not even a `state.db` in a home that has none. The lock is written by
+//! `apply` and by `lasctl lock` (see `lockfile.rs`).
+//!
+//! Exit codes: 0 when nothing is refused, 1 when anything is (the same rule as `apply --dry-run`).
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::output::OutputFormat;
-use super::verbs::{load, open_store};
+use super::output::{OutputFormat, only};
+use super::verbs::{load, preview_store};
 use super::{CliError, FileArgs};
 use crate::api::{Desired, Spec};
 use crate::artifacts::catalog::Catalog;
-use crate::control::plan::{Plan, PlanInput, plan};
-use crate::control::policy::{GgufEstimator, NamedPolicy};
+use crate::control::hardware::probe_from_env;
+use crate::control::plan::{PlanInput, Planned, plan};
+use crate::control::policy::{GgufEstimator, NamedPolicy, default_policies, select_tier};
 use crate::control::resolver::{LockFile, lock_path_for};
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
     #[command(flatten)]
     pub files: FileArgs,
-    /// table (default) or json.
-    #[arg(short = 'o', long = "output", value_enum)]
+    /// table (default), json or yaml.
+    #[arg(short = 'o', long = "output", value_parser = only(&["table", "json", "yaml"]))]
     pub output: Option<OutputFormat>,
-    /// Re-resolve module versions, ignoring las.lock, and rewrite it.
+    /// Re-resolve module versions as if there were no las.lock (a preview: `lasctl lock
+    /// --update` writes the lock).
     #[arg(long)]
     pub update: bool,
 }
 
-/// Computes the plan of `objects` (already validated) from `files`.
+/// Plans `objects` (already validated) read from `paths`, reading the store and the lock but
+/// writing neither.
 pub(crate) fn compute(
-    files: &FileArgs,
+    paths: &[PathBuf],
     objects: &[Desired],
     update: bool,
-    write_lock: bool,
-) -> Result<Plan, CliError> {
-    let mut store = open_store()?;
+) -> Result<(Planned, Option<PathBuf>, Option<LockFile>), CliError> {
+    let store = preview_store()?;
     let extra: Vec<NamedPolicy> = objects
         .iter()
         .filter_map(|d| match &d.spec {
@@ -46,13 +52,28 @@ pub(crate) fn compute(
             _ => None,
         })
         .collect();
-    let (profile, tier) = super::hardware::profile_and_tier(&mut store, &extra, false)?;
+    let (profile, tier, state) = match &store {
+        Some(s) => {
+            let profile = probe_from_env().probe()?;
+            let tier = select_tier(&super::hardware::policies(s, &extra)?, &profile)?;
+            (profile, tier, s.list(None, &Default::default())?)
+        }
+        None => {
+            let profile = probe_from_env().probe()?;
+            let policies = if extra.is_empty() {
+                default_policies()?
+            } else {
+                extra.clone()
+            };
+            let tier = select_tier(&policies, &profile)?;
+            (profile, tier, Vec::new())
+        }
+    };
     let loaded = Catalog::from_env()?;
     for e in &loaded.rejected {
         eprintln!("warning: manifest ignored: {e}");
     }
-    let state = store.list(None, &Default::default())?;
-    let lock_path = lock_path_for(&files.paths);
+    let lock_path = lock_path_for(paths);
     let lock = match &lock_path {
         Some(p) => LockFile::read(p)?,
         None => None,
@@ -67,22 +88,24 @@ pub(crate) fn compute(
         update,
         estimator: &GgufEstimator,
     });
-    if write_lock
-        && let (Some(path), Ok(r)) = (&lock_path, &planned.resolution)
-        && !r.modules.is_empty()
-    {
-        let new = LockFile::from_resolution(r);
-        if lock.as_ref() != Some(&new) {
-            new.write(path)?;
-            eprintln!("wrote {}", path.display());
-        }
+    Ok((planned, lock_path, lock))
+}
+
+/// Says on stderr how many objects a preview refused; the exit code of `plan` and
+/// `apply --dry-run`.
+pub(crate) fn refusal_exit(refused: usize, see: &str) -> ExitCode {
+    if refused == 0 {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("error: {refused} object(s) refused; see {see}");
+        ExitCode::from(1)
     }
-    Ok(planned.plan)
 }
 
 pub fn run(a: PlanArgs) -> Result<ExitCode, CliError> {
     let objects: Vec<Desired> = load(&a.files)?.into_iter().map(|(d, _)| d).collect();
-    let p = compute(&a.files, &objects, a.update, true)?;
+    let (planned, _, _) = compute(&a.files.paths, &objects, a.update)?;
+    let p = planned.plan;
     let mut out = std::io::stdout().lock();
     match a.output {
         Some(OutputFormat::Json) => write!(out, "{}", p.to_json())?,
@@ -93,13 +116,5 @@ pub fn run(a: PlanArgs) -> Result<ExitCode, CliError> {
         )?,
         _ => write!(out, "{}", p.to_text())?,
     }
-    if p.refusals.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!(
-            "error: {} object(s) refused; see Refusals",
-            p.refusals.len()
-        );
-        Ok(ExitCode::from(1))
-    }
+    Ok(refusal_exit(p.refusals.len(), "Refusals"))
 }

@@ -11,7 +11,10 @@ use crate::home::LasHome;
 pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
     let ok = Ok(ExitCode::SUCCESS);
     match cmd {
-        Command::Apply(a) => super::apply::run(a).and(ok),
+        Command::Apply(a) => super::apply::run(a),
+        Command::Get(g) if super::sources::is_sources(&g.kind) && g.watch => Err(CliError::Usage(
+            "get sources does not watch (-w); `lasctl events -w` follows what the daemon does with them".into(),
+        )),
         Command::Get(g) if super::sources::is_sources(&g.kind) => super::sources::run(g).and(ok),
         Command::Get(g) => super::get::run(g).and(ok),
         Command::Describe { object } => super::describe::run(&object).and(ok),
@@ -21,13 +24,16 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
             print!("{}", explain(&path, recursive)?);
             ok
         }
-        Command::History { output } => super::history::run(output).and(ok),
+        Command::History { object, output } => super::history::run(&object, output).and(ok),
         Command::Rollback {
             generation,
             suspend_source,
-        } => super::history::rollback(generation, suspend_source).and(ok),
+            dry_run,
+        } => super::history::rollback(generation, suspend_source, dry_run).and(ok),
+        Command::Rollout(r) => super::rollout::run(r).and(ok),
         Command::Resume(r) => super::resume::run(r).and(ok),
         Command::Plan(p) => super::plan::run(p),
+        Command::Lock(l) => super::lockfile::run(l),
         Command::Hardware(h) => super::hardware::run(h).and(ok),
         Command::Engine(e) => super::engine::run(e),
         Command::LogWriter { max_bytes, path } => {
@@ -75,8 +81,29 @@ pub(crate) fn open_store() -> Result<Store, CliError> {
     Ok(Store::open(&home.state_db())?)
 }
 
+/// The store for a preview (`plan`, `apply --dry-run`, `diff`): `None` when the home has no
+/// state yet, so a preview creates nothing (no directory, no `state.db`).
+pub(crate) fn preview_store() -> Result<Option<Store>, CliError> {
+    let home = LasHome::from_env()?;
+    if !home.state_db().exists() {
+        return Ok(None);
+    }
+    super::lock::check_same_db(&home)?;
+    Ok(Some(Store::open(&home.state_db())?))
+}
+
+/// Reads and validates `files`; files of a directory that are someone else's are skipped with a
+/// notice on stderr.
 pub(crate) fn load(files: &FileArgs) -> Result<Vec<(Desired, String)>, CliError> {
-    Ok(crate::control::apply::load(&files.paths, files.recursive)?)
+    Ok(load_noting(files)?.objects)
+}
+
+pub(crate) fn load_noting(files: &FileArgs) -> Result<crate::control::apply::Loaded, CliError> {
+    let loaded = crate::control::apply::load(&files.paths, files.recursive)?;
+    for s in &loaded.skipped {
+        eprintln!("notice: {s}");
+    }
+    Ok(loaded)
 }
 
 pub(crate) fn lower(k: Kind) -> String {

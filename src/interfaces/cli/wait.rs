@@ -1,19 +1,18 @@
-//! `lasctl wait KIND/NAME --for=condition=Ready [--timeout=60s]`.
+//! `lasctl wait KIND NAME | KIND/NAME --for=condition=Ready [--timeout=60s]`.
 //!
-//! Reads the store directly (it works with or without a daemon) and wakes on the daemon's event
-//! stream when one answers; without a daemon it re-reads the store every 250 ms.
+//! Reads the store directly (it works with or without a daemon) and wakes on its writes, by any
+//! process ([`super::watch::StoreChanges`]). While the object waits for a download (its own, or
+//! a Module's Model) it shows the progress on stderr: a bar on a terminal, else a line per report.
 
 use std::time::{Duration, Instant};
-
-use futures_util::StreamExt;
 
 use super::{CliError, WaitArgs};
 use crate::api::{ConditionStatus, Kind};
 use crate::control::store::{Store, StoreError};
 use crate::home::LasHome;
-use crate::interfaces::http::client::DaemonClient;
 
-const POLL: Duration = Duration::from_millis(250);
+use super::progress::View;
+use super::watch::{FALLBACK, StoreChanges};
 
 /// What `--for` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,10 +42,12 @@ pub fn parse_for(s: &str) -> Result<Condition, CliError> {
         "unknown" => ConditionStatus::Unknown,
         _ => return Err(bad()),
     };
-    Ok(Condition {
-        type_: t.to_string(),
-        status,
-    })
+    // Types match case-insensitively, as kubectl's do: `ready` is `Ready`.
+    let type_ = ["Ready", "Reconciling", "Stalled", "Degraded"]
+        .into_iter()
+        .find(|k| k.eq_ignore_ascii_case(t))
+        .map_or_else(|| t.to_string(), str::to_string);
+    Ok(Condition { type_, status })
 }
 
 /// `60s`, `2m`, `500ms`, `1h`, or plain seconds.
@@ -122,28 +123,24 @@ pub fn run(a: WaitArgs) -> Result<(), CliError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut view = View::new();
     rt.block_on(async {
-        // Wake on any daemon event; fall back to polling when there is no daemon.
-        let client = DaemonClient::from_env(&home).ok();
-        let mut events = match &client {
-            Some(c) => c
-                .get_stream("/api/v1/events?limit=0", &[])
-                .await
-                .ok()
-                .map(crate::interfaces::http::client::sse_messages)
-                .map(Box::pin),
-            None => None,
-        };
+        let changes = StoreChanges::new(&home);
         loop {
             let why = match check(&store, kind, &name, &want)? {
                 Check::Met => {
+                    view.finish();
                     println!("{}/{} condition met", kind.as_str().to_lowercase(), name);
                     return Ok(());
                 }
                 Check::NotYet(why) => why,
             };
+            if let Ok(o) = store.get(kind, &name) {
+                view.follow(&store, &o);
+            }
             let now = Instant::now();
             if now >= deadline {
+                view.finish();
                 return Err(CliError::Timeout(format!(
                     "timed out after {} waiting for {kind}/{name} {}={}: {why}",
                     a.timeout,
@@ -151,17 +148,7 @@ pub fn run(a: WaitArgs) -> Result<(), CliError> {
                     want.status.as_str()
                 )));
             }
-            let left = deadline - now;
-            match events.as_mut() {
-                // The stream also carries keep-alives; at worst re-check each second.
-                Some(ev) => {
-                    match tokio::time::timeout(left.min(Duration::from_secs(1)), ev.next()).await {
-                        Ok(Some(Ok(_))) | Err(_) => {}
-                        Ok(None) | Ok(Some(Err(_))) => events = None,
-                    }
-                }
-                None => tokio::time::sleep(left.min(POLL)).await,
-            }
+            changes.next((deadline - now).min(FALLBACK)).await;
         }
     })
 }

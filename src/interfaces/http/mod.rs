@@ -213,17 +213,91 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/v1/chat/completions", post(openai::proxy))
         .route("/v1/completions", post(openai::proxy))
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics::serve));
-    api.layer(axum::middleware::from_fn_with_state(
-        ctx.clone(),
-        auth::guard,
-    ))
-    .layer(axum::middleware::from_fn_with_state(
-        ctx.clone(),
-        metrics::track,
-    ))
-    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-    .with_state(ctx)
+        .route("/metrics", get(metrics::serve))
+        // An empty 404 that `error_bodies` gives its body.
+        .fallback(|| async { axum::http::StatusCode::NOT_FOUND });
+    api.layer(axum::middleware::from_fn(error_bodies))
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            auth::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            metrics::track,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(ctx)
+}
+
+/// Gives every error one body shape, whoever produced it (a handler, an extractor's rejection
+/// such as a bad query parameter, the router's 404 and 405): a Kubernetes `Status` under
+/// `/api/`, OpenAI's error body under `/v1/`. `/healthz`, `/metrics` and the console's pages
+/// keep their plain text. An error that already has a JSON body is left as it is.
+async fn error_bodies(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let res = next.run(req).await;
+    let code = res.status();
+    let json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let plain_route = path == "/healthz" || path == "/metrics" || path.starts_with("/ui/");
+    if !(code.is_client_error() || code.is_server_error()) || json || plain_route {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if !text.is_empty() {
+        text
+    } else if code == axum::http::StatusCode::METHOD_NOT_ALLOWED {
+        let allow = parts
+            .headers
+            .get(header::ALLOW)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        format!("{method} is not allowed on {path}; allowed: {allow}")
+    } else if code == axum::http::StatusCode::NOT_FOUND {
+        format!("no route {path}: see /api/v1/openapi.json")
+    } else {
+        code.canonical_reason().unwrap_or("error").to_string()
+    };
+    let reason = match code {
+        axum::http::StatusCode::BAD_REQUEST => "BadRequest",
+        axum::http::StatusCode::NOT_FOUND => "NotFound",
+        axum::http::StatusCode::METHOD_NOT_ALLOWED => "MethodNotAllowed",
+        axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE => "UnsupportedMediaType",
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY => "Invalid",
+        c if c.is_server_error() => "InternalError",
+        _ => "BadRequest",
+    };
+    let mut fresh = if path.starts_with("/v1/") {
+        openai::error(
+            code,
+            &message,
+            "invalid_request_error",
+            &reason.to_lowercase(),
+        )
+    } else {
+        resources::status_body(code, reason, &message, None).into_response()
+    };
+    // Keep what the original said beyond its body (Allow on a 405, WWW-Authenticate, ...).
+    for (k, v) in parts.headers.iter() {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            fresh.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    fresh
 }
 
 /// What `/healthz` reports beyond "the server answers": a failure the daemon found (its state

@@ -3,7 +3,7 @@
 //! Bodies go through the same decoder as `lasctl apply` ([`decode_files`]) and the same store call
 //! ([`Store::apply`]), so the API accepts and refuses exactly what the CLI does.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::body::Body;
@@ -17,7 +17,8 @@ use super::ApiContext;
 use super::info::{LogOptions, LogsError};
 use crate::api::decode::{InputErrors, InputFile, check_document_sizes, decode_files};
 use crate::api::{Desired, Kind};
-use crate::control::store::{ApplyItem, ApplyRequest, StoreError, StoredObject};
+use crate::control::policy::{built_in_policy_objects, object_json};
+use crate::control::store::{ApplyItem, ApplyRequest, StoreError};
 
 /// The `source` recorded for objects applied through the API (prune scopes never include it).
 pub const API_SOURCE: &str = "<api>";
@@ -158,12 +159,24 @@ pub(super) async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let kind = parse_kind(&kind)?;
     let selector = parse_selector(q.label_selector.as_deref())?;
-    let objects = ctx
+    let mut objects = ctx
         .with_store(move |s| s.list(Some(kind), &selector))
         .await?;
-    Ok(Json(list_value(
-        objects.iter().map(StoredObject::to_json).collect(),
-    )))
+    // While no Policy is stored, the shipped ones are in effect: listed as built-in, as
+    // `lasctl get policies` does.
+    if kind == Kind::Policy {
+        let sel = parse_selector(q.label_selector.as_deref())?;
+        let all = ctx
+            .with_store(move |s| s.list(Some(Kind::Policy), &Default::default()))
+            .await?;
+        objects.extend(
+            built_in_policy_objects(&all)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?
+                .into_iter()
+                .filter(|b| sel.iter().all(|(k, v)| b.labels.get(k) == Some(v))),
+        );
+    }
+    Ok(Json(list_value(objects.iter().map(object_json).collect())))
 }
 
 pub(super) async fn get_one(
@@ -171,8 +184,19 @@ pub(super) async fn get_one(
     Path((kind, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let kind = parse_kind(&kind)?;
-    let o = ctx.with_store(move |s| s.get(kind, &name)).await?;
-    Ok(Json(o.to_json()))
+    let o = ctx
+        .with_store(move |s| match s.get(kind, &name) {
+            Err(StoreError::NotFound { .. }) if kind == Kind::Policy => {
+                let all = s.list(Some(Kind::Policy), &Default::default())?;
+                let builtin = built_in_policy_objects(&all)
+                    .ok()
+                    .and_then(|b| b.into_iter().find(|o| o.name.as_str() == name));
+                builtin.ok_or(StoreError::NotFound { kind, name })
+            }
+            r => r,
+        })
+        .await?;
+    Ok(Json(object_json(&o)))
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -192,108 +216,21 @@ struct Decoded {
     expected: Option<u64>,
 }
 
-fn rv_of(v: &serde_yaml::Value) -> Result<Option<u64>, String> {
-    let Some(rv) = v.get("metadata").and_then(|m| m.get("resourceVersion")) else {
-        return Ok(None);
-    };
-    let parsed = match rv {
-        serde_yaml::Value::String(s) => s.trim().parse::<u64>().ok(),
-        serde_yaml::Value::Number(n) => n.as_u64(),
-        _ => None,
-    };
-    parsed.map(Some).ok_or_else(|| {
-        format!("metadata.resourceVersion: {rv:?} is not a resourceVersion (a non-negative integer, as GET returns it)")
-    })
-}
-
-fn kind_name_of(v: &serde_yaml::Value) -> Option<(String, String)> {
-    Some((
-        v.get("kind")?.as_str()?.to_string(),
-        v.get("metadata")?.get("name")?.as_str()?.to_string(),
-    ))
-}
-
-/// Comments out `resourceVersion:` lines of block YAML, keeping every other line where it was so
-/// error positions stay true. Returns `None` if the result does not equal the documents without
-/// their resourceVersion (flow style, JSON), in which case the caller re-serializes.
-fn strip_rv_lines(text: &str, want: &[serde_yaml::Value]) -> Option<String> {
-    let mut out = String::with_capacity(text.len());
-    for line in text.split_inclusive('\n') {
-        let trimmed = line.trim_start();
-        if trimmed.starts_with("resourceVersion:") && trimmed.len() < line.len() {
-            let indent = line.len() - trimmed.len();
-            out.push_str(&line[..indent]);
-            out.push('#');
-            out.push_str(trimmed);
-        } else {
-            out.push_str(line);
-        }
-    }
-    let got = parse_docs(out.as_bytes()).ok()?;
-    (got == want).then_some(out)
-}
-
-fn parse_docs(bytes: &[u8]) -> Result<Vec<serde_yaml::Value>, serde_yaml::Error> {
-    use serde::Deserialize;
-    let mut docs = Vec::new();
-    for d in serde_yaml::Deserializer::from_slice(bytes) {
-        let v = serde_yaml::Value::deserialize(d)?;
-        if !v.is_null() {
-            docs.push(v);
-        }
-    }
-    Ok(docs)
-}
-
-/// Decodes a body of one or more YAML or JSON documents like `lasctl apply` does, taking
-/// `metadata.resourceVersion` (which files may not carry) as the expected version of that object.
+/// Decodes a body of one or more YAML or JSON documents (or a `List`) like `lasctl apply` does;
+/// `metadata.resourceVersion` of a document is the expected version of that object, and the
+/// other system fields and `status` (as GET returns them) are accepted and ignored.
 fn decode_body(bytes: &[u8], filename: &str) -> Result<Vec<Decoded>, ApiError> {
-    let file = |b: Vec<u8>| InputFile {
+    let file = InputFile {
         name: filename.to_string(),
-        bytes: b,
+        bytes: bytes.to_vec(),
     };
     // Before anything parses the whole body: one oversized document is refused by its size.
-    check_document_sizes(&file(bytes.to_vec()))?;
-    let mut expected: HashMap<(String, String), u64> = HashMap::new();
-    let mut body = bytes.to_vec();
-    // Unparseable bodies go straight to the decoder, which reports the position.
-    if let Ok(mut docs) = parse_docs(bytes) {
-        let mut any = false;
-        for d in &mut docs {
-            if let Some(rv) = rv_of(d).map_err(ApiError::BadRequest)? {
-                any = true;
-                if let Some(k) = kind_name_of(d) {
-                    expected.insert(k, rv);
-                }
-                if let Some(m) = d.get_mut("metadata").and_then(|m| m.as_mapping_mut()) {
-                    m.remove("resourceVersion");
-                }
-            }
-        }
-        if any {
-            let text = String::from_utf8_lossy(bytes);
-            body = match strip_rv_lines(&text, &docs) {
-                Some(s) => s.into_bytes(),
-                None => docs
-                    .iter()
-                    .map(|d| serde_yaml::to_string(d).unwrap_or_default())
-                    .collect::<Vec<_>>()
-                    .join("---\n")
-                    .into_bytes(),
-            };
-        }
-    }
-    let desired = decode_files(&[file(body)])?;
-    Ok(desired
+    check_document_sizes(&file)?;
+    Ok(decode_files(std::slice::from_ref(&file))?
         .into_iter()
-        .map(|d| {
-            let e = expected
-                .get(&(d.kind().as_str().to_string(), d.name.to_string()))
-                .copied();
-            Decoded {
-                desired: d,
-                expected: e,
-            }
+        .map(|d| Decoded {
+            expected: d.resource_version,
+            desired: d,
         })
         .collect())
 }
@@ -580,21 +517,23 @@ mod tests {
     }
 
     #[test]
-    fn bad_resource_version_is_a_bad_request() {
+    fn bad_resource_version_is_an_invalid_document_with_position() {
         let body = MODEL.replace("\"7\"", "seven");
         let e = decode_body(body.as_bytes(), "request").err().unwrap();
-        assert!(
-            matches!(e, ApiError::BadRequest(ref m) if m.contains("metadata.resourceVersion")),
-            "{e}"
-        );
+        let m = e.to_string();
+        assert!(matches!(e, ApiError::Input(_)), "{m}");
+        assert!(m.starts_with("request:5:"), "{m}");
+        assert!(m.contains("metadata.resourceVersion"), "{m}");
     }
 
     #[test]
-    fn other_system_fields_are_still_refused_with_position() {
-        let body = MODEL.replace("resourceVersion: \"7\"", "uid: abc");
-        let e = decode_body(body.as_bytes(), "request").err().unwrap();
-        let m = e.to_string();
-        assert!(m.starts_with("request:5:"), "{m}");
-        assert!(m.contains("metadata.uid"), "{m}");
+    fn system_fields_and_status_as_get_returns_them_are_accepted() {
+        let body = MODEL.replace(
+            "resourceVersion: \"7\"",
+            "uid: abc\n  generation: 2\n  creationTimestamp: \"2026-11-30T10:00:00Z\"",
+        ) + "status:\n  observedGeneration: 2\n";
+        let d = decode_body(body.as_bytes(), "request").unwrap();
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].expected, None);
     }
 }
