@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps venv build test lint fmt bench soak run crds clean
+.PHONY: all deps venv build test lint fmt bench soak run install uninstall crds clean
 
 all: build
 
@@ -50,6 +50,25 @@ soak: deps venv
 run: deps
 	$(CARGO) build
 	bash scripts/run-quickstart.sh
+
+# `make install`: lasctl, its man pages and its bash completion under PREFIX (default ~/.local).
+# PROFILE=dev installs the debug build `make run` made instead of building a release one.
+PREFIX ?= $(HOME)/.local
+PROFILE ?= release
+BUILT := target/$(if $(filter dev,$(PROFILE)),debug,$(PROFILE))/lasctl
+install: deps
+	$(CARGO) build --profile $(PROFILE) --bin lasctl
+	install -D -m 755 $(BUILT) $(PREFIX)/bin/lasctl
+	$(PREFIX)/bin/lasctl man-pages $(PREFIX)/share/man/man1
+	mkdir -p $(PREFIX)/share/bash-completion/completions
+	$(PREFIX)/bin/lasctl completion bash > $(PREFIX)/share/bash-completion/completions/lasctl
+	@echo "installed $(PREFIX)/bin/lasctl, man pages (man lasctl) and bash completion"
+	@case ":$$PATH:" in *":$(PREFIX)/bin:"*) ;; \
+	  *) echo "note: $(PREFIX)/bin is not on PATH; add it: export PATH=\"$(PREFIX)/bin:\$$PATH\"";; esac
+
+uninstall:
+	rm -f $(PREFIX)/bin/lasctl $(PREFIX)/share/man/man1/lasctl.1 $(PREFIX)/share/man/man1/lasctl-*.1 \
+	  $(PREFIX)/share/bash-completion/completions/lasctl
 
 clean:
 	$(CARGO) clean

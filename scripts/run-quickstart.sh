@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
 # `make run`: generate the demo model if missing, run the daemon watching examples/quickstart/,
 # wait until everything is Ready, and show how to talk to the local model. Ctrl-C stops it all.
+#
+# The state goes where every `lasctl` looks by default ($LAS_HOME if set, else
+# $XDG_DATA_HOME/localaistack, else ~/.local/share/localaistack), so `lasctl get all`, `lasctl ps`
+# and `lasctl run tiny` in another terminal see this daemon with no extra setting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 lasctl=${LASCTL:-target/debug/lasctl}
-export LAS_HOME=${LAS_HOME:-$PWD/target/quickstart-home}
+if [ -n "${LAS_HOME:-}" ]; then
+  why="LAS_HOME is set"
+else
+  why="the default; set LAS_HOME to use another"
+fi
+home=${LAS_HOME:-${XDG_DATA_HOME:-$HOME/.local/share}/localaistack}
 listen=${LAS_LISTEN:-127.0.0.1:7411}
 model=/tmp/localaistack-demo/tiny-llama.gguf
 
@@ -13,6 +22,7 @@ if [ ! -f "$model" ]; then
   "$lasctl" model generate-test "$model" --preset tiny
 fi
 
+echo "state in $home ($why)"
 "$lasctl" daemon --watch examples/quickstart --listen "$listen" --stop-workloads-on-exit &
 daemon=$!
 stopped=""
@@ -26,7 +36,7 @@ stop() {
 trap 'stop; exit 0' INT TERM
 trap stop EXIT
 
-echo "waiting for the stack to be Ready (state in $LAS_HOME)..."
+echo "waiting for the stack to be Ready..."
 "$lasctl" wait model/tiny --for=condition=Ready --timeout=300s
 "$lasctl" wait module/chat --for=condition=Ready --timeout=300s
 "$lasctl" get all
@@ -38,5 +48,9 @@ echo
 curl -s "http://$listen/v1/chat/completions" -H 'Content-Type: application/json' -d "$req"
 echo
 echo
+echo "in another terminal (\`make install\` puts lasctl on PATH in ~/.local/bin):"
+echo "  lasctl status       # this home, this daemon, what needs attention"
+echo "  lasctl ps           # what runs, its memory and requests"
+echo "  lasctl run tiny     # chat with the model"
 echo "serving; press Ctrl-C to stop"
 wait "$daemon"

@@ -1,9 +1,11 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use localaistack::interfaces::cli::{Cli, Command, init_logging, run, usage_exit_code};
 
 fn main() -> ExitCode {
+    // `COMPLETE=bash lasctl ...`: the shell asks for completions (see `lasctl completion`).
+    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -137,6 +137,18 @@ impl DockerRuntime {
         &self.docker
     }
 
+    /// The engine's version, e.g. `27.3.1` (for `lasctl status`).
+    pub async fn engine_version(&self) -> Result<String, RuntimeError> {
+        let v = tokio::time::timeout(self.cfg.connect_timeout, self.docker.version())
+            .await
+            .map_err(|_| RuntimeError::DockerUnavailable {
+                host: self.host.clone(),
+                reason: "no answer in time".into(),
+            })?
+            .map_err(Self::docker_err("ask the engine's version"))?;
+        Ok(v.version.unwrap_or_else(|| "unknown".into()))
+    }
+
     /// The engine address this runtime talks to.
     pub fn host(&self) -> &str {
         &self.host
@@ -1020,6 +1032,50 @@ impl Runtime for DockerRuntime {
             let mut out: Vec<WorkloadStatus> = all.iter().map(|c| self.status_of(c)).collect();
             out.sort_by(|a, b| a.owner.cmp(&b.owner));
             Ok(out)
+        }
+        .boxed()
+    }
+
+    /// Memory from the engine's stats (usage less the page cache, as `docker stats` shows it);
+    /// the start time from the container's state. GPU memory is unknown for containers.
+    fn usage<'a>(&'a self, status: &'a WorkloadStatus) -> BoxFuture<'a, super::usage::Usage> {
+        async move {
+            let Some(id) = status.container_id.as_deref() else {
+                return Default::default();
+            };
+            let opts = bollard::query_parameters::StatsOptionsBuilder::new()
+                .stream(false)
+                .one_shot(true)
+                .build();
+            let stats = tokio::time::timeout(
+                self.cfg.connect_timeout,
+                self.docker.stats(id, Some(opts)).next(),
+            )
+            .await
+            .ok()
+            .flatten()
+            .and_then(Result::ok);
+            let memory_bytes = stats.and_then(|s| s.memory_stats).and_then(|m| {
+                let cache = m.stats.as_ref().and_then(|st| {
+                    st.get("inactive_file")
+                        .or_else(|| st.get("total_inactive_file"))
+                        .copied()
+                });
+                m.usage.map(|u| u.saturating_sub(cache.unwrap_or(0)))
+            });
+            let started_at = self
+                .docker
+                .inspect_container(id, None::<InspectContainerOptions>)
+                .await
+                .ok()
+                .and_then(|c| c.state?.started_at)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc));
+            super::usage::Usage {
+                memory_bytes,
+                vram_bytes: None,
+                started_at,
+            }
         }
         .boxed()
     }

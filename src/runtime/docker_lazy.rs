@@ -301,4 +301,15 @@ impl Runtime for ReconnectingDocker {
         .flatten()
         .boxed()
     }
+
+    /// Nothing while the engine is away.
+    fn usage<'a>(&'a self, status: &'a WorkloadStatus) -> BoxFuture<'a, super::usage::Usage> {
+        async move {
+            match self.inner.get() {
+                Some(rt) => rt.usage(status).await,
+                None => Default::default(),
+            }
+        }
+        .boxed()
+    }
 }

@@ -12,6 +12,7 @@ pub mod health;
 pub mod limits;
 pub mod logwriter;
 pub mod native;
+pub mod usage;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -645,6 +646,13 @@ pub trait Runtime: Send + Sync {
     /// Best effort: a slow reader skips events and a lost engine connection is re-established
     /// after a second; callers keep a periodic resync for what a stream misses.
     fn events(&self) -> EventStream;
+
+    /// What the workload uses now (memory, GPU memory) and when it started, for `lasctl ps`.
+    /// Unknown figures are `None`; the default knows none.
+    fn usage<'a>(&'a self, status: &'a WorkloadStatus) -> BoxFuture<'a, usage::Usage> {
+        let _ = status;
+        Box::pin(async { usage::Usage::default() })
+    }
 }
 
 /// A small, dependency-free jitter source: a number in `[0, 1)` from the clock and a counter.

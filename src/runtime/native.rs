@@ -1222,6 +1222,19 @@ impl Runtime for NativeRuntime {
         }
         .boxed()
     }
+
+    fn usage<'a>(&'a self, status: &'a WorkloadStatus) -> BoxFuture<'a, super::usage::Usage> {
+        let pid = status.pid;
+        async move {
+            match pid {
+                Some(pid) => tokio::task::spawn_blocking(move || super::usage::native(pid))
+                    .await
+                    .unwrap_or_default(),
+                None => Default::default(),
+            }
+        }
+        .boxed()
+    }
 }
 
 /// Reads a log file: the last `tail` lines, then (with `follow`) what is appended, surviving a

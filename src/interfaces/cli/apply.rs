@@ -88,6 +88,14 @@ pub fn run(a: ApplyArgs) -> Result<ExitCode, CliError> {
         return Err(no_objects());
     }
     print_outcome(&outcome, a.dry_run, a.output)?;
+    if !a.dry_run
+        && let Some(w) = super::daemon_record::no_daemon_warning(
+            &crate::home::LasHome::from_env()?,
+            "recorded in",
+        )
+    {
+        eprintln!("{w}");
+    }
     if a.dry_run {
         let (planned, _, _) = super::plan::compute(paths, &objects, false)?;
         if a.output.is_none() {

@@ -182,6 +182,49 @@ impl DaemonInfo for Info {
             })
         })
     }
+
+    fn workloads(&self) -> BoxFuture<'_, Vec<crate::interfaces::http::ps::Workload>> {
+        Box::pin(async move {
+            use crate::runtime::WorkloadState as S;
+            let mut out = Vec::new();
+            for rt in std::iter::once(&self.native).chain(self.docker.iter()) {
+                for w in rt.list().await.unwrap_or_default() {
+                    let Some((Kind::Module, name)) = w.owner.object() else {
+                        continue;
+                    };
+                    if matches!(w.state, S::Stopped | S::Exited | S::Missing) {
+                        continue;
+                    }
+                    let usage = rt.usage(&w).await;
+                    out.push(crate::interfaces::http::ps::Workload {
+                        module: name.to_string(),
+                        slot: w
+                            .owner
+                            .as_str()
+                            .rsplit_once('@')
+                            .and_then(|(_, s)| s.parse().ok())
+                            .unwrap_or(0),
+                        runtime: serde_json::to_value(w.runtime)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default(),
+                        state: w.state.to_string(),
+                        pid: w.pid,
+                        container_id: w.container_id.clone(),
+                        endpoint: w.endpoint.clone(),
+                        started_at: usage
+                            .started_at
+                            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                        memory_bytes: usage.memory_bytes,
+                        vram_bytes: usage.vram_bytes,
+                        restarts: w.restarts,
+                        requests: 0,
+                    });
+                }
+            }
+            out
+        })
+    }
 }
 
 fn err(e: impl std::fmt::Display) -> CliError {
@@ -403,6 +446,19 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
     let server = Server::bind(ctx, args.listen, socket_path(&home))
         .await
         .map_err(err)?;
+    // Where this daemon is, for clients that must know whether a daemon serves this home.
+    super::daemon_record::DaemonRecord {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        listen: server
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| args.listen.to_string()),
+        socket: socket_path(&home),
+        started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        watch: args.watch.clone(),
+    }
+    .write(&home)?;
     let (stop_http_tx, stop_http_rx) = tokio::sync::oneshot::channel::<()>();
     let http = tokio::spawn(server.run(async move {
         let _ = stop_http_rx.await;
@@ -510,6 +566,7 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
     drop(tx);
     let _ = scheduler.await;
     let _ = http.await;
+    super::daemon_record::DaemonRecord::remove(&home);
     if let Some(reason) = fatal {
         return Err(err(reason));
     }

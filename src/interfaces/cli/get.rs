@@ -251,6 +251,12 @@ pub fn run(mut g: GetArgs) -> Result<(), CliError> {
             let wide = g.output == OutputFormat::Wide;
             if objects.is_empty() {
                 eprintln!("No resources found.");
+                if let Some(w) = super::daemon_record::no_daemon_warning(
+                    &crate::home::LasHome::from_env()?,
+                    "read",
+                ) {
+                    eprintln!("{w}");
+                }
                 return Ok(());
             }
             let mut first = true;

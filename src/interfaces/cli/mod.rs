@@ -1,7 +1,11 @@
 //! `lasctl`: parse, resolve arguments, call the library, map errors to exit codes.
 
 mod apply;
+mod catalog;
+mod chat;
+mod complete;
 mod daemon;
+mod daemon_record;
 mod delete;
 mod describe;
 mod diff;
@@ -20,9 +24,11 @@ mod output;
 mod plan;
 mod plugin;
 mod progress;
+mod ps;
 mod resume;
 mod rollout;
 mod sources;
+mod status;
 mod ui;
 mod verbs;
 mod wait;
@@ -112,7 +118,7 @@ pub enum Command {
     Get(GetArgs),
     /// Show an object's spec, status, conditions and recent events: describe KIND NAME (or KIND/NAME).
     Describe {
-        #[arg(required = true, num_args = 1..=2, value_name = "KIND NAME | KIND/NAME")]
+        #[arg(required = true, num_args = 1..=2, value_name = "KIND NAME | KIND/NAME", add = complete::objects())]
         object: Vec<String>,
     },
     /// Show what an apply would change, as a unified YAML diff (exit 0: none, 1: changes, >1: error).
@@ -157,7 +163,7 @@ pub enum Command {
     Resume(resume::ResumeCommand),
     /// The durable event log, of one object (KIND NAME or KIND/NAME) or all; -w follows it from the daemon.
     Events {
-        #[arg(num_args = 0..=2, value_name = "KIND NAME | KIND/NAME")]
+        #[arg(num_args = 0..=2, value_name = "KIND NAME | KIND/NAME", add = complete::objects())]
         object: Vec<String>,
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -190,8 +196,26 @@ pub enum Command {
     Ui,
     /// Print version information.
     Version,
-    /// Print a shell completion script.
-    Completion { shell: clap_complete::Shell },
+    /// Which home, its daemon, Docker, GPU, disk, tier, and what needs attention (exit 1 if anything).
+    #[command(visible_alias = "doctor")]
+    Status(status::StatusArgs),
+    /// What runs now: each Module's pid or container, endpoint, uptime, RAM, VRAM, requests served.
+    Ps(ps::PsArgs),
+    /// Chat with a served model: run MODEL [PROMPT] (one answer with PROMPT or piped stdin).
+    Run(chat::RunArgs),
+    /// The module catalog that `from:` names: catalog list, catalog show NAME.
+    #[command(subcommand)]
+    Catalog(catalog::CatalogCommand),
+    /// Print the shell completion script (dynamic: completes the names in the store).
+    Completion {
+        shell: clap_complete::Shell,
+        /// The script generated ahead of time (verbs and flags only, no object names).
+        #[arg(long = "static")]
+        static_: bool,
+    },
+    /// Internal: writes the man pages (lasctl.1, lasctl-VERB.1) into DIR (`make install` runs it).
+    #[command(hide = true)]
+    ManPages { dir: PathBuf },
     /// Internal: copies a native workload's output from stdin into PATH, rotating by rename
     /// (started by the daemon's native runtime; see `runtime::logwriter`).
     #[command(hide = true)]
@@ -237,7 +261,9 @@ pub struct ApplyArgs {
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
     /// model, module, policy (singular, plural or short: mo, mod, pol), KIND/NAME, all or sources.
+    #[arg(add = complete::get_kind())]
     pub kind: String,
+    #[arg(add = complete::get_name())]
     pub name: Option<String>,
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
     pub output: OutputFormat,
@@ -252,7 +278,7 @@ pub struct GetArgs {
 #[derive(Debug, clap::Args)]
 pub struct WaitArgs {
     /// KIND NAME or KIND/NAME, e.g. module/chat.
-    #[arg(required = true, num_args = 1..=2, value_name = "KIND NAME | KIND/NAME")]
+    #[arg(required = true, num_args = 1..=2, value_name = "KIND NAME | KIND/NAME", add = complete::objects())]
     pub object: Vec<String>,
     /// condition=TYPE[=True|False|Unknown]
     #[arg(long = "for", default_value = "condition=Ready")]
@@ -265,7 +291,7 @@ pub struct WaitArgs {
 #[derive(Debug, clap::Args)]
 pub struct LogsArgs {
     /// KIND NAME or KIND/NAME, e.g. module/chat.
-    #[arg(required = true, num_args = 1..=2, value_name = "KIND NAME | KIND/NAME")]
+    #[arg(required = true, num_args = 1..=2, value_name = "KIND NAME | KIND/NAME", add = complete::objects())]
     pub object: Vec<String>,
     /// Keep streaming new output.
     #[arg(short = 'f', long)]
@@ -282,6 +308,7 @@ pub struct DeleteArgs {
     #[arg(short = 'R', long)]
     pub recursive: bool,
     /// KIND NAME... or KIND/NAME... when no -f is given.
+    #[arg(add = complete::objects())]
     pub args: Vec<String>,
 }
 

@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::CommandFactory;
-
 use super::{CliError, Command, FileArgs};
 use crate::api::schema::explain;
 use crate::api::{API_VERSION, Desired, Kind};
@@ -66,15 +64,14 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
             );
             ok
         }
-        Command::Completion { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut super::Cli::command(),
-                "lasctl",
-                &mut std::io::stdout(),
-            );
-            ok
+        Command::Completion { shell, static_ } => {
+            super::complete::completion(shell, static_).and(ok)
         }
+        Command::ManPages { dir } => super::complete::man_pages(&dir).and(ok),
+        Command::Status(a) => super::status::run(a),
+        Command::Ps(a) => super::ps::run(a).and(ok),
+        Command::Run(a) => super::chat::run(a).and(ok),
+        Command::Catalog(c) => super::catalog::run(c).and(ok),
     }
 }
 

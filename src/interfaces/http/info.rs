@@ -80,6 +80,11 @@ pub trait DaemonInfo: Send + Sync + 'static {
     fn backends(&self) -> BoxFuture<'_, BackendsInfo>;
     /// The output of the Module `name` (stdout and stderr interleaved as the runtime keeps them).
     fn logs(&self, name: &str, opts: LogOptions) -> BoxFuture<'_, Result<ByteStream, LogsError>>;
+    /// What runs now, measured by the runtimes (`GET /api/v1/ps`; request counts are added by the
+    /// route). The default runs nothing.
+    fn workloads(&self) -> BoxFuture<'_, Vec<super::ps::Workload>> {
+        Box::pin(async { Vec::new() })
+    }
 }
 
 /// A fixed [`DaemonInfo`] for tests and for serving without a runtime: logs are kept in memory and

@@ -35,6 +35,8 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
     latency: Mutex<BTreeMap<String, Histogram>>,
     refused: Mutex<BTreeMap<String, u64>>,
+    /// Requests `/v1` routed, by Module.
+    served: Mutex<BTreeMap<String, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -51,6 +53,16 @@ fn esc(s: &str) -> String {
 impl Metrics {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// `/v1` routed one request to `module`.
+    pub fn record_served(&self, module: &str) {
+        *lock(&self.served).entry(module.to_string()).or_default() += 1;
+    }
+
+    /// Requests routed to each Module since the daemon started.
+    pub fn served(&self) -> BTreeMap<String, u64> {
+        lock(&self.served).clone()
     }
 
     /// One reconcile of an object of `kind` finished, successfully or not.

@@ -24,6 +24,7 @@ mod info;
 mod metrics;
 mod openai;
 pub mod openapi;
+pub mod ps;
 mod resources;
 mod ui;
 
@@ -204,6 +205,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/api/v1/openapi.json", get(openapi::serve))
         .route("/api/v1/runtime", get(resources::runtime))
         .route("/api/v1/backends", get(resources::backends))
+        .route("/api/v1/ps", get(ps::list))
         .route("/api/v1/events", get(events::stream))
         .route("/api/v1/apply", post(resources::apply))
         .route(

@@ -368,6 +368,7 @@ pub(super) async fn proxy(
         body
     };
     let streamed = request.get("stream").and_then(Value::as_bool) == Some(true);
+    ctx.metrics.record_served(module);
     let url = format!("{endpoint}{}", uri.path());
     let mut req = ctx.upstream.post(&url).body(body);
     for (k, v) in &headers {

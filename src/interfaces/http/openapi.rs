@@ -12,6 +12,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/openapi.json"),
     ("get", "/api/v1/runtime"),
     ("get", "/api/v1/backends"),
+    ("get", "/api/v1/ps"),
     ("get", "/api/v1/events"),
     ("post", "/api/v1/apply"),
     ("get", "/api/v1/{kind}"),
@@ -149,6 +150,7 @@ pub fn document() -> Value {
             "/api/v1/openapi.json": {"get": op("This document", json!([]), json!({"200": json_ok("OpenAPI 3.1", json!({"type": "object"}))}))},
             "/api/v1/runtime": {"get": op("Version, hardware profile and policy tier", json!([]), json!({"200": json_ok("runtime", json!({"$ref": "#/components/schemas/RuntimeInfo"}))}))},
             "/api/v1/backends": {"get": op("Docker reachability and the built-in engines", json!([]), json!({"200": json_ok("backends", json!({"$ref": "#/components/schemas/BackendsInfo"}))}))},
+            "/api/v1/ps": {"get": op("What runs now: each Module's workload with pid or container, endpoint, start time, memory and GPU memory in use, and the requests /v1 routed to it (lasctl ps)", json!([]), json!({"200": json_ok("workloads", json!({"$ref": "#/components/schemas/WorkloadList"}))}))},
             "/api/v1/events": {"get": op(
                 "The durable event log as server-sent events (each with its id; resume with Last-Event-ID)",
                 json!([
@@ -251,6 +253,17 @@ pub fn document() -> Value {
             }},
             "RuntimeInfo": {"type": "object", "properties": {
                 "version": {"type": "string"}, "hardware": {}, "tier": {"type": ["string", "null"]}, "tierReason": {"type": ["string", "null"]},
+            }},
+            "WorkloadList": {"type": "object", "properties": {
+                "kind": {"const": "WorkloadList"},
+                "items": {"type": "array", "items": {"type": "object", "required": ["module", "slot", "runtime", "state", "restarts", "requests"], "properties": {
+                    "module": {"type": "string"}, "slot": {"type": "integer"},
+                    "runtime": {"type": "string", "enum": ["native", "container"]}, "state": {"type": "string"},
+                    "pid": {"type": "integer"}, "containerId": {"type": "string"}, "endpoint": {"type": "string"},
+                    "startedAt": {"type": "string", "format": "date-time"},
+                    "memoryBytes": {"type": "integer"}, "vramBytes": {"type": "integer", "description": "absent where NVML cannot tell"},
+                    "restarts": {"type": "integer"}, "requests": {"type": "integer", "description": "requests /v1 routed to the Module since the daemon started"},
+                }}},
             }},
             "BackendsInfo": {"type": "object", "properties": {
                 "docker": {"type": "object", "properties": {"reachable": {"type": "boolean"}, "version": {"type": ["string", "null"]}, "error": {"type": ["string", "null"]}}},
