@@ -465,6 +465,11 @@ spec:
 
 #[test]
 fn example_plugin_manifests_pin_the_committed_wasm() {
+    let guard = std::fs::read_to_string(repo("examples/plugins/guard.yaml")).unwrap();
+    assert!(
+        guard.contains(&sha256_file(&repo("plugins/prompt-guard.plugin.yaml"))),
+        "examples/plugins/guard.yaml does not pin plugins/prompt-guard.plugin.yaml: update its sha256"
+    );
     for (manifest, wasm) in [
         (
             "plugins/prompt-guard.plugin.yaml",
