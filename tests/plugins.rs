@@ -926,3 +926,61 @@ fn plugins_roll_back_and_prune_with_everything_else() {
         "plugin/guard"
     );
 }
+
+/// A manifest's `bootstrap` (contributions its author proposes by default) runs without an
+/// activation only where the active Policy tier allows auto-activation.
+#[test]
+fn bootstrap_contributions_run_only_where_the_tier_allows_auto_activation() {
+    let env = FreshEnv::new();
+    let dir = env.work.path().join("freeze");
+    std::fs::create_dir_all(&dir).unwrap();
+    let wasm = dir.join("change_freeze.wasm");
+    std::fs::copy(repo("plugins/change_freeze.wasm"), &wasm).unwrap();
+    let text = std::fs::read_to_string(repo("plugins/change-freeze.plugin.yaml")).unwrap()
+        + "  bootstrap: {activate: [freeze]}\n";
+    let manifest = dir.join("plugin.yaml");
+    std::fs::write(&manifest, text).unwrap();
+    let plugin = env.write(
+        "p/plugin.yaml",
+        &plugin_doc("freeze", &manifest, &sha256_file(&manifest)),
+    );
+    let module = |name: &str| {
+        env.write(
+            &format!("m/{name}.yaml"),
+            &format!("apiVersion: localaistack.io/v1alpha1\nkind: Module\nmetadata: {{name: {name}}}\nspec:\n  suspend: true\n  native: {{command: [/bin/sleep, '600']}}\n"),
+        )
+    };
+    let d = Daemon::start(&env, &[], &[]);
+    env.run(&["apply", "-f", plugin.to_str().unwrap()]).ok();
+    let p = wait_ready(&env, &d, "plugin", "freeze", Duration::from_secs(30));
+    assert_eq!(p["status"]["manifest"]["bootstrap"][0], "freeze", "{p}");
+    assert!(
+        p["status"]["bootstrap"].is_null(),
+        "the default tier does not auto-activate: {p}"
+    );
+    env.run(&["apply", "-f", module("one").to_str().unwrap()])
+        .ok();
+
+    let policy = env.write(
+        "pol.yaml",
+        "apiVersion: localaistack.io/v1alpha1\nkind: Policy\nmetadata: {name: lab}\nspec:\n  tiers:\n  - name: lab\n    capabilities: {allowPluginAutoActivation: true}\n",
+    );
+    env.run(&["apply", "-f", policy.to_str().unwrap()]).ok();
+    wait_until(
+        "the tier to allow the bootstrap",
+        Duration::from_secs(30),
+        || {
+            get_json(&env, "plugin", "freeze")
+                .is_some_and(|p| p["status"]["bootstrap"]["active"][0] == "freeze")
+        },
+    );
+    let r = env
+        .run(&["apply", "-f", module("two").to_str().unwrap()])
+        .fails();
+    assert!(
+        r.stderr.contains("freeze/bootstrap") && r.stderr.contains("change freeze"),
+        "{}",
+        r.stderr
+    );
+    assert!(get_json(&env, "module", "two").is_none());
+}

@@ -135,6 +135,10 @@ pub struct Capabilities {
     /// neither write such Modules nor change Policies (only `lasctl apply` on this machine can).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_custom_workloads: Option<bool>,
+    /// Honour a Plugin manifest's `bootstrap`: the contributions its author proposes run without a
+    /// PluginActivation, with no grants and default limits (default: false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_plugin_auto_activation: Option<bool>,
 }
 
 /// Observed state of a Policy.

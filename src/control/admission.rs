@@ -56,6 +56,12 @@ fn live_policies(live: &[&StoredObject]) -> Result<Vec<NamedPolicy>, String> {
 }
 
 impl Admission for PolicyAdmission {
+    fn plugin_auto_activation(&self, all: &[StoredObject]) -> Option<String> {
+        let live: Vec<&StoredObject> = all.iter().filter(|o| o.deleted_at.is_none()).collect();
+        let tier = select_tier(&live_policies(&live).ok()?, &self.profile).ok()?;
+        (tier.capabilities.allow_plugin_auto_activation == Some(true)).then_some(tier.tier)
+    }
+
     fn max_model_bytes(&self, all: &[StoredObject]) -> Option<(u64, String)> {
         let live: Vec<&StoredObject> = all.iter().filter(|o| o.deleted_at.is_none()).collect();
         let tier = select_tier(&live_policies(&live).ok()?, &self.profile).ok()?;

@@ -29,6 +29,13 @@ pub struct Manifest {
     pub digest: Sha256,
 }
 
+/// What the plugin host reads from the store: every Plugin and PluginActivation.
+pub fn plugin_objects(store: &Store) -> Result<Vec<StoredObject>, StoreError> {
+    let mut v = store.list(Some(Kind::Plugin), &BTreeMap::new())?;
+    v.extend(store.list(Some(Kind::PluginActivation), &BTreeMap::new())?);
+    Ok(v)
+}
+
 /// Parses manifest bytes; errors name `file`, line, column and field.
 pub fn parse_manifest(file: &str, bytes: &[u8], digest: Sha256) -> Result<Manifest, InputErrors> {
     let f = InputFile {
@@ -465,6 +472,50 @@ impl PluginHost {
     /// The active code contributions of `objects`, uncached (compiled modules are reused).
     pub fn build(&self, objects: &[StoredObject]) -> Vec<ActiveCode> {
         let mut out = Vec::new();
+        // A Ready Plugin's `bootstrap` contributions, where its status says the tier allows them:
+        // an implied activation `<plugin>/bootstrap` with no grants and default limits.
+        for p in objects
+            .iter()
+            .filter(|o| o.kind == Kind::Plugin && o.deleted_at.is_none())
+        {
+            let ready = p
+                .condition("Ready")
+                .is_some_and(|(s, _, _)| s == crate::api::ConditionStatus::True);
+            let (Some(active), Some(digest)) = (
+                p.status["bootstrap"]["active"].as_array(),
+                p.status["digest"].as_str(),
+            ) else {
+                continue;
+            };
+            let Some(m) = read_manifest_blob(&self.home, digest, p.name.as_str()).filter(|_| ready)
+            else {
+                continue;
+            };
+            let Ok(plugin_ref) = p.name.as_str().parse() else {
+                continue;
+            };
+            let spec = PluginActivationSpec {
+                plugin_ref,
+                contributions: active
+                    .iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect(),
+                grants: Vec::new(),
+                limits: Default::default(),
+                failure_policy: None,
+                priority: 0,
+                scope: Scope::default(),
+                config: None,
+            };
+            let module = match m.spec.runtime.type_ {
+                crate::api::plugin::PluginRuntimeType::Declarative => None,
+                crate::api::plugin::PluginRuntimeType::Wasm => match self.compile(&m, &[]) {
+                    Some(c) => Some(c),
+                    None => continue,
+                },
+            };
+            out.extend(codes(&format!("{}/bootstrap", p.name), &spec, &m, module));
+        }
         for o in objects
             .iter()
             .filter(|o| o.kind == Kind::PluginActivation && o.deleted_at.is_none())
@@ -727,9 +778,7 @@ fn codes(
 pub fn admit(store: &Store, host: &PluginHost, objects: &[&Desired]) -> Result<(), InputErrors> {
     let owned: Vec<Desired> = objects.iter().map(|d| (*d).clone()).collect();
     check_activations(&host.home, store, &owned)?;
-    let stored = store
-        .list(Some(Kind::PluginActivation), &BTreeMap::new())
-        .map_err(|e| store_error(objects, e))?;
+    let stored = plugin_objects(store).map_err(|e| store_error(objects, e))?;
     if stored.is_empty() {
         return Ok(());
     }

@@ -102,7 +102,7 @@ impl ModelReconciler {
             })?;
             let acts = self
                 .store
-                .with(|s| s.list(Some(Kind::PluginActivation), &Default::default()))
+                .with(|s| crate::control::plugins::plugin_objects(s))
                 .await?;
             let u = uri.to_string();
             let out = tokio::task::spawn_blocking(move || {
@@ -177,7 +177,7 @@ impl ModelReconciler {
         };
         let acts = self
             .store
-            .with(|s| s.list(Some(Kind::PluginActivation), &Default::default()))
+            .with(|s| crate::control::plugins::plugin_objects(s))
             .await?;
         if acts.is_empty() {
             return Ok(());

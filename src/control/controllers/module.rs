@@ -52,6 +52,13 @@ pub trait Admission: Send + Sync {
         let _ = all;
         None
     }
+
+    /// The active tier's name when it allows plugins' `bootstrap` contributions to run without
+    /// an activation (`allowPluginAutoActivation`).
+    fn plugin_auto_activation(&self, all: &[StoredObject]) -> Option<String> {
+        let _ = all;
+        None
+    }
 }
 
 pub struct ModuleReconciler {

@@ -33,6 +33,8 @@ pub struct PluginReconciler {
     pub store: SharedStore,
     pub models: ModelStore,
     pub engine: Arc<dyn Engine>,
+    /// Whether the active tier honours manifests' `bootstrap` (none: never).
+    pub admission: Option<Arc<dyn super::module::Admission>>,
 }
 
 fn fetch_error(what: &str, e: ModelError) -> ReconcileError {
@@ -90,10 +92,30 @@ impl PluginReconciler {
         if manifest.spec.runtime.type_ == PluginRuntimeType::Wasm {
             check_module(&*self.engine, &manifest, &artifacts)?;
         }
+        // The author's proposed defaults run only where the active tier allows it; the decision
+        // is recorded here, and the host reads it.
+        let proposed = manifest
+            .spec
+            .bootstrap
+            .as_ref()
+            .map(|b| b.activate.clone())
+            .unwrap_or_default();
+        let bootstrap = match (&self.admission, proposed.is_empty()) {
+            (Some(a), false) => {
+                let all = self
+                    .store
+                    .with(|s| s.list(None, &Default::default()))
+                    .await?;
+                a.plugin_auto_activation(&all)
+                    .map(|tier| json!({"tier": tier, "active": proposed}))
+            }
+            _ => None,
+        };
         let fields = json!({
             "digest": blob.digest.as_str(),
             "manifest": manifest.spec.summary(manifest.name.as_str()),
             "artifacts": artifacts,
+            "bootstrap": bootstrap,
         });
         let was_ready = super::status::is_ready(&obj);
         let msg = format!(
@@ -177,6 +199,22 @@ fn requested_list(m: &Manifest) -> String {
 impl Reconciler for PluginReconciler {
     fn kind(&self) -> Kind {
         Kind::Plugin
+    }
+
+    /// A Policy change may allow or forbid manifests' `bootstrap`: Plugins proposing one look again.
+    fn dependents(&self, changed: &Key, all: &[StoredObject]) -> Vec<Key> {
+        if changed.0 != Kind::Policy {
+            return Vec::new();
+        }
+        all.iter()
+            .filter(|o| {
+                o.kind == Kind::Plugin
+                    && o.status["manifest"]["bootstrap"]
+                        .as_array()
+                        .is_some_and(|b| !b.is_empty())
+            })
+            .map(|o| (o.kind, o.name.to_string()))
+            .collect()
     }
 
     fn reconcile(

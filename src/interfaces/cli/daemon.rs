@@ -341,7 +341,7 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
             store: store.clone(),
             native: native.clone(),
             docker: docker.clone(),
-            admission,
+            admission: admission.clone(),
             catalog: Arc::new(
                 crate::artifacts::catalog::Catalog::from_env()
                     .map_err(err)?
@@ -357,6 +357,7 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
             store: store.clone(),
             models: models.clone(),
             engine: wasm.clone(),
+            admission: Some(admission.clone()),
         }),
         Arc::new(
             crate::control::controllers::plugin::PluginActivationReconciler {

@@ -189,7 +189,7 @@ impl ApiContext {
         }
         let host = self.plugins.clone();
         self.with_store(move |s| {
-            let objects = s.list(Some(Kind::PluginActivation), &BTreeMap::new())?;
+            let objects = crate::control::plugins::plugin_objects(s)?;
             Ok(host.active(version, &objects))
         })
         .await
