@@ -340,8 +340,14 @@ impl PluginActivationReconciler {
             .filter(|r| !spec.grants.contains(r))
             .copied()
             .collect();
-        // Code that imports a host function the activation does not grant never runs.
-        if manifest.spec.runtime.type_ == PluginRuntimeType::Wasm && !spec.contributions.is_empty()
+        // Code that imports a host function the activation does not grant never runs. Checked
+        // once per binding: the periodic statistics copy of an active activation skips it.
+        let checked = super::status::is_ready(&obj)
+            && bound.as_deref() == Some(digest.as_str())
+            && obj.observed_generation() == Some(obj.generation);
+        if manifest.spec.runtime.type_ == PluginRuntimeType::Wasm
+            && !spec.contributions.is_empty()
+            && !checked
         {
             let wasm = module_bytes(&self.home, &manifest)
                 .map_err(|m| ReconcileError::retry("PluginNotReady", m))?;
