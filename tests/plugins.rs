@@ -483,6 +483,12 @@ fn example_plugin_manifests_pin_the_committed_wasm() {
             "plugins/change-freeze.plugin.yaml",
             "plugins/change_freeze.wasm",
         ),
+        ("plugins/event-log.plugin.yaml", "plugins/event_log.wasm"),
+        (
+            "plugins/event-log.plugin.yaml",
+            "plugins/event_log_panel.html",
+        ),
+        ("plugins/npu-probe.plugin.yaml", "plugins/npu_probe.wasm"),
     ] {
         let text = std::fs::read_to_string(repo(manifest)).unwrap();
         assert!(

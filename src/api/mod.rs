@@ -2,6 +2,7 @@
 //! state. Every layer uses these types; this module performs no IO besides reading the files it is given.
 
 pub mod decode;
+pub mod event;
 pub mod meta;
 pub mod model;
 pub mod module;

@@ -74,6 +74,9 @@ pub struct ManifestSummary {
     pub requests: Vec<Capability>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bootstrap: Vec<String>,
+    /// The panels it declares for the web console.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ui_panels: Vec<UiPanel>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -166,6 +169,15 @@ pub struct Contributions {
     pub model_verifiers: Vec<CodeContribution>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub admission_checks: Vec<AdmissionCheck>,
+    /// Receivers of the daemon's events (seam `eventBus`), each through a bounded queue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub event_sinks: Vec<EventSink>,
+    /// Facts added to the hardware profile (seam `hardware`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hardware_probes: Vec<HardwareProbeContribution>,
+    /// HTML panels for the web console (seam `uiHost`), each one of `runtime.artifacts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ui_panels: Vec<UiPanel>,
 }
 
 /// A hook on the daemon's `/v1` path.
@@ -241,6 +253,73 @@ pub struct AdmissionCheck {
     pub config_schema: Option<serde_json::Value>,
 }
 
+/// A receiver of recorded events. Empty filters match every event; the filters of one sink are
+/// and-ed, the values of one filter or-ed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EventSink {
+    pub id: String,
+    pub entry: String,
+    /// Kinds of the involved object (e.g. `Module`, `Hardware`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
+    /// Event reasons (e.g. `Ready`, `Stalled`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<SinkEventType>,
+    /// How many events may wait for this sink before the oldest is dropped (default 256, at most
+    /// 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_size: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_schema: Option<serde_json::Value>,
+}
+
+/// An event's type, as sinks filter on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum SinkEventType {
+    Normal,
+    Warning,
+}
+
+impl SinkEventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkEventType::Normal => "Normal",
+            SinkEventType::Warning => "Warning",
+        }
+    }
+}
+
+impl EventSink {
+    pub const DEFAULT_QUEUE: u32 = 256;
+    pub const MAX_QUEUE: u32 = 10_000;
+}
+
+/// A probe that adds facts to the hardware profile under `plugins.<plugin>.<probe>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HardwareProbeContribution {
+    pub id: String,
+    pub entry: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_schema: Option<serde_json::Value>,
+}
+
+/// An HTML panel the web console serves from a verified artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UiPanel {
+    pub id: String,
+    pub title: String,
+    /// The name of one of `runtime.artifacts` (an HTML file).
+    pub artifact: String,
+    /// Always `uiHost` (the only seam that shows panels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seam: Option<Seam>,
+}
+
 /// The design's seams. Only some accept contributions; the others are inventoried with why not.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
@@ -287,6 +366,9 @@ pub enum Point {
     ModelSource,
     ModelVerifier,
     AdmissionCheck,
+    EventSink,
+    HardwareProbe,
+    UiPanel,
 }
 
 impl Point {
@@ -297,6 +379,9 @@ impl Point {
             Point::ModelSource => "modelSources",
             Point::ModelVerifier => "modelVerifiers",
             Point::AdmissionCheck => "admissionChecks",
+            Point::EventSink => "eventSinks",
+            Point::HardwareProbe => "hardwareProbes",
+            Point::UiPanel => "uiPanels",
         }
     }
     pub fn seam(self) -> Seam {
@@ -304,14 +389,21 @@ impl Point {
             Point::InferenceHook | Point::SamplingProfile => Seam::Inference,
             Point::ModelSource | Point::ModelVerifier => Seam::Model,
             Point::AdmissionCheck => Seam::PluginManager,
+            Point::EventSink => Seam::EventBus,
+            Point::HardwareProbe => Seam::Hardware,
+            Point::UiPanel => Seam::UiHost,
         }
     }
     /// What a failure risks decides the default: guards (pre-request hooks), verifiers, model
     /// sources and admission checks fail closed. Post-response hooks fail open (the host sets
-    /// that by stage); data (sampling profiles) cannot fail.
+    /// that by stage); data (sampling profiles, panels) cannot fail; event sinks and hardware
+    /// probes fail open (a failing sink never blocks anything, a failing probe is a note).
     pub fn default_failure_policy(self) -> FailurePolicy {
         match self {
-            Point::SamplingProfile => FailurePolicy::Ignore,
+            Point::SamplingProfile
+            | Point::EventSink
+            | Point::HardwareProbe
+            | Point::UiPanel => FailurePolicy::Ignore,
             _ => FailurePolicy::Fail,
         }
     }
@@ -369,6 +461,30 @@ impl ManifestSpec {
                 id: &a.id,
                 entry: Some(&a.entry),
                 config_schema: a.config_schema.as_ref(),
+            });
+        }
+        for e in &c.event_sinks {
+            out.push(ContributionRef {
+                point: Point::EventSink,
+                id: &e.id,
+                entry: Some(&e.entry),
+                config_schema: e.config_schema.as_ref(),
+            });
+        }
+        for h in &c.hardware_probes {
+            out.push(ContributionRef {
+                point: Point::HardwareProbe,
+                id: &h.id,
+                entry: Some(&h.entry),
+                config_schema: h.config_schema.as_ref(),
+            });
+        }
+        for p in &c.ui_panels {
+            out.push(ContributionRef {
+                point: Point::UiPanel,
+                id: &p.id,
+                entry: None,
+                config_schema: None,
             });
         }
         out
@@ -469,6 +585,7 @@ impl ManifestSpec {
                 ));
             }
         }
+        self.validate_sinks_probes_panels(&names)?;
         if let Some(b) = &self.bootstrap {
             for (i, id) in b.activate.iter().enumerate() {
                 if !ids.contains(id.as_str()) {
@@ -477,6 +594,80 @@ impl ManifestSpec {
                         format!("no contribution has id {id:?}"),
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Event sinks' filters and queue sizes, and panels that name a shipped artifact.
+    fn validate_sinks_probes_panels(&self, artifacts: &BTreeSet<&str>) -> Result<(), (String, String)> {
+        for (i, s) in self.contributes.event_sinks.iter().enumerate() {
+            let at = |f: &str| format!("spec.contributes.eventSinks[{i}].{f}");
+            for (j, k) in s.kinds.iter().enumerate() {
+                if !is_upper_camel(k, 63) {
+                    return Err((
+                        format!("{}[{j}]", at("kinds")),
+                        format!("{k:?}: expected a kind in UpperCamelCase (e.g. Module)"),
+                    ));
+                }
+            }
+            for (j, r) in s.reasons.iter().enumerate() {
+                if !is_upper_camel(r, MAX_REASON_LEN) {
+                    return Err((
+                        format!("{}[{j}]", at("reasons")),
+                        format!(
+                            "{r:?}: expected a reason in UpperCamelCase of at most {MAX_REASON_LEN} characters"
+                        ),
+                    ));
+                }
+            }
+            if let Some(q) = s.queue_size
+                && !(1..=EventSink::MAX_QUEUE).contains(&q)
+            {
+                return Err((
+                    at("queueSize"),
+                    format!("{q}: expected 1 to {}", EventSink::MAX_QUEUE),
+                ));
+            }
+        }
+        for (i, p) in self.contributes.ui_panels.iter().enumerate() {
+            let at = |f: &str| format!("spec.contributes.uiPanels[{i}].{f}");
+            if p.title.trim().is_empty() || p.title.chars().count() > 80 {
+                return Err((at("title"), "expected 1 to 80 characters".into()));
+            }
+            if !artifacts.contains(p.artifact.as_str()) {
+                return Err((
+                    at("artifact"),
+                    format!(
+                        "{:?} is not one of runtime.artifacts (it has: {})",
+                        p.artifact,
+                        if artifacts.is_empty() {
+                            "none".to_string()
+                        } else {
+                            artifacts.iter().copied().collect::<Vec<_>>().join(", ")
+                        }
+                    ),
+                ));
+            }
+            let a = self
+                .runtime
+                .artifacts
+                .iter()
+                .find(|a| a.name == p.artifact)
+                .expect("checked above");
+            if !(a.path.ends_with(".html") || a.path.ends_with(".htm")) {
+                return Err((
+                    at("artifact"),
+                    format!("{:?} ({}): a panel is an .html file", p.artifact, a.path),
+                ));
+            }
+            if let Some(seam) = p.seam
+                && seam != Seam::UiHost
+            {
+                return Err((
+                    at("seam"),
+                    format!("{}: panels belong to the uiHost seam", seam.as_str()),
+                ));
             }
         }
         Ok(())
@@ -514,8 +705,21 @@ impl ManifestSpec {
                 .as_ref()
                 .map(|b| b.activate.clone())
                 .unwrap_or_default(),
+            ui_panels: self.contributes.ui_panels.clone(),
         }
     }
+}
+
+/// The longest event reason accepted (Kubernetes' `reason` is short, UpperCamelCase).
+pub const MAX_REASON_LEN: usize = 128;
+
+/// `UpperCamelCase`: an ASCII capital, then letters and digits, at most `max` characters.
+pub fn is_upper_camel(s: &str, max: usize) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= max
+        && b[0].is_ascii_uppercase()
+        && b.iter().all(|c| c.is_ascii_alphanumeric())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -879,6 +1083,88 @@ mod tests {
                 .unwrap_err()
                 .0,
             "spec.config.x"
+        );
+    }
+
+    fn manifest(yaml: &str) -> ManifestSpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    const BASE: &str = "version: 1.0.0\nhostApi: \"^1\"\nruntime:\n  type: declarative\n  artifacts:\n  - {name: panel, path: panel.html, sha256: 0000000000000000000000000000000000000000000000000000000000000000}\n  - {name: data, path: data.json, sha256: 0000000000000000000000000000000000000000000000000000000000000000}\n";
+
+    #[test]
+    fn sinks_probes_and_panels_are_validated_with_their_field_paths() {
+        // A declarative plugin may ship a panel (no code runs).
+        let ok = manifest(&format!(
+            "{BASE}contributes:\n  uiPanels: [{{id: p, title: Status, artifact: panel}}]\n"
+        ));
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(
+            ok.summary("x").contributions,
+            vec!["uiHost/uiPanels/p".to_string()]
+        );
+        let cases = [
+            (
+                "  uiPanels: [{id: p, title: S, artifact: missing}]",
+                "spec.contributes.uiPanels[0].artifact",
+            ),
+            (
+                "  uiPanels: [{id: p, title: S, artifact: data}]",
+                "spec.contributes.uiPanels[0].artifact",
+            ),
+            (
+                "  uiPanels: [{id: p, title: S, artifact: panel, seam: hardware}]",
+                "spec.contributes.uiPanels[0].seam",
+            ),
+            (
+                "  uiPanels: [{id: p, title: '', artifact: panel}]",
+                "spec.contributes.uiPanels[0].title",
+            ),
+            // Sinks and probes run code: not in a declarative plugin.
+            (
+                "  eventSinks: [{id: s, entry: on_event}]",
+                "spec.contributes.eventSinks",
+            ),
+            (
+                "  hardwareProbes: [{id: h, entry: probe}]",
+                "spec.contributes.hardwareProbes",
+            ),
+        ];
+        for (c, path) in cases {
+            let m = manifest(&format!("{BASE}contributes:\n{c}\n"));
+            assert_eq!(m.validate().unwrap_err().0, path, "{c}");
+        }
+        let wasm = BASE.replace("declarative", "wasm").replace("name: data", "name: module");
+        for (c, path) in [
+            (
+                "  eventSinks: [{id: s, entry: e, reasons: [not-camel]}]",
+                "spec.contributes.eventSinks[0].reasons[0]",
+            ),
+            (
+                "  eventSinks: [{id: s, entry: e, kinds: [module]}]",
+                "spec.contributes.eventSinks[0].kinds[0]",
+            ),
+            (
+                "  eventSinks: [{id: s, entry: e, queueSize: 0}]",
+                "spec.contributes.eventSinks[0].queueSize",
+            ),
+        ] {
+            let m = manifest(&format!("{wasm}contributes:\n{c}\n"));
+            assert_eq!(m.validate().unwrap_err().0, path, "{c}");
+        }
+        let m = manifest(&format!(
+            "{wasm}contributes:\n  eventSinks: [{{id: s, entry: e, types: [Warning], reasons: [Stalled], queueSize: 8}}]\n  hardwareProbes: [{{id: h, entry: probe}}]\n"
+        ));
+        assert_eq!(m.validate(), Ok(()));
+        assert_eq!(
+            m.contributions()
+                .iter()
+                .map(|c| (c.point.seam(), c.point.default_failure_policy()))
+                .collect::<Vec<_>>(),
+            vec![
+                (Seam::EventBus, FailurePolicy::Ignore),
+                (Seam::Hardware, FailurePolicy::Ignore)
+            ]
         );
     }
 

@@ -21,6 +21,18 @@ use super::store::StoredObject;
 pub struct PolicyAdmission {
     pub profile: HardwareProfile,
     pub catalog: Catalog,
+    /// Plugin hardware probes, whose facts are added to `profile` for the state at hand.
+    pub probes: Option<super::probes::ProbeRunner>,
+}
+
+impl PolicyAdmission {
+    /// The profile with the facts of the probes active in `all`.
+    fn profile_for(&self, all: &[StoredObject]) -> std::borrow::Cow<'_, HardwareProfile> {
+        match &self.probes {
+            Some(p) => std::borrow::Cow::Owned(p.profile(&self.profile, all)),
+            None => std::borrow::Cow::Borrowed(&self.profile),
+        }
+    }
 }
 
 fn desired_of(o: &StoredObject) -> Option<Desired> {
@@ -58,20 +70,21 @@ fn live_policies(live: &[&StoredObject]) -> Result<Vec<NamedPolicy>, String> {
 impl Admission for PolicyAdmission {
     fn plugin_auto_activation(&self, all: &[StoredObject]) -> Option<String> {
         let live: Vec<&StoredObject> = all.iter().filter(|o| o.deleted_at.is_none()).collect();
-        let tier = select_tier(&live_policies(&live).ok()?, &self.profile).ok()?;
+        let tier = select_tier(&live_policies(&live).ok()?, &self.profile_for(all)).ok()?;
         (tier.capabilities.allow_plugin_auto_activation == Some(true)).then_some(tier.tier)
     }
 
     fn max_model_bytes(&self, all: &[StoredObject]) -> Option<(u64, String)> {
         let live: Vec<&StoredObject> = all.iter().filter(|o| o.deleted_at.is_none()).collect();
-        let tier = select_tier(&live_policies(&live).ok()?, &self.profile).ok()?;
+        let tier = select_tier(&live_policies(&live).ok()?, &self.profile_for(all)).ok()?;
         Some((tier.capabilities.max_model_bytes?, tier.tier))
     }
 
     fn admit(&self, module: &StoredObject, all: &[StoredObject]) -> Result<(), String> {
         let live: Vec<&StoredObject> = all.iter().filter(|o| o.deleted_at.is_none()).collect();
         let policies = live_policies(&live)?;
-        let tier = select_tier(&policies, &self.profile).map_err(|e| e.to_string())?;
+        let profile = self.profile_for(all);
+        let tier = select_tier(&policies, &profile).map_err(|e| e.to_string())?;
         // Resolution is global in a plan: one unresolvable `from:` module would refuse every other.
         // So the other `from:` modules stay out of this module's plan (their own admission covers
         // them); everything else is in it.
@@ -85,7 +98,7 @@ impl Admission for PolicyAdmission {
         let planned = plan(&PlanInput {
             desired: &desired,
             state: all,
-            profile: &self.profile,
+            profile: &profile,
             tier: &tier,
             catalog: &self.catalog,
             lock: None,
@@ -109,8 +122,11 @@ impl Admission for PolicyAdmission {
     }
 }
 
-/// The daemon's admission: the live (or `LAS_HARDWARE_PROFILE`) profile and the catalog.
-pub fn for_daemon() -> Result<Arc<dyn Admission>, String> {
+/// The daemon's admission: the live (or `LAS_HARDWARE_PROFILE`) profile, with the facts of the
+/// active plugin hardware probes of `plugins` when given, and the catalog.
+pub fn for_daemon(
+    plugins: Option<Arc<super::plugins::PluginHost>>,
+) -> Result<Arc<dyn Admission>, String> {
     let profile = super::hardware::probe_from_env()
         .probe()
         .map_err(|e| e.to_string())?;
@@ -121,5 +137,6 @@ pub fn for_daemon() -> Result<Arc<dyn Admission>, String> {
     Ok(Arc::new(PolicyAdmission {
         profile,
         catalog: loaded.catalog,
+        probes: plugins.map(super::probes::ProbeRunner::new),
     }))
 }

@@ -16,6 +16,7 @@
 //!   exposes `mem_info_vram_*`); names are the PCI ids there.
 //! - `memory.availableBytes` and GPU `memoryFreeBytes` are snapshots.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -80,9 +81,14 @@ pub struct HardwareProfile {
     pub os: OsInfo,
     #[serde(default)]
     pub gpus: Vec<GpuInfo>,
-    /// Why something could not be detected (e.g. "NVML unavailable: ...").
+    /// Why something could not be detected (e.g. "NVML unavailable: ..."), and failed plugin
+    /// hardware probes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Facts added by plugin hardware probes: plugin → probe → fact → value (a scalar or a list
+    /// of scalars). Policies read them as `plugins.<plugin>.<probe>.<fact>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub plugins: BTreeMap<String, BTreeMap<String, BTreeMap<String, serde_json::Value>>>,
     /// The tier chosen for this profile, as `lasctl hardware` prints it. Informational: it is
     /// recomputed from the policies and ignored when a profile file is read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -397,6 +403,7 @@ impl HardwareProbe for LiveProbe {
             os,
             gpus,
             notes,
+            plugins: BTreeMap::new(),
             tier: None,
         })
     }

@@ -336,6 +336,14 @@ pub struct ActiveCode {
     pub priority: i32,
     pub scope: Scope,
     pub config: Value,
+    /// For event sinks: the filters and queue size.
+    pub sink: Option<crate::api::plugin::EventSink>,
+    /// For UI panels.
+    pub panel: Option<crate::api::plugin::UiPanel>,
+    /// Whether the activation grants `content` (an event sink then sees messages).
+    pub content: bool,
+    /// The manifest digest the activation is bound to (hardware probes cache by it).
+    pub digest: String,
 }
 
 /// Calls, failures and fuel of one activation, and its breaker.
@@ -354,6 +362,10 @@ pub struct Stats {
     #[serde(skip)]
     open_until: Option<Instant>,
     pub last_error: Option<String>,
+    /// Event sinks: events handed to the plugin and answered.
+    pub delivered: u64,
+    /// Event sinks: events dropped from a full queue (the oldest first).
+    pub dropped: u64,
 }
 
 /// After this many failures in a row an activation's breaker opens for [`BREAKER_OPEN`].
@@ -446,6 +458,29 @@ impl PluginHost {
 
     pub fn stats(&self) -> HashMap<String, Stats> {
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Counts events an activation's sinks took (`delivered`) or lost from a full queue
+    /// (`dropped`).
+    pub fn count_sink(&self, activation: &str, delivered: u64, dropped: u64) {
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let s = stats.entry(activation.to_string()).or_default();
+        s.delivered += delivered;
+        s.dropped += dropped;
+    }
+
+    /// Whether an activation's breaker is open now.
+    pub fn breaker_open(&self, activation: &str) -> bool {
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(activation)
+            .is_some_and(Stats::is_open)
+    }
+
+    /// The home whose blobs this host reads.
+    pub fn home(&self) -> &LasHome {
+        &self.home
     }
 
     /// The active code contributions at change counter `version`, if they were built for it.
@@ -549,7 +584,12 @@ impl PluginHost {
                     None => continue,
                 },
             };
-            out.extend(codes(o.name.as_str(), &spec, &m, module));
+            let content = effective.contains(&crate::sandbox::Capability::Content);
+            out.extend(
+                codes(o.name.as_str(), &spec, &m, module)
+                    .into_iter()
+                    .map(|c| ActiveCode { content, ..c }),
+            );
         }
         out.sort_by(|a, b| {
             b.priority
@@ -743,6 +783,10 @@ fn codes(
             priority: spec.priority,
             scope: spec.scope.clone(),
             config: spec.config.clone().unwrap_or(Value::Null),
+            sink: None,
+            panel: None,
+            content: false,
+            digest: m.digest.to_string(),
         };
         if let Some(h) = c.inference_hooks.iter().find(|h| &h.id == id) {
             let mut a = base(Point::InferenceHook, &h.entry);
@@ -765,6 +809,16 @@ fn codes(
         } else if let Some(p) = c.sampling_profiles.iter().find(|p| &p.id == id) {
             let mut a = base(Point::SamplingProfile, "");
             a.profile = Some(p.clone());
+            out.push(a);
+        } else if let Some(s) = c.event_sinks.iter().find(|s| &s.id == id) {
+            let mut a = base(Point::EventSink, &s.entry);
+            a.sink = Some(s.clone());
+            out.push(a);
+        } else if let Some(p) = c.hardware_probes.iter().find(|p| &p.id == id) {
+            out.push(base(Point::HardwareProbe, &p.entry));
+        } else if let Some(p) = c.ui_panels.iter().find(|p| &p.id == id) {
+            let mut a = base(Point::UiPanel, "");
+            a.panel = Some(p.clone());
             out.push(a);
         }
     }
@@ -867,16 +921,22 @@ pub fn seam_doc(seam: crate::api::plugin::Seam) -> (&'static [&'static str], &'s
             "URI schemes resolved to a pinned (url, sha256) the host fetches; verdicts on verified blobs",
         ),
         Hardware => (
-            &[],
-            "hardware probes come with the exec bridge (next issue)",
+            &["hardwareProbes"],
+            "probes add facts to the hardware profile under plugins.<plugin>.<probe> (policies use them in when); a failing probe is a note",
         ),
         Workflow => (&[], "workflows come with the ai_agent track (next issue)"),
-        EventBus => (&[], "event sinks come with the next issue"),
+        EventBus => (
+            &["eventSinks"],
+            "every recorded event through a bounded queue per activation (oldest dropped, counted); metadata only unless content is granted; sinks fail open",
+        ),
         PluginManager => (
             &["admissionChecks"],
             "admission checks at apply; the plugin manager itself, the store and the runtime are the trust root and are not pluggable",
         ),
-        UiHost => (&[], "plugin UI panels come with the web console"),
+        UiHost => (
+            &["uiPanels"],
+            "HTML panels, verified by sha256 like every artifact; the web console serves them",
+        ),
     }
 }
 
@@ -910,6 +970,9 @@ pub fn inventory(
                         "fuelP95": st.fuel_p95,
                         "breaker": if st.breaker.is_empty() { "closed" } else { st.breaker },
                         "lastError": st.last_error,
+                        "delivered": (c.point == Point::EventSink).then_some(st.delivered),
+                        "dropped": (c.point == Point::EventSink).then_some(st.dropped),
+                        "content": (c.point == Point::EventSink).then_some(c.content),
                     })
                 })
                 .collect();
@@ -926,6 +989,7 @@ pub fn inventory(
                 "version": o.status["manifest"]["version"],
                 "contributions": o.status["manifest"]["contributions"],
                 "requests": o.status["manifest"]["requests"],
+                "uiPanels": ui_panels(o),
             })
         })
         .collect();
@@ -947,6 +1011,33 @@ pub fn inventory(
         })
         .collect();
     json!({"seams": seams, "plugins": plugins, "activations": activations})
+}
+
+/// A Plugin's UI panels with the verified digest and blob of the artifact each one serves.
+fn ui_panels(plugin: &StoredObject) -> Vec<Value> {
+    let artifacts = plugin.status["artifacts"].as_array();
+    plugin.status["manifest"]["uiPanels"]
+        .as_array()
+        .map(|panels| {
+            panels
+                .iter()
+                .map(|p| {
+                    let a = artifacts.and_then(|a| {
+                        a.iter()
+                            .find(|a| a["name"] == p["artifact"])
+                    });
+                    json!({
+                        "id": p["id"],
+                        "title": p["title"],
+                        "artifact": p["artifact"],
+                        "digest": a.map(|a| a["digest"].clone()),
+                        "path": a.map(|a| a["path"].clone()),
+                        "seam": "uiHost",
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Runs one contribution of a Ready Plugin once on `input`, with `config`, granting what the

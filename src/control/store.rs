@@ -147,6 +147,11 @@ const MIGRATIONS: &[&str] = &[
     UPDATE events SET first_time = time;
     CREATE INDEX events_by_series ON events(kind, name, reason, series);
     "#,
+    // 3: where an event comes from when not from the controllers (`published`: the API's
+    // `POST /api/v1/events`; `eventBus`: the event bus about its sinks).
+    r#"
+    ALTER TABLE events ADD COLUMN source TEXT;
+    "#,
 ];
 
 /// An object as stored.
@@ -363,6 +368,9 @@ pub struct Event {
     pub count: u64,
     pub first_timestamp: String,
     pub last_timestamp: String,
+    /// `published` (`POST /api/v1/events`) or `eventBus`; absent for the system's own events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// The series key of an event message: runs of digits become `#`, and hex-looking words
@@ -1236,11 +1244,12 @@ impl Store {
         reason: &str,
         message: &str,
     ) -> Result<()> {
-        Self::append_event(tx, kind.as_str(), name, uid, type_, reason, message)
+        Self::append_event(tx, kind.as_str(), name, uid, type_, reason, message, None).map(|_| ())
     }
 
     /// Appends an event, or adds one to the count of its series (moving that row to a new id).
-    /// The caller holds a transaction.
+    /// The caller holds a transaction. Events of another source are another series.
+    #[allow(clippy::too_many_arguments)]
     fn append_event(
         tx: &Connection,
         kind: &str,
@@ -1249,7 +1258,8 @@ impl Store {
         type_: EventType,
         reason: &str,
         message: &str,
-    ) -> Result<()> {
+        source: Option<&str>,
+    ) -> Result<i64> {
         let type_s = match type_ {
             EventType::Normal => "Normal",
             EventType::Warning => "Warning",
@@ -1260,9 +1270,10 @@ impl Store {
             .prepare_cached(
                 "SELECT id, count, COALESCE(first_time, time) FROM events
                  WHERE kind = ?1 AND name = ?2 AND reason = ?3 AND series = ?4 AND type = ?5
+                   AND source IS ?6
                  ORDER BY id DESC LIMIT 1",
             )?
-            .query_row(params![kind, name, reason, series, type_s], |r| {
+            .query_row(params![kind, name, reason, series, type_s, source], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .optional()?;
@@ -1275,13 +1286,13 @@ impl Store {
             None => (1, t.clone()),
         };
         tx.prepare_cached(
-            "INSERT INTO events (time, kind, name, uid, type, reason, message, count, first_time, series)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO events (time, kind, name, uid, type, reason, message, count, first_time, series, source)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?
         .execute(params![
-            t, kind, name, uid, type_s, reason, message, count, first, series
+            t, kind, name, uid, type_s, reason, message, count, first, series, source
         ])?;
-        Ok(())
+        Ok(tx.last_insert_rowid())
     }
 
     /// Records an event in the durable log, aggregated into its series (see [`Event`]).
@@ -1296,9 +1307,31 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        Self::append_event(&tx, kind, name, None, type_, reason, message)?;
+        Self::append_event(&tx, kind, name, None, type_, reason, message, None)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Records an event from `source` (`published`, `eventBus`) and returns it as stored.
+    pub fn record_event_from(
+        &mut self,
+        source: &str,
+        kind: &str,
+        name: &str,
+        type_: EventType,
+        reason: &str,
+        message: &str,
+    ) -> Result<Event> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let id = Self::append_event(&tx, kind, name, None, type_, reason, message, Some(source))?;
+        tx.commit()?;
+        let mut e = self.events(None, id - 1, 1)?;
+        e.retain(|e| e.id == id);
+        e.pop().ok_or_else(|| {
+            StoreError::Sql(rusqlite::Error::QueryReturnedNoRows)
+        })
     }
 
     /// Events after `after_id`, optionally of one object, oldest first, at most `limit`.
@@ -1310,7 +1343,7 @@ impl Store {
     ) -> Result<Vec<Event>> {
         let (k, n) = object.unzip();
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, time, kind, name, type, reason, message, count, COALESCE(first_time, time) FROM (
+            "SELECT id, time, kind, name, type, reason, message, count, COALESCE(first_time, time), source FROM (
                 SELECT * FROM events WHERE id > ?1 AND (?2 IS NULL OR (kind = ?2 AND name = ?3))
                 ORDER BY id DESC LIMIT ?4) ORDER BY id",
         )?;
@@ -1331,6 +1364,7 @@ impl Store {
                 message: r.get(6)?,
                 count: r.get::<_, i64>(7)? as u64,
                 first_timestamp: r.get(8)?,
+                source: r.get(9)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

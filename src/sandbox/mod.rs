@@ -106,11 +106,19 @@ pub enum Capability {
     Clock,
     /// `las.random_u64() -> i64`: 64 random bits from the operating system.
     Random,
+    /// Links no host function: the host hands the plugin content, not only metadata (an event
+    /// sink then sees each event's message).
+    Content,
 }
 
 impl Capability {
     /// Every capability, in order.
-    pub const ALL: [Capability; 3] = [Capability::Log, Capability::Clock, Capability::Random];
+    pub const ALL: [Capability; 4] = [
+        Capability::Log,
+        Capability::Clock,
+        Capability::Random,
+        Capability::Content,
+    ];
 
     /// The name used in manifests, grants and messages.
     pub fn as_str(self) -> &'static str {
@@ -118,6 +126,7 @@ impl Capability {
             Capability::Log => "log",
             Capability::Clock => "clock",
             Capability::Random => "random",
+            Capability::Content => "content",
         }
     }
 }
@@ -130,7 +139,7 @@ impl fmt::Display for Capability {
 
 /// An unknown capability name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown capability {0:?}: expected one of log, clock, random")]
+#[error("unknown capability {0:?}: expected one of log, clock, random, content")]
 pub struct UnknownCapability(pub String);
 
 impl FromStr for Capability {

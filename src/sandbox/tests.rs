@@ -90,7 +90,7 @@ fn unknown_capability_is_refused_naming_the_known_ones() {
     let e = "network".parse::<Capability>().unwrap_err();
     assert_eq!(
         e.to_string(),
-        "unknown capability \"network\": expected one of log, clock, random"
+        "unknown capability \"network\": expected one of log, clock, random, content"
     );
     assert!(serde_json::from_value::<Capability>(json!("filesystem")).is_err());
 }

@@ -378,7 +378,8 @@ impl PluginActivationReconciler {
             "effectiveGrants": effective,
             "ungrantedRequests": ungranted,
             "stats": {"calls": stats.calls, "failures": stats.failures, "fuelP50": stats.fuel_p50,
-                      "fuelP95": stats.fuel_p95, "breaker": if open { "open" } else { "closed" }},
+                      "fuelP95": stats.fuel_p95, "breaker": if open { "open" } else { "closed" },
+                      "delivered": stats.delivered, "dropped": stats.dropped},
         });
         let degraded = if open {
             cond(

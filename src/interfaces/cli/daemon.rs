@@ -325,12 +325,13 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
             }
         });
     }
-    let admission = crate::control::admission::for_daemon().map_err(err)?;
     let wasm: Arc<dyn crate::sandbox::Engine> = Arc::new(crate::sandbox::WasmiEngine::new());
     let plugins = Arc::new(crate::control::plugins::PluginHost::new(
         home.clone(),
         wasm.clone(),
     ));
+    let admission =
+        crate::control::admission::for_daemon(Some(plugins.clone())).map_err(err)?;
     let reconcilers: Vec<Arc<dyn Reconciler>> = vec![
         Arc::new(
             ModelReconciler::new(store.clone(), models.clone(), Duration::from_secs(600))
@@ -437,6 +438,11 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
     });
     let (source_changes, db_changes, state_changes) =
         (changes_rx.clone(), changes_rx.clone(), changes_rx.clone());
+    // Every recorded event to the active event sinks, off the reconcile path.
+    tokio::spawn(tracing::Instrument::instrument(
+        crate::control::eventbus::run(store.clone(), plugins.clone(), changes_rx.clone()),
+        tracing::info_span!("event_bus"),
+    ));
     let ctx = ApiContext::new(home.clone(), metrics.clone(), changes_rx, info)
         .with_token(token)
         .with_access(Access::new(&args.allow_hosts, !args.v1_requires_token))

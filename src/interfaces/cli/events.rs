@@ -41,7 +41,11 @@ fn line(e: &Event) -> String {
         format!("{:?}", e.type_),
         e.reason,
         format!("{}/{}", e.kind.to_lowercase(), e.name),
-        e.message
+        match &e.source {
+            // Not the system's own: say who recorded it.
+            Some(s) => format!("[{s}] {}", e.message),
+            None => e.message.clone(),
+        }
     )
 }
 
@@ -96,6 +100,8 @@ struct EventIn {
     count: u64,
     #[serde(default, rename = "firstTimestamp")]
     first_timestamp: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
 }
 
 fn one() -> u64 {
@@ -119,6 +125,7 @@ impl From<EventIn> for Event {
             },
             reason: e.reason,
             message: e.message,
+            source: e.source,
         }
     }
 }
@@ -241,6 +248,7 @@ mod tests {
             count: 12,
             first_timestamp: "2026-01-01T00:00:00.000Z".into(),
             last_timestamp: "2026-01-01T00:02:00.000Z".into(),
+            source: None,
         };
         assert!(seen(&e).ends_with(" (x12 over 2m)"), "{}", seen(&e));
         let once = Event { count: 1, ..e };

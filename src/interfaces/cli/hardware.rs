@@ -101,7 +101,8 @@ pub(crate) fn profile_and_tier(
     extra: &[NamedPolicy],
     record: bool,
 ) -> Result<(HardwareProfile, TierChoice), CliError> {
-    let profile = probe_from_env().probe()?;
+    let mut profile = probe_from_env().probe()?;
+    crate::control::probes::augment_from_store(store, &mut profile, record);
     if record {
         record_profile(store, &profile)?;
     }
@@ -193,6 +194,12 @@ fn summary(p: &HardwareProfile, t: &TierChoice) -> String {
                 None => "",
             }
         );
+    }
+    for (plugin, probes) in &p.plugins {
+        for (probe, facts) in probes {
+            let facts: Vec<String> = facts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            s += &format!("Plugin:   {plugin}/{probe}: {}\n", facts.join(", "));
+        }
     }
     for n in &p.notes {
         s += &format!("Note:     {n}\n");

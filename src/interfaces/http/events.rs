@@ -1,4 +1,5 @@
-//! `GET /api/v1/events`: the durable event log as server-sent events.
+//! `GET /api/v1/events`: the durable event log as server-sent events; `POST /api/v1/events`:
+//! publish a custom event into it (source `published`, delivered to event sinks like any other).
 //!
 //! # Guarantees
 //! - Each SSE message carries the event's id; reconnecting with `Last-Event-ID` (or `?after=`)
@@ -143,4 +144,53 @@ fn events(cursor: Cursor) -> impl Stream<Item = Result<SseEvent, Infallible>> {
             }
         }
     })
+}
+
+/// `POST /api/v1/events`: `{type, reason, message, involvedObject?}` → 201 with the recorded
+/// event. Bad input is a 422 naming every bad field; nothing is recorded then.
+pub(super) async fn publish(
+    State(ctx): State<ApiContext>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    use crate::api::decode::{InputError, InputErrors};
+    use crate::api::event::{PUBLISHED_SOURCE, PublishedEvent};
+    let bad = |errors: Vec<(String, String)>| {
+        ApiError::Input(InputErrors(
+            errors
+                .into_iter()
+                .map(|(path, message)| InputError {
+                    file: "<request>".into(),
+                    line: 1,
+                    column: 1,
+                    path,
+                    message,
+                })
+                .collect(),
+        ))
+    };
+    // JSON, or YAML (the guard admits both content types).
+    let v: serde_json::Value = serde_yaml::from_slice(&body)
+        .map_err(|e| bad(vec![(String::new(), format!("not JSON or YAML: {e}"))]))?;
+    let e = PublishedEvent::from_json(&v).map_err(bad)?;
+    let type_ = match e.type_ {
+        crate::api::plugin::SinkEventType::Normal => crate::control::store::EventType::Normal,
+        crate::api::plugin::SinkEventType::Warning => crate::control::store::EventType::Warning,
+    };
+    let recorded = ctx
+        .with_store(move |s| {
+            s.record_event_from(
+                PUBLISHED_SOURCE,
+                &e.kind,
+                e.name.as_str(),
+                type_,
+                &e.reason,
+                &e.message,
+            )
+        })
+        .await?;
+    Ok((
+        axum::http::StatusCode::CREATED,
+        axum::Json(recorded),
+    )
+        .into_response())
 }

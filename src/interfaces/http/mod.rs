@@ -206,7 +206,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/api/v1/runtime", get(resources::runtime))
         .route("/api/v1/backends", get(resources::backends))
         .route("/api/v1/ps", get(ps::list))
-        .route("/api/v1/events", get(events::stream))
+        .route("/api/v1/events", get(events::stream).post(events::publish))
         .route("/api/v1/apply", post(resources::apply))
         .route(
             "/api/v1/{kind}",

@@ -14,6 +14,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/backends"),
     ("get", "/api/v1/ps"),
     ("get", "/api/v1/events"),
+    ("post", "/api/v1/events"),
     ("post", "/api/v1/apply"),
     ("get", "/api/v1/{kind}"),
     ("post", "/api/v1/{kind}"),
@@ -165,7 +166,23 @@ pub fn document() -> Value {
                     "400": status_ref("bad object or Last-Event-ID"),
                     "404": status_ref("unknown kind"),
                 }),
-            )},
+            ),
+            "post": {
+                "summary": "Publish a custom event: recorded in the durable event log with source `published` (lasctl events, the stream) and delivered to event sinks",
+                "parameters": [],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["type", "reason", "message"], "additionalProperties": false, "properties": {
+                    "type": {"type": "string", "enum": ["Normal", "Warning"]},
+                    "reason": {"type": "string", "pattern": "^[A-Z][A-Za-z0-9]*$", "maxLength": 128},
+                    "message": {"type": "string", "maxLength": 4096},
+                    "involvedObject": {"type": "object", "additionalProperties": false, "required": ["kind", "name"], "properties": {"kind": {"type": "string", "pattern": "^[A-Z][A-Za-z0-9]*$"}, "name": {"type": "string"}}},
+                }}}}},
+                "responses": {
+                    "201": json_ok("the recorded event", json!({"$ref": "#/components/schemas/Event"})),
+                    "401": status_ref("no or wrong bearer token (TCP)"),
+                    "403": status_ref("a foreign Origin"),
+                    "422": status_ref("invalid event: every bad field with its path (details.errors[].field)"),
+                },
+            }},
             "/api/v1/apply": {"post": apply_any},
             "/api/v1/{kind}": {
                 "get": op("List objects of a kind", json!([kind.clone(), query_param("labelSelector", "string", "k=v[,k=v]")]), json!({
@@ -250,6 +267,7 @@ pub fn document() -> Value {
                 "type": {"enum": ["Normal", "Warning"]}, "reason": {"type": "string"}, "message": {"type": "string"},
                 "count": {"type": "integer", "description": "how many times it happened (one row per object, type, reason and message up to ids and numbers); a repeat moves it to a new id"},
                 "firstTimestamp": {"type": "string"}, "lastTimestamp": {"type": "string"},
+                "source": {"type": "string", "description": "published (POST /api/v1/events) or eventBus; absent for the system's own events"},
             }},
             "RuntimeInfo": {"type": "object", "properties": {
                 "version": {"type": "string"}, "hardware": {}, "tier": {"type": ["string", "null"]}, "tierReason": {"type": ["string", "null"]},
