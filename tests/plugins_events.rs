@@ -264,7 +264,7 @@ fn an_event_sink_sees_metadata_until_content_is_granted_and_published_events_are
 #[test]
 fn a_slow_sink_drops_its_oldest_events_and_counts_them_while_others_get_every_one() {
     let env = FreshEnv::new();
-    // About 3 million instructions per event, a queue of 2, only the burst's events.
+    // About 200 million instructions per event (a few hundred ms), a queue of 2, only the burst's events.
     let slow = write_plugin(
         &env.work.path().join("slow"),
         "slow-sink",
@@ -273,7 +273,7 @@ fn a_slow_sink_drops_its_oldest_events_and_counts_them_while_others_get_every_on
             "(local $i i32)
     (loop $spin
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br_if $spin (i32.lt_u (local.get $i) (i32.const 1000000))))
+      (br_if $spin (i32.lt_u (local.get $i) (i32.const 50000000))))
     (i64.const 11)",
         ),
         "    eventSinks:\n    - {id: slow, entry: on_event, reasons: [Burst], queueSize: 2}",
@@ -282,7 +282,8 @@ fn a_slow_sink_drops_its_oldest_events_and_counts_them_while_others_get_every_on
     env.write("p/slow.yaml", &plugin_doc("slow", &slow));
     env.write(
         "p/slow-act.yaml",
-        &activation_doc("slow", "slow", "[slow]", "[]"),
+        &(activation_doc("slow", "slow", "[slow]", "[]")
+            + "  limits: {fuel: 1000000000, timeoutMs: 20000}\n"),
     );
     env.write(
         "p/log.yaml",

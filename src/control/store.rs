@@ -1327,7 +1327,7 @@ impl Store {
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let id = Self::append_event(&tx, kind, name, None, type_, reason, message, Some(source))?;
         tx.commit()?;
-        let mut e = self.events(None, id - 1, 1)?;
+        let mut e = self.events(None, id - 1, 1000)?;
         e.retain(|e| e.id == id);
         e.pop().ok_or_else(|| {
             StoreError::Sql(rusqlite::Error::QueryReturnedNoRows)

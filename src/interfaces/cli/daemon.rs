@@ -332,6 +332,17 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
     ));
     let admission =
         crate::control::admission::for_daemon(Some(plugins.clone())).map_err(err)?;
+    // The profile the API shows carries the facts of the probes active at start.
+    let profile = {
+        let objects = store
+            .with(|s| crate::control::plugins::plugin_objects(s))
+            .await
+            .unwrap_or_default();
+        let runner = crate::control::probes::ProbeRunner::new(plugins.clone());
+        tokio::task::spawn_blocking(move || runner.profile(&profile, &objects))
+            .await
+            .map_err(err)?
+    };
     let reconcilers: Vec<Arc<dyn Reconciler>> = vec![
         Arc::new(
             ModelReconciler::new(store.clone(), models.clone(), Duration::from_secs(600))

@@ -89,6 +89,29 @@ pub fn run(c: PluginCommand) -> Result<(), CliError> {
             super::describe::run(&["plugin".to_string(), name.clone()])?;
             let o = store.get(Kind::Plugin, &name)?;
             let mut out = std::io::stdout().lock();
+            let panels = o.status["manifest"]["uiPanels"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if !panels.is_empty() {
+                writeln!(out, "UI panels (seam uiHost):")?;
+                for p in panels {
+                    let digest = o.status["artifacts"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|a| a["name"] == p["artifact"])
+                        .and_then(|a| a["digest"].as_str())
+                        .unwrap_or("not verified");
+                    writeln!(
+                        out,
+                        "  {}: {:?}, artifact {} (sha256 {digest})",
+                        p["id"].as_str().unwrap_or_default(),
+                        p["title"].as_str().unwrap_or_default(),
+                        p["artifact"].as_str().unwrap_or_default()
+                    )?;
+                }
+            }
             writeln!(out, "Activations:")?;
             grants_table(&mut out, &o, &activations(&name))?;
         }
@@ -134,7 +157,16 @@ pub fn run(c: PluginCommand) -> Result<(), CliError> {
                                 ),
                                 format!("{}/{}", a["calls"], a["failures"]),
                                 a["breaker"].as_str().unwrap_or("closed").to_string(),
-                                format!("fuel p50 {} p95 {}", a["fuelP50"], a["fuelP95"]),
+                                match (a["delivered"].as_u64(), a["dropped"].as_u64()) {
+                                    (Some(d), Some(x)) => format!(
+                                        "fuel p50 {} p95 {}; delivered {d}, dropped {x}",
+                                        a["fuelP50"], a["fuelP95"]
+                                    ),
+                                    _ => format!(
+                                        "fuel p50 {} p95 {}",
+                                        a["fuelP50"], a["fuelP95"]
+                                    ),
+                                },
                             ]);
                         }
                     }
