@@ -64,10 +64,21 @@ fn module_with(name: &str, body: &str) -> String {
 }
 
 /// `POST path` with a JSON body over TCP; the token and an Origin when given. Status and body.
-fn post(d: &Daemon, path: &str, body: &str, token: Option<&str>, origin: Option<&str>) -> (u16, Value) {
+fn post(
+    d: &Daemon,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+    origin: Option<&str>,
+) -> (u16, Value) {
     let mut c = std::process::Command::new("curl");
     c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST"])
-        .args(["-H", "Content-Type: application/json", "--data-binary", body]);
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            body,
+        ]);
     if let Some(t) = token {
         c.args(["-H", &format!("Authorization: Bearer {t}")]);
     }
@@ -133,7 +144,11 @@ fn live(env: &FreshEnv, d: &Daemon, seam: &str, activation: &str) -> Value {
 fn sink_lines(d: &Daemon, activation: &str, what: &str) -> Vec<String> {
     d.log()
         .lines()
-        .filter(|l| l.contains("\"event\":") && l.contains(&format!("activation={activation}")) && l.contains(what))
+        .filter(|l| {
+            l.contains("\"event\":")
+                && l.contains(&format!("activation={activation}"))
+                && l.contains(what)
+        })
         .map(String::from)
         .collect()
 }
@@ -158,7 +173,13 @@ fn an_event_sink_sees_metadata_until_content_is_granted_and_published_events_are
     let d = Daemon::start(&env, &[], &[]);
     env.run(&["apply", "-f", env.work.path().join("p").to_str().unwrap()])
         .ok();
-    wait_ready(&env, &d, "pluginactivation", "sink-a", Duration::from_secs(60));
+    wait_ready(
+        &env,
+        &d,
+        "pluginactivation",
+        "sink-a",
+        Duration::from_secs(60),
+    );
 
     // Metadata only: type, reason, involved object, time, count — not the message.
     let e = publish(&env, &d, "SinkCheck", "first secret words");
@@ -296,7 +317,13 @@ fn a_slow_sink_drops_its_oldest_events_and_counts_them_while_others_get_every_on
     let d = Daemon::start(&env, &[], &[]);
     env.run(&["apply", "-f", env.work.path().join("p").to_str().unwrap()])
         .ok();
-    wait_ready(&env, &d, "pluginactivation", "slow", Duration::from_secs(60));
+    wait_ready(
+        &env,
+        &d,
+        "pluginactivation",
+        "slow",
+        Duration::from_secs(60),
+    );
     wait_ready(&env, &d, "pluginactivation", "all", Duration::from_secs(60));
     let before = live(&env, &d, "eventBus", "all")["delivered"]
         .as_u64()
@@ -320,12 +347,16 @@ fn a_slow_sink_drops_its_oldest_events_and_counts_them_while_others_get_every_on
     assert!(s["dropped"].as_u64().unwrap() >= 1, "{s}");
     assert_eq!(s["failures"], 0, "{s}");
     // The other sink got all 30.
-    wait_until("the other sink gets every event", Duration::from_secs(30), || {
-        live(&env, &d, "eventBus", "all")["delivered"]
-            .as_u64()
-            .unwrap_or(0)
-            >= before + 30
-    });
+    wait_until(
+        "the other sink gets every event",
+        Duration::from_secs(30),
+        || {
+            live(&env, &d, "eventBus", "all")["delivered"]
+                .as_u64()
+                .unwrap_or(0)
+                >= before + 30
+        },
+    );
     assert_eq!(live(&env, &d, "eventBus", "all")["dropped"], 0);
     assert!(
         sink_lines(&d, "all", "\"reason\":\"Burst\"").len() >= 30,
@@ -384,13 +415,20 @@ fn a_failing_sink_opens_its_breaker_once_and_its_failures_do_not_loop() {
         later.lines().count(),
         "events kept coming:\n{later}"
     );
-    let failing: Vec<&str> = later.lines().filter(|l| l.contains("SinkFailing")).collect();
+    let failing: Vec<&str> = later
+        .lines()
+        .filter(|l| l.contains("SinkFailing"))
+        .collect();
     assert_eq!(failing.len(), 1, "{later}");
     assert!(
         !failing[0].contains("(x") && failing[0].contains("[eventBus]"),
         "{later}"
     );
-    assert_eq!(calls, json!(5), "five failures open the breaker; later events are skipped");
+    assert_eq!(
+        calls,
+        json!(5),
+        "five failures open the breaker; later events are skipped"
+    );
     let s = live(&env, &d, "eventBus", "bad");
     assert_eq!(s["dropped"], 3, "{s}");
     // The daemon still records and serves.
@@ -414,7 +452,11 @@ fn a_probe_adds_facts_a_policy_selects_a_tier_by_and_a_failing_probe_is_a_note()
     }
     let plain = env.work.path().join("pci-plain");
     std::fs::create_dir_all(plain.join("0000:00:02.0")).unwrap();
-    for (f, v) in [("vendor", "0x8086"), ("device", "0x1234"), ("class", "0x030000")] {
+    for (f, v) in [
+        ("vendor", "0x8086"),
+        ("device", "0x1234"),
+        ("class", "0x030000"),
+    ] {
         std::fs::write(plain.join("0000:00:02.0").join(f), v).unwrap();
     }
     let broken = write_plugin(
@@ -431,7 +473,10 @@ fn a_probe_adds_facts_a_policy_selects_a_tier_by_and_a_failing_probe_is_a_note()
         "p/npu.yaml",
         &plugin_doc("npu", &repo("plugins/npu-probe.plugin.yaml")),
     );
-    env.write("p/npu-act.yaml", &activation_doc("npu", "npu", "[npu]", "[]"));
+    env.write(
+        "p/npu-act.yaml",
+        &activation_doc("npu", "npu", "[npu]", "[]"),
+    );
     env.write("p/broken.yaml", &plugin_doc("broken", &broken));
     env.write(
         "p/broken-act.yaml",
@@ -456,11 +501,18 @@ spec:
     env.run(&["apply", "-f", env.work.path().join("p").to_str().unwrap()])
         .ok();
     wait_ready(&env, &d, "pluginactivation", "npu", Duration::from_secs(60));
-    wait_ready(&env, &d, "pluginactivation", "broken", Duration::from_secs(60));
+    wait_ready(
+        &env,
+        &d,
+        "pluginactivation",
+        "broken",
+        Duration::from_secs(60),
+    );
 
     let hardware = |dir: &Path| {
         let mut c = env.cmd();
-        c.args(["hardware", "-o", "yaml"]).env("LAS_PCI_DEVICES", dir);
+        c.args(["hardware", "-o", "yaml"])
+            .env("LAS_PCI_DEVICES", dir);
         let out = c.output().unwrap();
         assert!(
             out.status.success(),
@@ -490,7 +542,8 @@ spec:
     assert!(
         notes
             .iter()
-            .any(|n| n.contains("hardware probe nested of plugin broken") && n.contains("fact nested")),
+            .any(|n| n.contains("hardware probe nested of plugin broken")
+                && n.contains("fact nested")),
         "{notes:#?}"
     );
     assert!(p["plugins"].get("broken").is_none(), "{p}");
@@ -507,7 +560,11 @@ fn a_panel_whose_bytes_changed_is_refused() {
     let env = FreshEnv::new();
     let dir = env.work.path().join("copy");
     std::fs::create_dir_all(&dir).unwrap();
-    for f in ["event-log.plugin.yaml", "event_log.wasm", "event_log_panel.html"] {
+    for f in [
+        "event-log.plugin.yaml",
+        "event_log.wasm",
+        "event_log_panel.html",
+    ] {
         std::fs::copy(repo(&format!("plugins/{f}")), dir.join(f)).unwrap();
     }
     std::fs::write(
@@ -528,7 +585,10 @@ fn a_panel_whose_bytes_changed_is_refused() {
         })
     });
     let o = get_json(&env, "plugin", "events").unwrap();
-    assert!(o["status"]["conditions"].to_string().contains("panel"), "{o}");
+    assert!(
+        o["status"]["conditions"].to_string().contains("panel"),
+        "{o}"
+    );
     let inv = inventory(&env, &d);
     assert!(
         inv["plugins"][0]["uiPanels"]

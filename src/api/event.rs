@@ -157,15 +157,42 @@ mod tests {
     fn every_bad_field_is_named() {
         let long = "A".repeat(MAX_REASON_LEN + 1);
         let cases = [
-            (json!({"type": "Info", "reason": "X", "message": ""}), "type"),
-            (json!({"type": "Normal", "reason": "lower", "message": ""}), "reason"),
-            (json!({"type": "Normal", "reason": "Has Space", "message": ""}), "reason"),
-            (json!({"type": "Normal", "reason": long, "message": ""}), "reason"),
-            (json!({"type": "Normal", "reason": "X", "message": 3}), "message"),
-            (json!({"type": "Normal", "reason": "X", "message": "x".repeat(MAX_MESSAGE_BYTES + 1)}), "message"),
-            (json!({"type": "Normal", "reason": "X", "message": "", "involvedObject": {"kind": "Module", "name": "Bad_Name"}}), "involvedObject.name"),
-            (json!({"type": "Normal", "reason": "X", "message": "", "involvedObject": {"kind": "module", "name": "a"}}), "involvedObject.kind"),
-            (json!({"type": "Normal", "reason": "X", "message": "", "extra": 1}), "extra"),
+            (
+                json!({"type": "Info", "reason": "X", "message": ""}),
+                "type",
+            ),
+            (
+                json!({"type": "Normal", "reason": "lower", "message": ""}),
+                "reason",
+            ),
+            (
+                json!({"type": "Normal", "reason": "Has Space", "message": ""}),
+                "reason",
+            ),
+            (
+                json!({"type": "Normal", "reason": long, "message": ""}),
+                "reason",
+            ),
+            (
+                json!({"type": "Normal", "reason": "X", "message": 3}),
+                "message",
+            ),
+            (
+                json!({"type": "Normal", "reason": "X", "message": "x".repeat(MAX_MESSAGE_BYTES + 1)}),
+                "message",
+            ),
+            (
+                json!({"type": "Normal", "reason": "X", "message": "", "involvedObject": {"kind": "Module", "name": "Bad_Name"}}),
+                "involvedObject.name",
+            ),
+            (
+                json!({"type": "Normal", "reason": "X", "message": "", "involvedObject": {"kind": "module", "name": "a"}}),
+                "involvedObject.kind",
+            ),
+            (
+                json!({"type": "Normal", "reason": "X", "message": "", "extra": 1}),
+                "extra",
+            ),
         ];
         for (body, field) in cases {
             let errs = PublishedEvent::from_json(&body).unwrap_err();

@@ -400,10 +400,9 @@ impl Point {
     /// probes fail open (a failing sink never blocks anything, a failing probe is a note).
     pub fn default_failure_policy(self) -> FailurePolicy {
         match self {
-            Point::SamplingProfile
-            | Point::EventSink
-            | Point::HardwareProbe
-            | Point::UiPanel => FailurePolicy::Ignore,
+            Point::SamplingProfile | Point::EventSink | Point::HardwareProbe | Point::UiPanel => {
+                FailurePolicy::Ignore
+            }
             _ => FailurePolicy::Fail,
         }
     }
@@ -600,7 +599,10 @@ impl ManifestSpec {
     }
 
     /// Event sinks' filters and queue sizes, and panels that name a shipped artifact.
-    fn validate_sinks_probes_panels(&self, artifacts: &BTreeSet<&str>) -> Result<(), (String, String)> {
+    fn validate_sinks_probes_panels(
+        &self,
+        artifacts: &BTreeSet<&str>,
+    ) -> Result<(), (String, String)> {
         for (i, s) in self.contributes.event_sinks.iter().enumerate() {
             let at = |f: &str| format!("spec.contributes.eventSinks[{i}].{f}");
             for (j, k) in s.kinds.iter().enumerate() {
@@ -1134,7 +1136,9 @@ mod tests {
             let m = manifest(&format!("{BASE}contributes:\n{c}\n"));
             assert_eq!(m.validate().unwrap_err().0, path, "{c}");
         }
-        let wasm = BASE.replace("declarative", "wasm").replace("name: data", "name: module");
+        let wasm = BASE
+            .replace("declarative", "wasm")
+            .replace("name: data", "name: module");
         for (c, path) in [
             (
                 "  eventSinks: [{id: s, entry: e, reasons: [not-camel]}]",

@@ -320,10 +320,7 @@ mod tests {
             ..sink()
         };
         assert!(!matches(&s, &e));
-        assert!(matches(
-            &s,
-            &event("Module", "Stalled", EventType::Warning)
-        ));
+        assert!(matches(&s, &event("Module", "Stalled", EventType::Warning)));
         let r = EventSink {
             reasons: vec!["Ready".into(), "Started".into()],
             ..sink()

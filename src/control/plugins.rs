@@ -1022,10 +1022,7 @@ fn ui_panels(plugin: &StoredObject) -> Vec<Value> {
             panels
                 .iter()
                 .map(|p| {
-                    let a = artifacts.and_then(|a| {
-                        a.iter()
-                            .find(|a| a["name"] == p["artifact"])
-                    });
+                    let a = artifacts.and_then(|a| a.iter().find(|a| a["name"] == p["artifact"]));
                     json!({
                         "id": p["id"],
                         "title": p["title"],

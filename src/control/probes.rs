@@ -271,9 +271,9 @@ pub fn augment_from_store(
     let objects = match crate::control::plugins::plugin_objects(store) {
         Ok(o) => o,
         Err(e) => {
-            profile
-                .notes
-                .push(format!("hardware probes not run: cannot read the plugin activations: {e}"));
+            profile.notes.push(format!(
+                "hardware probes not run: cannot read the plugin activations: {e}"
+            ));
             return;
         }
     };
@@ -362,8 +362,9 @@ mod tests {
         ] {
             assert!(check_facts(&bad).is_err(), "{bad}");
         }
-        let many: serde_json::Map<String, Value> =
-            (0..=MAX_FACTS).map(|i| (format!("f{i}"), json!(i))).collect();
+        let many: serde_json::Map<String, Value> = (0..=MAX_FACTS)
+            .map(|i| (format!("f{i}"), json!(i)))
+            .collect();
         assert!(check_facts(&Value::Object(many)).is_err());
     }
 
@@ -379,9 +380,16 @@ mod tests {
         };
         dev(
             "0000:02:00.0",
-            &[("vendor", "0x1AB2"), ("device", "0x0001"), ("class", "0x120000")],
+            &[
+                ("vendor", "0x1AB2"),
+                ("device", "0x0001"),
+                ("class", "0x120000"),
+            ],
         );
-        dev("0000:01:00.0", &[("vendor", "0x8086"), ("device", "0x1234")]);
+        dev(
+            "0000:01:00.0",
+            &[("vendor", "0x8086"), ("device", "0x1234")],
+        );
         dev(
             "0000:00:00.0",
             &[("vendor", "junk"), ("device", "0x1"), ("class", "0x0")],

@@ -1329,9 +1329,8 @@ impl Store {
         tx.commit()?;
         let mut e = self.events(None, id - 1, 1000)?;
         e.retain(|e| e.id == id);
-        e.pop().ok_or_else(|| {
-            StoreError::Sql(rusqlite::Error::QueryReturnedNoRows)
-        })
+        e.pop()
+            .ok_or_else(|| StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))
     }
 
     /// Events after `after_id`, optionally of one object, oldest first, at most `limit`.

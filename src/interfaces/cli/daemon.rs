@@ -330,8 +330,7 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
         home.clone(),
         wasm.clone(),
     ));
-    let admission =
-        crate::control::admission::for_daemon(Some(plugins.clone())).map_err(err)?;
+    let admission = crate::control::admission::for_daemon(Some(plugins.clone())).map_err(err)?;
     // The profile the API shows carries the facts of the probes active at start.
     let profile = {
         let objects = store

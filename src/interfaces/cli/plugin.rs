@@ -162,10 +162,7 @@ pub fn run(c: PluginCommand) -> Result<(), CliError> {
                                         "fuel p50 {} p95 {}; delivered {d}, dropped {x}",
                                         a["fuelP50"], a["fuelP95"]
                                     ),
-                                    _ => format!(
-                                        "fuel p50 {} p95 {}",
-                                        a["fuelP50"], a["fuelP95"]
-                                    ),
+                                    _ => format!("fuel p50 {} p95 {}", a["fuelP50"], a["fuelP95"]),
                                 },
                             ]);
                         }

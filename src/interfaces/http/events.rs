@@ -188,9 +188,5 @@ pub(super) async fn publish(
             )
         })
         .await?;
-    Ok((
-        axum::http::StatusCode::CREATED,
-        axum::Json(recorded),
-    )
-        .into_response())
+    Ok((axum::http::StatusCode::CREATED, axum::Json(recorded)).into_response())
 }
