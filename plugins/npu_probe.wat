@@ -1,15 +1,15 @@
 ;; npu-probe: a hardware probe that recognises a made-up accelerator, the "Acme NPU 1" (PCI
 ;; vendor 0x1ab2, device 0x0001), among the PCI devices the host hands it.
 ;;
-;; Entry `probe` (see docs/plugin-abi.md): in {"pci": [{"slot","vendor","device","class"}, ...],
-;; "cpu": ..., "config": ...}; out {"accelerators":N,"vendor":"acme","model":"Acme NPU 1"}, N the
-;; number of such devices. It counts occurrences of the exact text
-;; "vendor":"0x1ab2","device":"0x0001" — the host writes each device with these fields in this
-;; order and canonical escapes, so a substring count is exact.
+;; Entry `probe` (see docs/plugin-abi.md): in {"pci": [{"class","device","id","slot","vendor"},
+;; ...], "cpu": ..., "config": ...}; out {"accelerators":N,"vendor":"acme","model":"Acme NPU 1"},
+;; N the number of such devices. It counts occurrences of the exact text "id":"1ab2:0001" — the
+;; host writes `id` as vendor:device in lower-case hex with canonical escapes, so a substring count
+;; is exact.
 ;; Built with the `wat` crate (tests/sandbox.rs); the committed .wasm must match this file.
 (module
   (memory (export "memory") 1)
-  (data (i32.const 0) "\"vendor\":\"0x1ab2\",\"device\":\"0x0001\"") ;; 35 bytes
+  (data (i32.const 0) "\"id\":\"1ab2:0001\"") ;; 16 bytes
   (data (i32.const 64) "{\"accelerators\":") ;; 16 bytes
   (data (i32.const 96) ",\"vendor\":\"acme\",\"model\":\"Acme NPU 1\"}") ;; 38 bytes
   ;; 200..210: digits, reversed; 256..: the output.
@@ -23,12 +23,12 @@
                         (i32.const -1))
               (then (unreachable)))))
     (local.get $ptr))
-  ;; Whether the 35-byte pattern starts at $at.
+  ;; Whether the 16-byte pattern starts at $at.
   (func $match (param $at i32) (result i32)
     (local $i i32)
     (block $no
       (loop $next
-        (if (i32.ge_u (local.get $i) (i32.const 35)) (then (return (i32.const 1))))
+        (if (i32.ge_u (local.get $i) (i32.const 16)) (then (return (i32.const 1))))
         (br_if $no (i32.ne (i32.load8_u (i32.add (local.get $at) (local.get $i)))
                            (i32.load8_u (local.get $i))))
         (local.set $i (i32.add (local.get $i) (i32.const 1)))
@@ -62,9 +62,9 @@
     (local.get $k))
   (func (export "probe") (param $ptr i32) (param $len i32) (result i64)
     (local $i i32) (local $last i32) (local $n i32) (local $o i32)
-    (if (i32.ge_u (local.get $len) (i32.const 35))
+    (if (i32.ge_u (local.get $len) (i32.const 16))
       (then
-        (local.set $last (i32.add (local.get $ptr) (i32.sub (local.get $len) (i32.const 35))))
+        (local.set $last (i32.add (local.get $ptr) (i32.sub (local.get $len) (i32.const 16))))
         (local.set $i (local.get $ptr))
         (loop $scan
           (if (call $match (local.get $i))

@@ -121,7 +121,11 @@ pub struct ProbeCache(pub BTreeMap<String, Result<BTreeMap<String, Value>, Strin
 /// What a probe is shown: stable facts only (no free memory or disk), so results cache well.
 pub fn probe_input(profile: &HardwareProfile, pci: &[PciDevice]) -> Value {
     json!({
-        "pci": pci,
+        // Also `id`, `vendor:device` as lspci writes it (`10de:2684`): keys are sorted, so
+        // vendor and device are not next to each other.
+        "pci": pci.iter().map(|d| json!({"slot": d.slot, "vendor": d.vendor, "device": d.device,
+            "class": d.class, "id": format!("{}:{}", hex_id(&d.vendor), hex_id(&d.device))}))
+            .collect::<Vec<_>>(),
         "cpu": {"arch": profile.cpu.arch, "model": profile.cpu.model,
                 "features": profile.cpu.features, "logicalCores": profile.cpu.logical_cores},
         "os": profile.os,
@@ -130,6 +134,10 @@ pub fn probe_input(profile: &HardwareProfile, pci: &[PciDevice]) -> Value {
             "name": g.name, "memoryTotalBytes": g.memory_total_bytes,
             "pciBusId": g.pci_bus_id})).collect::<Vec<_>>(),
     })
+}
+
+fn hex_id(s: &str) -> &str {
+    s.strip_prefix("0x").unwrap_or(s)
 }
 
 /// Checks a probe's answer: a map of at most [`MAX_FACTS`] facts named in lowerCamelCase (or
@@ -366,6 +374,46 @@ mod tests {
             .map(|i| (format!("f{i}"), json!(i)))
             .collect();
         assert!(check_facts(&Value::Object(many)).is_err());
+    }
+
+    /// The committed example probe, on a fake PCI bus through the test seam.
+    #[test]
+    fn the_example_probe_counts_the_made_up_accelerator() {
+        use crate::sandbox::{Engine, Grants, Limits, WasmiEngine};
+        let wasm = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/npu_probe.wasm"),
+        )
+        .unwrap();
+        let module = WasmiEngine::new().compile(&wasm, &Grants::none()).unwrap();
+        let dev = |slot: &str, vendor: &str, device: &str| PciDevice {
+            slot: slot.into(),
+            vendor: vendor.into(),
+            device: device.into(),
+            class: "0x120000".into(),
+        };
+        let profile = HardwareProfile::from_yaml(
+            Path::new("p.yaml"),
+            "apiVersion: localaistack.io/v1alpha1\nkind: HardwareProfile\nsource: {type: live}\ncpu: {model: x, arch: x86_64, physicalCores: 4, logicalCores: 8, usableCores: 8}\nmemory: {totalBytes: 1, availableBytes: 1, usableBytes: 1}\nos: {name: l, kernel: k}\n",
+        )
+        .unwrap();
+        for (devices, want) in [
+            (vec![], 0),
+            (vec![dev("0000:00:02.0", "0x8086", "0x1234")], 0),
+            (
+                vec![
+                    dev("0000:03:00.0", "0x1ab2", "0x0001"),
+                    dev("0000:04:00.0", "0x1ab2", "0x0001"),
+                    dev("0000:05:00.0", "0x1ab2", "0x0002"),
+                ],
+                2,
+            ),
+        ] {
+            let input = probe_input(&profile, &StaticPci(devices).devices());
+            let out = module.call("probe", &input, &Limits::default()).unwrap();
+            let facts = check_facts(&out.output).unwrap();
+            assert_eq!(facts["accelerators"], want, "{input}");
+            assert_eq!(facts["model"], "Acme NPU 1");
+        }
     }
 
     #[test]

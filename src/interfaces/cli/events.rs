@@ -41,12 +41,17 @@ fn line(e: &Event) -> String {
         format!("{:?}", e.type_),
         e.reason,
         format!("{}/{}", e.kind.to_lowercase(), e.name),
-        match &e.source {
-            // Not the system's own: say who recorded it.
-            Some(s) => format!("[{s}] {}", e.message),
-            None => e.message.clone(),
-        }
+        message(e)
     )
+}
+
+/// The message, prefixed with its source when the event is not the system's own
+/// (`[published] ...`, `[eventBus] ...`).
+fn message(e: &Event) -> String {
+    match &e.source {
+        Some(s) => format!("[{s}] {}", e.message),
+        None => e.message.clone(),
+    }
 }
 
 /// Prints the last `limit` events and then follows.
@@ -147,7 +152,7 @@ pub fn list(object: &[String], limit: usize) -> Result<(), CliError> {
                 format!("{:?}", e.type_),
                 e.reason.clone(),
                 format!("{}/{}", e.kind.to_lowercase(), e.name),
-                e.message.clone(),
+                message(e),
             ]
         })
         .collect();
