@@ -72,6 +72,10 @@ fn main() {
         priority: 0,
         scope: Default::default(),
         config: input["config"].clone(),
+        sink: None,
+        panel: None,
+        content: false,
+        digest: String::new(),
     };
     let home = tempfile::tempdir().unwrap();
     let host = localaistack::control::plugins::PluginHost::new(
