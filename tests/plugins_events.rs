@@ -217,10 +217,34 @@ fn an_event_sink_sees_metadata_until_content_is_granted_and_published_events_are
         !sink_lines(&d, "sink-a", "second visible words").is_empty()
     });
 
+    // `lasctl events publish` does the same through the daemon's socket; bad input is refused
+    // before it is sent.
+    let r = env
+        .run(&[
+            "events",
+            "publish",
+            "DiskSlow",
+            "fsync took long",
+            "--type",
+            "Warning",
+            "--object",
+            "Module/chat",
+        ])
+        .ok();
+    assert!(r.stdout.starts_with("event "), "{}", r.stdout);
+    let r = env.run(&["events", "publish", "not camel", "x"]).fails();
+    assert!(r.stderr.contains("reason"), "{}", r.stderr);
+
     // Published events are in `lasctl events`, marked.
     let listed = env.run(&["events"]).ok().stdout;
     assert!(
         listed.contains("SinkCheckTwo") && listed.contains("[published] second visible words"),
+        "{listed}"
+    );
+    assert!(
+        listed.lines().any(|l| l.contains("Warning")
+            && l.contains("module/chat")
+            && l.contains("[published] fsync took long")),
         "{listed}"
     );
 

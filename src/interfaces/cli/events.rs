@@ -135,6 +135,77 @@ impl From<EventIn> for Event {
     }
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum EventsCommand {
+    /// Record a custom event through the daemon (POST /api/v1/events); it reaches event sinks.
+    Publish {
+        /// UpperCamelCase, e.g. BackupDone.
+        reason: String,
+        message: String,
+        /// Normal or Warning.
+        #[arg(long = "type", default_value = "Normal")]
+        type_: String,
+        /// The involved object, KIND/NAME (default Host/local).
+        #[arg(long)]
+        object: Option<String>,
+    },
+}
+
+/// `lasctl events publish`: checks the event here (the same rules as the daemon), sends it, prints
+/// the recorded event's id.
+pub fn publish(c: EventsCommand) -> Result<(), CliError> {
+    let EventsCommand::Publish {
+        reason,
+        message,
+        type_,
+        object,
+    } = c;
+    let mut body = serde_json::json!({"type": type_, "reason": reason, "message": message});
+    if let Some(o) = object {
+        let (kind, name) = o.split_once('/').ok_or_else(|| {
+            CliError::Usage(format!("--object {o:?} is not of the form KIND/NAME"))
+        })?;
+        body["involvedObject"] = serde_json::json!({"kind": kind, "name": name});
+    }
+    if let Err(errors) = crate::api::event::PublishedEvent::from_json(&body) {
+        let text: Vec<String> = errors.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+        return Err(CliError::Failed(format!(
+            "invalid event: {}",
+            text.join("; ")
+        )));
+    }
+    let home = LasHome::from_env()?;
+    let client = DaemonClient::from_env(&home)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (status, mut stream) = client
+            .send(
+                hyper::Method::POST,
+                "/api/v1/events",
+                &[("content-type", "application/json")],
+                bytes::Bytes::from(body.to_string()),
+            )
+            .await?;
+        let mut buf = Vec::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            buf.extend_from_slice(&chunk);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap_or_default();
+        if !status.is_success() {
+            return Err(CliError::Failed(format!(
+                "the daemon answered {status}: {}",
+                v["message"]
+                    .as_str()
+                    .unwrap_or(&String::from_utf8_lossy(&buf))
+            )));
+        }
+        println!("event {} recorded", v["id"]);
+        Ok(())
+    })
+}
+
 /// Prints the last `limit` events from the state database.
 pub fn list(object: &[String], limit: usize) -> Result<(), CliError> {
     let store = super::verbs::open_store()?;

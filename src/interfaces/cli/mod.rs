@@ -162,7 +162,11 @@ pub enum Command {
     #[command(subcommand)]
     Resume(resume::ResumeCommand),
     /// The durable event log, of one object (KIND NAME or KIND/NAME) or all; -w follows it from the daemon.
+    /// `events publish REASON MESSAGE` records a custom event through the daemon.
+    #[command(args_conflicts_with_subcommands = true)]
     Events {
+        #[command(subcommand)]
+        publish: Option<events::EventsCommand>,
         #[arg(num_args = 0..=2, value_name = "KIND NAME | KIND/NAME", add = complete::objects())]
         object: Vec<String>,
         #[arg(long, default_value_t = 100)]

@@ -42,9 +42,13 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
         }
         Command::Model(m) => super::model::run(m).and(ok),
         Command::Events {
+            publish: Some(p), ..
+        } => super::events::publish(p).and(ok),
+        Command::Events {
             object,
             limit,
             watch: true,
+            ..
         } => super::events::watch(&object, limit).and(ok),
         Command::Events { object, limit, .. } => super::events::list(&object, limit).and(ok),
         Command::Wait(a) => super::wait::run(a).and(ok),
