@@ -573,6 +573,12 @@ spec:
     assert!(p["plugins"].get("broken").is_none(), "{p}");
     assert!(p["cpu"]["logicalCores"].as_u64().unwrap() >= 1);
 
+    // `lasctl status` chooses the same tier.
+    let mut c = env.cmd();
+    c.arg("status").env("LAS_PCI_DEVICES", &pci);
+    let status = String::from_utf8_lossy(&c.output().unwrap().stdout).into_owned();
+    assert!(status.contains("accel/npu"), "{status}");
+
     // Without the device: no accelerator, the next tier.
     let p = hardware(&plain);
     assert_eq!(p["plugins"]["npu"]["npu"]["accelerators"], 0, "{p}");

@@ -240,12 +240,17 @@ pub fn run(a: StatusArgs) -> Result<ExitCode, CliError> {
         ));
     }
     // Reads only: a home without a database stays without one.
-    let store = if home.state_db().exists() {
+    let mut store = if home.state_db().exists() {
         Some(Store::open(&home.state_db())?)
     } else {
         None
     };
-    let profile = probe_from_env().probe()?;
+    let mut profile = probe_from_env().probe()?;
+    // The tier as `lasctl hardware` chooses it: with the plugin probes' facts (cache not written).
+    if let Some(s) = store.as_mut() {
+        crate::control::probes::augment_from_store(s, &mut profile, false);
+    }
+    let store = store;
     for g in &profile.gpus {
         let vendor = format!("{:?}", g.vendor).to_lowercase();
         r.gpus.push(format!(
