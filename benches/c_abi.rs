@@ -25,11 +25,19 @@ fn build_ffi() -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
         .current_dir(repo())
-        .args(["build", "-p", "localaistack-ffi", "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "-p",
+            "localaistack-ffi",
+            "--message-format=json-render-diagnostics",
+        ])
         .stderr(Stdio::inherit())
         .output()
         .expect("run cargo");
-    assert!(out.status.success(), "cargo build -p localaistack-ffi failed");
+    assert!(
+        out.status.success(),
+        "cargo build -p localaistack-ffi failed"
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -50,7 +58,14 @@ fn build_ffi() -> PathBuf {
 fn compile_bench(libdir: &Path, out: &Path) -> PathBuf {
     let exe = out.join("bench");
     let st = Command::new("cc")
-        .args(["-std=c11", "-D_POSIX_C_SOURCE=200809L", "-O2", "-Wall", "-Wextra", "-Werror"])
+        .args([
+            "-std=c11",
+            "-D_POSIX_C_SOURCE=200809L",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+        ])
         .arg("-I")
         .arg(repo().join("ffi/include"))
         .arg(repo().join("ffi/examples/bench.c"))
@@ -139,7 +154,11 @@ fn main() {
         .filter_map(|l| l.strip_prefix("RESULT "))
         .map(|l| {
             let f: Vec<_> = l.split_whitespace().collect();
-            (f[0].to_string(), f[1].parse().unwrap(), f[2].parse().unwrap())
+            (
+                f[0].to_string(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
         })
         .collect();
 

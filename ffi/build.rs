@@ -7,8 +7,8 @@ fn main() {
     let out = std::env::var("OUT_DIR").expect("OUT_DIR");
     println!("cargo:rerun-if-changed=src/lib.rs");
     println!("cargo:rerun-if-changed=cbindgen.toml");
-    let config = cbindgen::Config::from_file(format!("{dir}/cbindgen.toml"))
-        .expect("ffi/cbindgen.toml");
+    let config =
+        cbindgen::Config::from_file(format!("{dir}/cbindgen.toml")).expect("ffi/cbindgen.toml");
     cbindgen::Builder::new()
         .with_config(config)
         // One file, no `cargo metadata`: every exported item is in src/lib.rs.

@@ -39,8 +39,9 @@ impl Error {
             }
             Error::Io { .. } => "Io".into(),
             Error::Protocol(_) => "Protocol".into(),
-            Error::Status { status, body } => daemon_reason(body)
-                .unwrap_or_else(|| format!("HttpStatus{status}")),
+            Error::Status { status, body } => {
+                daemon_reason(body).unwrap_or_else(|| format!("HttpStatus{status}"))
+            }
             Error::Panic(_) => "Panic".into(),
         }
     }
@@ -55,7 +56,11 @@ impl Error {
             Error::Io { what, source } => format!("{what}: {source}"),
             Error::Status { status, body } => {
                 let said = daemon_message(body).unwrap_or_else(|| {
-                    String::from_utf8_lossy(body).trim().chars().take(2000).collect()
+                    String::from_utf8_lossy(body)
+                        .trim()
+                        .chars()
+                        .take(2000)
+                        .collect()
                 });
                 format!("the daemon answered {status}: {said}")
             }
@@ -72,9 +77,8 @@ impl Error {
             "status": match self { Error::Status { status, .. } => *status, _ => 0 },
         });
         if let Error::Status { body, .. } = self {
-            v["details"] = serde_json::from_slice(body).unwrap_or_else(|_| {
-                Value::String(String::from_utf8_lossy(body).into_owned())
-            });
+            v["details"] = serde_json::from_slice(body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
         }
         v
     }
@@ -113,7 +117,10 @@ mod tests {
         let v = e.to_json();
         assert_eq!(v["code"], "NotFound");
         assert_eq!(v["status"], 404);
-        assert_eq!(v["message"], "the daemon answered 404: Module \"x\" not found");
+        assert_eq!(
+            v["message"],
+            "the daemon answered 404: Module \"x\" not found"
+        );
         assert_eq!(v["details"]["reason"], "NotFound");
     }
 
@@ -142,7 +149,10 @@ mod tests {
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         };
         let v = e.to_json();
-        assert_eq!((v["code"].as_str(), v["status"].as_u64()), (Some("Connect"), Some(0)));
+        assert_eq!(
+            (v["code"].as_str(), v["status"].as_u64()),
+            (Some("Connect"), Some(0))
+        );
         assert!(v.get("details").is_none());
         let t = Error::Io {
             what: "reading",

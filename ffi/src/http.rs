@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::error::Error;
 
 /// The most a response body may hold (a plugin inventory or a long list stays far below).
-pub const MAX_BODY: usize = 64 << 20;
+pub(crate) const MAX_BODY: usize = 64 << 20;
 /// The most one header line may hold.
 const MAX_LINE: usize = 64 << 10;
 /// The most header lines an answer may have.
@@ -365,7 +365,12 @@ mod tests {
             Endpoint::tcp("localhost:7411").unwrap(),
             Endpoint::Tcp(a) if a.ip().is_loopback() && a.port() == 7411
         ));
-        for bad in ["", "127.0.0.1", "http://127.0.0.1:7411/api", "no such host:1"] {
+        for bad in [
+            "",
+            "127.0.0.1",
+            "http://127.0.0.1:7411/api",
+            "127.0.0.1:notaport",
+        ] {
             assert!(
                 matches!(Endpoint::tcp(bad), Err(Error::InvalidArgument(_))),
                 "{bad:?}"
@@ -385,7 +390,10 @@ mod tests {
             content_type: Some("application/yaml"),
             body: b"kind: x",
         });
-        assert!(h.starts_with("POST /api/v1/apply HTTP/1.1\r\nHost: localhost:7411\r\n"), "{h}");
+        assert!(
+            h.starts_with("POST /api/v1/apply HTTP/1.1\r\nHost: localhost:7411\r\n"),
+            "{h}"
+        );
         assert!(h.contains("Content-Length: 7\r\n"), "{h}");
         assert!(h.contains("Content-Type: application/yaml\r\n"), "{h}");
         assert!(h.contains("Authorization: Bearer abc\r\n"), "{h}");

@@ -30,12 +30,11 @@ use http::{Client, Endpoint, Request, segment};
 /// compare `las_abi_version()` with this macro to check that the library matches the header.
 pub const LAS_ABI_VERSION: u32 = 1;
 
-const VERSION: &CStr = match CStr::from_bytes_with_nul(
-    concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes(),
-) {
-    Ok(v) => v,
-    Err(_) => panic!("the package version has a NUL byte"),
-};
+const VERSION: &CStr =
+    match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+        Ok(v) => v,
+        Err(_) => panic!("the package version has a NUL byte"),
+    };
 
 /// A client of one daemon: its address (unix socket or TCP), its token and a per-call timeout.
 /// Opaque to C. Each call opens its own connection, so one client may be used from several
@@ -270,8 +269,13 @@ pub unsafe extern "C" fn las_get(
 ) -> *mut c_char {
     boundary(ptr::null_mut(), || {
         // SAFETY: the caller's promises on the three pointers, used only during the call.
-        let (c, kind, name) =
-            unsafe { (self::client(client)?, arg(kind, "kind")?, arg(name, "name")?) };
+        let (c, kind, name) = unsafe {
+            (
+                self::client(client)?,
+                arg(kind, "kind")?,
+                arg(name, "name")?,
+            )
+        };
         get(c, &format!("/api/v1/{}/{}", segment(kind), segment(name)))
     })
 }
@@ -303,9 +307,8 @@ pub unsafe extern "C" fn las_chat(
     boundary(ptr::null_mut(), || {
         // SAFETY: the caller's promises on both pointers, used only during the call.
         let (c, req) = unsafe { (self::client(client)?, arg(request_json, "request_json")?) };
-        let v: serde_json::Value = serde_json::from_str(req).map_err(|e| {
-            Error::InvalidArgument(format!("request_json is not JSON: {e}"))
-        })?;
+        let v: serde_json::Value = serde_json::from_str(req)
+            .map_err(|e| Error::InvalidArgument(format!("request_json is not JSON: {e}")))?;
         if !v.is_object() {
             return Err(Error::InvalidArgument(
                 "request_json must be a JSON object like {\"model\": ..., \"messages\": [...]}"
@@ -378,9 +381,8 @@ mod tests {
     fn last_error() -> Option<serde_json::Value> {
         let p = las_last_error();
         // SAFETY: a non-NULL pointer from `las_last_error` is a live NUL-terminated string.
-        (!p.is_null()).then(|| {
-            serde_json::from_str(unsafe { CStr::from_ptr(p) }.to_str().unwrap()).unwrap()
-        })
+        (!p.is_null())
+            .then(|| serde_json::from_str(unsafe { CStr::from_ptr(p) }.to_str().unwrap()).unwrap())
     }
 
     /// Takes a returned string (and frees it).
@@ -482,7 +484,12 @@ mod tests {
             assert!(las_chat(c, c"[1]".as_ptr()).is_null());
             assert_eq!(last_error().unwrap()["code"], "InvalidArgument");
             assert!(las_chat(c, c"{\"stream\": true}".as_ptr()).is_null());
-            assert!(last_error().unwrap()["message"].as_str().unwrap().contains("stream"));
+            assert!(
+                last_error().unwrap()["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("stream")
+            );
             assert!(
                 las_client_new_tcp(c"127.0.0.1:1".as_ptr(), c"a b".as_ptr()).is_null(),
                 "a token with a space is refused"
@@ -533,8 +540,14 @@ mod tests {
         let out = take(unsafe { las_get(c, c"module".as_ptr(), c"a/b".as_ptr()) });
         assert_eq!(out.as_deref(), Some("{\"kind\":\"M\"}\n"));
         let req = h.join().unwrap();
-        assert!(req.starts_with("GET /api/v1/module/a%2Fb HTTP/1.1\r\n"), "{req}");
-        assert!(!req.contains("Authorization"), "no token over the unix socket: {req}");
+        assert!(
+            req.starts_with("GET /api/v1/module/a%2Fb HTTP/1.1\r\n"),
+            "{req}"
+        );
+        assert!(
+            !req.contains("Authorization"),
+            "no token over the unix socket: {req}"
+        );
         // SAFETY: freed once.
         unsafe { las_client_free(c) };
     }
