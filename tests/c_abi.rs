@@ -257,7 +257,11 @@ fn check_run(run: &support::Run, d: &Daemon, first: bool) {
         "{nf}"
     );
     let bk = &r["bad_kind"];
-    assert_eq!(bk["status"], 400, "{bk}");
+    assert_eq!(bk["status"], 404, "{bk}");
+    assert!(
+        bk["message"].as_str().unwrap().contains("known kinds are"),
+        "{bk}"
+    );
     assert!(bk["message"].as_str().unwrap().contains("gizmo"), "{bk}");
     let ce = &r["chat_error"];
     assert_eq!(ce["status"], 404, "{ce}");

@@ -170,7 +170,7 @@ pub unsafe extern "C" fn las_client_new_unix(socket_path: *const c_char) -> *mut
 
 /// A client of the daemon listening on TCP at `addr` (`127.0.0.1:7411`, `localhost:7411`, or with
 /// `http://`), sending `token` (the contents of `$LAS_HOME/run/token`) as a bearer token. `token`
-/// may be NULL: then only the routes open without one answer (`/v1/*` from loopback).
+/// may be NULL: then only the routes open without one answer (the `/v1` routes, from loopback).
 /// Returns NULL (and sets the last error) for a bad address or token. Free it with
 /// `las_client_free()`.
 ///
