@@ -269,6 +269,14 @@ fn check_run(run: &support::Run, d: &Daemon, first: bool) {
         ce["message"].as_str().unwrap().contains("tiny"),
         "the served models are listed: {ce}"
     );
+    if !first {
+        let wt = &r["wrong_token"];
+        assert_eq!(
+            (wt["code"].as_str(), wt["status"].as_u64()),
+            (Some("Unauthorized"), Some(401)),
+            "{wt}"
+        );
+    }
     assert_eq!(r["threads"], true);
     assert_eq!(r["done"], true);
 }

@@ -226,6 +226,17 @@ int main(int argc, char **argv) {
     result("not_found", las_last_error());
     las_string_free(none);
 
+    if (tcp) {
+        /* A wrong token: the management API refuses it. */
+        LasClient *wrong = las_client_new_tcp(argv[2], "not-the-token");
+        CHECK(wrong != NULL, "client: %s", err_or("none"));
+        char *refused = las_list(wrong, "modules");
+        CHECK(refused == NULL, "a wrong token is refused");
+        result("wrong_token", las_last_error());
+        las_string_free(refused);
+        las_client_free(wrong);
+    }
+
     char *kind = las_list(c, "gizmo");
     CHECK(kind == NULL, "an unknown kind is an error");
     result("bad_kind", las_last_error());
