@@ -31,7 +31,10 @@ test: deps venv
 
 lint: deps
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets -- -D warnings
+	# ffi/ on its own: `--workspace` would unify both packages' features (cbindgen's build
+	# dependencies with llama.cpp's) and rebuild llama.cpp a second time.
+	$(CARGO) clippy -p localaistack-ffi --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all
