@@ -26,14 +26,18 @@ build: deps
 test: deps venv
 	@bash deps/ensure-docker.sh
 	LAS_PYTHON=$(CURDIR)/$(VENV)/bin/python $(CARGO) test --lib --bins --tests -- --test-threads=2
+	$(CARGO) test -p localaistack-ffi --lib
 	@echo "make test: all tests passed"
 
 lint: deps
-	$(CARGO) fmt --check
+	$(CARGO) fmt --all --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	# ffi/ on its own: `--workspace` would unify both packages' features (cbindgen's build
+	# dependencies with llama.cpp's) and rebuild llama.cpp a second time.
+	$(CARGO) clippy -p localaistack-ffi --all-targets -- -D warnings
 
 fmt:
-	$(CARGO) fmt
+	$(CARGO) fmt --all
 
 # Regenerates crds/ from the Rust types (a test fails when they are stale).
 crds:
