@@ -6,6 +6,7 @@ pub mod controllers;
 pub mod cycles;
 pub mod hardware;
 pub mod history;
+pub mod legacy_plugins;
 pub mod model_gc;
 pub mod plan;
 pub mod plugins;
