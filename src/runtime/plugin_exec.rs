@@ -35,8 +35,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as chan;
 use std::sync::{Arc, Condvar, Mutex};
@@ -128,7 +128,7 @@ pub enum ExecError {
     #[error("cannot start {program}: {reason}")]
     Spawn { program: String, reason: String },
     #[error(
-        "the plugin did not answer the handshake within {} ms{}", waited.as_millis(), tail(stderr)
+        "the plugin did not answer the handshake within {} ms{}", waited.as_millis(), stderr_note(stderr)
     )]
     NoHandshake { waited: Duration, stderr: String },
     #[error(
@@ -148,7 +148,7 @@ pub enum ExecError {
     BadHandshake(String),
 }
 
-fn tail(stderr: &str) -> String {
+fn stderr_note(stderr: &str) -> String {
     if stderr.is_empty() {
         String::new()
     } else {
@@ -312,7 +312,10 @@ type Reply = Result<Value, String>;
 struct Conn {
     pid: u32,
     cgroup: Option<PathBuf>,
-    stdin: Mutex<Option<ChildStdin>>,
+    /// Lines for the writer thread, which owns the process's stdin (so a plugin that stops
+    /// reading blocks that thread, never a call: calls keep their timeouts). Dropped to close
+    /// the plugin's stdin.
+    input: Mutex<Option<chan::Sender<Vec<u8>>>>,
     pending: Mutex<HashMap<u64, chan::Sender<Reply>>>,
     next_id: AtomicU64,
     /// Why the connection ended, once it has.
@@ -340,7 +343,7 @@ impl Conn {
         {
             let _ = tx.send(Err(why.to_string()));
         }
-        self.stdin.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.input.lock().unwrap_or_else(|p| p.into_inner()).take();
         if !self.reaped.load(Ordering::SeqCst) {
             kill_group(self.pid);
         }
@@ -370,26 +373,23 @@ impl Conn {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, tx);
-        let wrote = {
-            let mut stdin = self.stdin.lock().unwrap_or_else(|p| p.into_inner());
-            match stdin.as_mut() {
-                Some(s) => s
-                    .write_all(line.as_bytes())
-                    .and_then(|_| s.write_all(b"\n"))
-                    .and_then(|_| s.flush()),
-                None => Err(std::io::Error::other("stdin closed")),
-            }
-        };
-        if let Err(e) = wrote {
+        let mut bytes = line.into_bytes();
+        bytes.push(b'\n');
+        let sent = self
+            .input
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|t| t.send(bytes).is_ok());
+        if !sent {
             self.pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
-            let why = self
-                .ended()
-                .unwrap_or_else(|| format!("cannot write to the plugin: {e}"));
-            self.end(&why);
-            return Err(SandboxError::Exec(why));
+            return Err(SandboxError::Exec(
+                self.ended()
+                    .unwrap_or_else(|| "the plugin's input is closed".into()),
+            ));
         }
         match rx.recv_timeout(timeout) {
             Ok(Ok(v)) => Ok(v),
@@ -540,15 +540,28 @@ fn start_lines(
         applied.cgroup = None;
     }
     drain_stderr(child.stderr.take().expect("piped"), tail.clone(), log);
+    let (input, lines) = chan::channel::<Vec<u8>>();
     let conn = Arc::new(Conn {
         pid,
         cgroup: applied.cgroup.clone(),
-        stdin: Mutex::new(child.stdin.take()),
+        input: Mutex::new(Some(input)),
         pending: Mutex::default(),
         next_id: AtomicU64::new(1),
         ended: Mutex::default(),
         reaped: AtomicBool::new(false),
     });
+    {
+        let conn = conn.clone();
+        let mut stdin = child.stdin.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in lines {
+                if stdin.write_all(&line).and_then(|_| stdin.flush()).is_err() {
+                    conn.end("cannot write to the plugin: it closed its input");
+                    return;
+                }
+            }
+        });
+    }
     let (hs_tx, hs_rx) = chan::channel::<Result<Vec<u8>, String>>();
     {
         let conn = conn.clone();
@@ -569,21 +582,20 @@ fn start_lines(
         "capabilities": HOST_CAPABILITIES, "host": "localaistack",
         "hostVersion": env!("CARGO_PKG_VERSION")})
     .to_string();
-    if let Some(s) = conn
-        .stdin
+    if let Some(t) = conn
+        .input
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .as_mut()
+        .as_ref()
     {
         // A plugin that exits at once closes the pipe; the handshake then says so.
-        let _ = s.write_all(format!("{hello}\n").as_bytes());
-        let _ = s.flush();
+        let _ = t.send(format!("{hello}\n").into_bytes());
     }
     let line = match hs_rx.recv_timeout(HANDSHAKE_TIMEOUT) {
         Ok(Ok(l)) => l,
         Ok(Err(why)) => {
             std::thread::sleep(Duration::from_millis(50));
-            let e = ExecError::BadHandshake(format!("{why}{}", tail(&tail_text(tail, 3))));
+            let e = ExecError::BadHandshake(format!("{why}{}", stderr_note(&tail_text(tail, 3))));
             return fail(&mut child, &conn, e);
         }
         Err(_) => {
@@ -825,7 +837,7 @@ fn call_once(
         std::thread::sleep(Duration::from_millis(30));
         return Err(SandboxError::Exec(format!(
             "the plugin exited with {status}{}",
-            tail(&tail_text(&tail, 3))
+            stderr_note(&tail_text(&tail, 3))
         )));
     }
     if spec.text_io {
@@ -1031,7 +1043,7 @@ impl ExecBridge {
         if let Some(c) = conn {
             // Its stdin closed, a well-behaved plugin ends by itself; it is killed regardless
             // after a short grace.
-            c.stdin.lock().unwrap_or_else(|p| p.into_inner()).take();
+            c.input.lock().unwrap_or_else(|p| p.into_inner()).take();
             let t0 = Instant::now();
             while t0.elapsed() < Duration::from_millis(300)
                 && proc_stat(c.pid).is_some_and(|(_, _, st)| st != 'Z')
@@ -1094,7 +1106,7 @@ fn supervise(cfg: ExecConfig, sup: Arc<Sup>, mut child: Child) -> std::thread::J
                 std::thread::sleep(Duration::from_millis(20));
                 c.end(&format!(
                     "{exit}, while a call was in flight{}",
-                    tail(&tail_text(&sup.tail, 3))
+                    stderr_note(&tail_text(&sup.tail, 3))
                 ));
             }
             let _ = std::fs::remove_file(cfg.record_path(&sup.spec.activation));
