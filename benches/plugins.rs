@@ -175,7 +175,11 @@ fn exec_round_trips() {
         {"role": "user", "content": "What is the capital of France?"}]}, "config": null});
     let limits = Limits::default();
     for (label, s, n) in [
-        ("persistent (lines)", spec(lines, ExecProtocol::Lines), 2_000),
+        (
+            "persistent (lines)",
+            spec(lines, ExecProtocol::Lines),
+            2_000,
+        ),
         ("one-shot", spec(once, ExecProtocol::OneShot), 300),
     ] {
         bridge.ensure(&s).unwrap();

@@ -41,7 +41,16 @@ fn curl(url: &str, body: &str) -> (u16, Value) {
 
 fn get(url: &str) -> u16 {
     let out = std::process::Command::new("curl")
-        .args(["-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", url])
+        .args([
+            "-s",
+            "-m",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            url,
+        ])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
@@ -115,7 +124,12 @@ fn exec_pids(home: &Path, activation: &str) -> Vec<u32> {
         };
         let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z');
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z');
         if !zombie && vars.contains(&owner.as_bytes()) && vars.contains(&stack.as_bytes()) {
             out.push(pid);
         }
@@ -125,7 +139,12 @@ fn exec_pids(home: &Path, activation: &str) -> Vec<u32> {
 
 fn pgid(pid: u32) -> Option<i64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit(')').next()?.split_whitespace().nth(2)?.parse().ok()
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(2)?
+        .parse()
+        .ok()
 }
 
 /// A line-protocol plugin as a shell script: the handshake (protocol `version`, `name`), then
@@ -239,7 +258,8 @@ fn legacy_text_plugin_is_denied_by_default_then_transforms_v1_requests() {
         .run(&["plugin", "import", bad.to_str().unwrap()])
         .fails();
     assert!(
-        r.stderr.contains("capabilities[0]") && r.stderr.contains("not supported: transform_logits"),
+        r.stderr.contains("capabilities[0]")
+            && r.stderr.contains("not supported: transform_logits"),
         "{}",
         r.stderr
     );
@@ -268,7 +288,9 @@ fn legacy_text_plugin_is_denied_by_default_then_transforms_v1_requests() {
     let a = get_json(&env, "pluginactivation", "upper-chat").unwrap();
     let (_, _, msg) = condition(&a, "Ready");
     assert!(
-        msg.contains(&format!("executable sha256:{sha} is not in the tier's allowedExecPlugins")),
+        msg.contains(&format!(
+            "executable sha256:{sha} is not in the tier's allowedExecPlugins"
+        )),
         "{a}"
     );
     let url = d.url("/v1/chat/completions");
@@ -336,7 +358,10 @@ fn misbehaving_exec_plugins_fail_clearly_and_leave_nothing_running() {
             lines_script("1", "slow", &format!("sleep 5; {ALLOW}"), ""),
         ),
         ("quitter", lines_script("1", "quitter", "exit 3", "")),
-        ("flood", lines_script("1", "flood", "yes '{\"noise\":1}'", "")),
+        (
+            "flood",
+            lines_script("1", "flood", "yes '{\"noise\":1}'", ""),
+        ),
     ];
     let mut shas = Vec::new();
     for (name, script) in &cases {
@@ -367,21 +392,40 @@ fn misbehaving_exec_plugins_fail_clearly_and_leave_nothing_running() {
         wait_until(
             &format!("{name}'s process to be gone"),
             Duration::from_secs(30),
-            || get_json(&env, "pluginactivation", name).is_none() && exec_pids(env.home_path(), name).is_empty(),
+            || {
+                get_json(&env, "pluginactivation", name).is_none()
+                    && exec_pids(env.home_path(), name).is_empty()
+            },
         );
     };
 
     // Handshake failures: conditions that name what is wrong.
     for (name, reason, text) in [
-        ("silent", "NoHandshake", "did not answer the handshake within"),
-        ("wrongver", "ProtocolVersionMismatch", "speaks line protocol version 2"),
-        ("wrongname", "PluginMismatch", "says it is someone-else 1.0.0"),
+        (
+            "silent",
+            "NoHandshake",
+            "did not answer the handshake within",
+        ),
+        (
+            "wrongver",
+            "ProtocolVersionMismatch",
+            "speaks line protocol version 2",
+        ),
+        (
+            "wrongname",
+            "PluginMismatch",
+            "says it is someone-else 1.0.0",
+        ),
     ] {
         act(name);
-        wait_until(&format!("{name}: {reason}"), Duration::from_secs(30), || {
-            get_json(&env, "pluginactivation", name)
-                .is_some_and(|o| condition(&o, "Ready").1 == reason)
-        });
+        wait_until(
+            &format!("{name}: {reason}"),
+            Duration::from_secs(30),
+            || {
+                get_json(&env, "pluginactivation", name)
+                    .is_some_and(|o| condition(&o, "Ready").1 == reason)
+            },
+        );
         let o = get_json(&env, "pluginactivation", name).unwrap();
         assert!(condition(&o, "Ready").2.contains(text), "{o}");
         daemon_fine();
@@ -404,9 +448,11 @@ fn misbehaving_exec_plugins_fail_clearly_and_leave_nothing_running() {
         assert!(msg.contains(name) && msg.contains(text), "{name}: {e}");
         daemon_fine();
         // The failed process is gone (group and all); the supervisor starts another.
-        wait_until(&format!("{name}'s first process to end"), Duration::from_secs(10), || {
-            !exec_pids(env.home_path(), name).contains(&first)
-        });
+        wait_until(
+            &format!("{name}'s first process to end"),
+            Duration::from_secs(10),
+            || !exec_pids(env.home_path(), name).contains(&first),
+        );
         deactivate(name);
     }
     assert_eq!(get(&d.url("/healthz")), 200);
@@ -429,7 +475,13 @@ fn a_killed_daemon_s_exec_plugin_is_replaced_not_duplicated_and_deactivation_end
     env.write("s/policy.yaml", &policy(&[&sha]));
     env.write("s/act.yaml", &activation_doc("stay", "stay", "[hook]", ""));
     let mut d = Daemon::start(&env, &[&dir], &[]);
-    let a = wait_ready(&env, &d, "pluginactivation", "stay", Duration::from_secs(60));
+    let a = wait_ready(
+        &env,
+        &d,
+        "pluginactivation",
+        "stay",
+        Duration::from_secs(60),
+    );
     let first = a["status"]["exec"]["pid"].as_u64().unwrap() as u32;
     assert_eq!(exec_pids(env.home_path(), "stay"), vec![first]);
 
@@ -440,11 +492,17 @@ fn a_killed_daemon_s_exec_plugin_is_replaced_not_duplicated_and_deactivation_end
         "the leftover should outlive the killed daemon for this test to mean anything"
     );
     let d = Daemon::start(&env, &[&dir], &[]);
-    wait_until("the leftover to be replaced", Duration::from_secs(60), || {
-        get_json(&env, "pluginactivation", "stay").is_some_and(|o| {
-            o["status"]["exec"]["pid"].as_u64().is_some_and(|p| p as u32 != first)
-        })
-    });
+    wait_until(
+        "the leftover to be replaced",
+        Duration::from_secs(60),
+        || {
+            get_json(&env, "pluginactivation", "stay").is_some_and(|o| {
+                o["status"]["exec"]["pid"]
+                    .as_u64()
+                    .is_some_and(|p| p as u32 != first)
+            })
+        },
+    );
     let events = env.run(&["events", "pluginactivation/stay"]).ok().stdout;
     assert!(
         events.contains("ReplacedLeftover") && events.contains(&first.to_string()),
@@ -454,10 +512,14 @@ fn a_killed_daemon_s_exec_plugin_is_replaced_not_duplicated_and_deactivation_end
         .as_u64()
         .unwrap() as u32;
     // Exactly one process group: the new one.
-    wait_until("only the new process to remain", Duration::from_secs(10), || {
-        let pids = exec_pids(env.home_path(), "stay");
-        !pids.is_empty() && pids.iter().all(|p| pgid(*p) == Some(second as i64))
-    });
+    wait_until(
+        "only the new process to remain",
+        Duration::from_secs(10),
+        || {
+            let pids = exec_pids(env.home_path(), "stay");
+            !pids.is_empty() && pids.iter().all(|p| pgid(*p) == Some(second as i64))
+        },
+    );
 
     // Deactivation: the process group ends.
     std::fs::remove_file(dir.join("act.yaml")).unwrap();

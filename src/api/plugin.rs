@@ -151,7 +151,12 @@ impl ManifestSpec {
     /// The `executable` artifact of an `exec` plugin.
     pub fn executable(&self) -> Option<&Artifact> {
         (self.runtime.type_ == PluginRuntimeType::Exec)
-            .then(|| self.runtime.artifacts.iter().find(|a| a.name == "executable"))
+            .then(|| {
+                self.runtime
+                    .artifacts
+                    .iter()
+                    .find(|a| a.name == "executable")
+            })
             .flatten()
     }
 }

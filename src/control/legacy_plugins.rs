@@ -21,13 +21,13 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::api::ObjectName;
 use crate::api::decode::{InputError, InputErrors};
 use crate::api::model::Sha256;
 use crate::api::plugin::{
     Artifact, Compatibility, Contributions, ExecProtocol, HookStage, InferenceHook, LegacyKind,
     ManifestSpec, PluginRuntime, PluginRuntimeType, SourceFormat,
 };
-use crate::api::ObjectName;
 use crate::sandbox::{CallOutcome, Limits, Module, SandboxError};
 
 /// The fields of a Loci text-plugin contract, plus our three optional ones.
@@ -153,7 +153,11 @@ pub fn parse_contract(file: &str, bytes: &[u8]) -> Result<Contract, InputErrors>
             let v = toml_to_json(doc.as_item());
             serde_path_to_error::deserialize(v).map_err(|e| {
                 let path = e.path().to_string();
-                let key = path.split(['.', '[']).next().unwrap_or_default().to_string();
+                let key = path
+                    .split(['.', '['])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
                 let msg = e.inner().to_string();
                 let key = if key.is_empty() || key == "?" {
                     msg.split('`').nth(1).unwrap_or_default().to_string()

@@ -829,8 +829,7 @@ pub fn exec_spec(
         protocol,
         name: m.name.to_string(),
         version: m.spec.version.clone(),
-        text_io: m.spec.is_legacy_text()
-            && protocol == crate::api::plugin::ExecProtocol::OneShot,
+        text_io: m.spec.is_legacy_text() && protocol == crate::api::plugin::ExecProtocol::OneShot,
         memory_bytes: spec.limits.memory_bytes.or(l.memory_bytes),
         max_concurrent: spec
             .limits

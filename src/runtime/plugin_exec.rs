@@ -695,9 +695,8 @@ fn read_answers(
             let _ = h.send(Ok(line));
             continue;
         }
-        let answer: Option<(u64, Reply)> = serde_json::from_slice::<Value>(&line)
-            .ok()
-            .and_then(|v| {
+        let answer: Option<(u64, Reply)> =
+            serde_json::from_slice::<Value>(&line).ok().and_then(|v| {
                 let id = v.get("id")?.as_u64()?;
                 match (v.get("output"), v.get("error")) {
                     (Some(o), None) => Some((id, Ok(o.clone()))),
@@ -775,9 +774,7 @@ fn call_once(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| {
-            SandboxError::Exec(format!("cannot start {}: {e}", spec.program.display()))
-        })?;
+        .map_err(|e| SandboxError::Exec(format!("cannot start {}: {e}", spec.program.display())))?;
     let pid = child.id();
     let mut stdin = child.stdin.take().expect("piped");
     std::thread::spawn(move || {
@@ -860,8 +857,8 @@ fn call_transient(
     timeout: Duration,
 ) -> Result<Value, SandboxError> {
     let tail = Arc::new(Mutex::new(VecDeque::new()));
-    let mut s = start_lines(cfg, spec, &tail, None, None)
-        .map_err(|e| SandboxError::Exec(e.to_string()))?;
+    let mut s =
+        start_lines(cfg, spec, &tail, None, None).map_err(|e| SandboxError::Exec(e.to_string()))?;
     let r = s.conn.call(entry, input, timeout);
     s.conn.end("done");
     let _ = s.child.wait();
@@ -921,7 +918,11 @@ fn with_slot<T>(
     }
     let r = f(timeout.saturating_sub(t0.elapsed()));
     slots.release();
-    r
+    // Said with the call's own timeout, not what was left of it after waiting for a slot.
+    r.map_err(|e| match e {
+        SandboxError::Timeout { fuel_used, .. } => SandboxError::Timeout { timeout, fuel_used },
+        e => e,
+    })
 }
 
 fn outcome(r: Result<Value, SandboxError>) -> Result<CallOutcome, SandboxError> {
@@ -1221,7 +1222,11 @@ impl ExecPlugins for ExecBridge {
                     .cloned()
                     .collect();
                 // Said once, by the ensure that replaced them.
-                sup.status.lock().unwrap_or_else(|p| p.into_inner()).replaced.clear();
+                sup.status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replaced
+                    .clear();
                 return Ok(s);
             }
             self.stop(&spec.activation);
@@ -1229,7 +1234,11 @@ impl ExecPlugins for ExecBridge {
         match self.start(spec) {
             Ok(sup) => {
                 let mut s = sup.status.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                sup.status.lock().unwrap_or_else(|p| p.into_inner()).replaced.clear();
+                sup.status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .replaced
+                    .clear();
                 s.stderr_tail.clear();
                 self.sups
                     .lock()
@@ -1456,7 +1465,9 @@ pub struct MemoryExec {
 }
 
 impl MemoryExec {
-    pub fn new(answer: impl Fn(&str, &Value) -> Result<Value, String> + Send + Sync + 'static) -> Self {
+    pub fn new(
+        answer: impl Fn(&str, &Value) -> Result<Value, String> + Send + Sync + 'static,
+    ) -> Self {
         MemoryExec {
             answer: Arc::new(answer),
             ensured: Mutex::default(),
@@ -1572,7 +1583,10 @@ mod tests {
         for (text, want) in [
             (script(2, "p", ECHO), "version 2"),
             (script(1, "q", ECHO), "says it is q 1.0.0"),
-            ("#!/bin/sh\nread hello\necho hi\nsleep 5\n".to_string(), "bad handshake"),
+            (
+                "#!/bin/sh\nread hello\necho hi\nsleep 5\n".to_string(),
+                "bad handshake",
+            ),
         ] {
             let (_d, cfg, spec) = setup(&text, ExecProtocol::Lines);
             let bridge = ExecBridge::new(cfg.clone());
@@ -1622,7 +1636,9 @@ mod tests {
         let m = bridge.module(&spec);
         let out = m.call("e", &json!({"text": "abc"}), &limits(2000)).unwrap();
         assert_eq!(out.output, json!({"text": "ABC"}));
-        let e = m.call("fail", &json!({"text": "abc"}), &limits(2000)).unwrap_err();
+        let e = m
+            .call("fail", &json!({"text": "abc"}), &limits(2000))
+            .unwrap_err();
         assert!(e.to_string().contains("broken"), "{e}");
         spec.text_io = false;
         let m = bridge.module(&spec);
@@ -1635,6 +1651,9 @@ mod tests {
     fn lines_are_read_with_a_cap() {
         let mut r = std::io::BufReader::with_capacity(4, &b"abc\ndefghij\nk"[..]);
         assert!(matches!(read_line_capped(&mut r, 5).unwrap(), Line::Line(l) if l == b"abc"));
-        assert!(matches!(read_line_capped(&mut r, 5).unwrap(), Line::TooLong));
+        assert!(matches!(
+            read_line_capped(&mut r, 5).unwrap(),
+            Line::TooLong
+        ));
     }
 }

@@ -329,11 +329,10 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
     let wasm: Arc<dyn crate::sandbox::Engine> = Arc::new(crate::sandbox::WasmiEngine::new());
     // Exec plugins: supervised by the runtime; the host and the activation controller reach
     // them only through this seam.
-    let exec: Arc<dyn crate::runtime::plugin_exec::ExecPlugins> = Arc::new(
-        crate::runtime::plugin_exec::ExecBridge::new(
+    let exec: Arc<dyn crate::runtime::plugin_exec::ExecPlugins> =
+        Arc::new(crate::runtime::plugin_exec::ExecBridge::new(
             crate::runtime::plugin_exec::ExecConfig::for_home(&home),
-        ),
-    );
+        ));
     let plugins = Arc::new(
         crate::control::plugins::PluginHost::new(home.clone(), wasm.clone())
             .with_exec(exec.clone()),
