@@ -329,6 +329,34 @@ fn legacy_text_plugin_is_denied_by_default_then_transforms_v1_requests() {
     );
     let table = env.run(&["plugin", "list"]).ok().stdout;
     assert!(table.contains("exec (unsandboxed)"), "{table}");
+    let inv: Value =
+        serde_json::from_str(&env.run(&["plugin", "inventory", "-o", "json"]).ok().stdout).unwrap();
+    let hooks: Vec<&Value> = inv["seams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["seam"] == "inference")
+        .unwrap()["active"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["activation"] == "upper-chat")
+        .collect();
+    assert_eq!(hooks.len(), 2, "{inv}");
+    assert!(
+        hooks
+            .iter()
+            .all(|c| c["unsandboxed"] == true && c["calls"] == 1),
+        "{inv}"
+    );
+    assert!(
+        inv["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "upper" && p["unsandboxed"] == true),
+        "{inv}"
+    );
     // One-shot: nothing stays running between calls.
     assert!(exec_pids(env.home_path(), "upper-chat").is_empty());
     assert_eq!(get(&d.url("/healthz")), 200);

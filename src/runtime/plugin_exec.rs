@@ -260,7 +260,7 @@ struct ExecRecord {
 // Reading lines with a cap.
 
 enum Line {
-    Line(Vec<u8>),
+    Got(Vec<u8>),
     Eof,
     TooLong,
 }
@@ -278,7 +278,7 @@ fn read_line_capped(r: &mut impl BufRead, cap: usize) -> std::io::Result<Line> {
             return Ok(if buf.is_empty() {
                 Line::Eof
             } else {
-                Line::Line(buf)
+                Line::Got(buf)
             });
         }
         match avail.iter().position(|b| *b == b'\n') {
@@ -288,7 +288,7 @@ fn read_line_capped(r: &mut impl BufRead, cap: usize) -> std::io::Result<Line> {
                 return Ok(if buf.len() > cap {
                     Line::TooLong
                 } else {
-                    Line::Line(buf)
+                    Line::Got(buf)
                 });
             }
             None => {
@@ -438,16 +438,16 @@ fn drain_stderr(
         });
         loop {
             let line = match read_line_capped(&mut r, STDERR_LINE) {
-                Ok(Line::Line(l)) => String::from_utf8_lossy(&l).into_owned(),
+                Ok(Line::Got(l)) => String::from_utf8_lossy(&l).into_owned(),
                 Ok(Line::TooLong) => "<a line over 4 KiB, cut>".to_string(),
                 Ok(Line::Eof) | Err(_) => return,
             };
-            if let (Some(f), Some(p)) = (file.as_mut(), log.as_ref()) {
+            if let Some(f) = file.as_mut() {
+                // Capped by truncation: stderr is for the last words, the tail keeps them.
                 if f.metadata().is_ok_and(|m| m.len() > LOG_MAX_BYTES) {
                     let _ = f.set_len(0);
                 }
                 let _ = writeln!(f, "{line}");
-                let _ = p;
             }
             let mut t = tail.lock().unwrap_or_else(|p| p.into_inner());
             if t.len() == STDERR_TAIL {
@@ -670,11 +670,10 @@ fn read_answers(
     let mut handshake = Some(handshake);
     loop {
         let line = match read_line_capped(&mut r, MAX_LINE_BYTES) {
-            Ok(Line::Line(l)) => l,
+            Ok(Line::Got(l)) => l,
             Ok(Line::TooLong) => {
                 let why = format!(
-                    "the plugin wrote a line over {} bytes (the line cap); the process was ended",
-                    MAX_LINE_BYTES
+                    "the plugin wrote a line over {MAX_LINE_BYTES} bytes (the line cap); the process was ended"
                 );
                 if let Some(h) = handshake.take() {
                     let _ = h.send(Err(why.clone()));
@@ -1573,7 +1572,7 @@ mod tests {
         // The same spec again: the same process.
         assert_eq!(bridge.ensure(&spec).unwrap().pid, Some(pid));
         bridge.stop("t");
-        assert!(!proc_stat(pid).is_some_and(|(_, _, s)| s != 'Z'));
+        assert!(proc_stat(pid).is_none_or(|(_, _, s)| s == 'Z'));
         let e = m.call("e", &json!({}), &limits(500)).unwrap_err();
         assert!(e.to_string().contains("not running"), "{e}");
     }
@@ -1650,7 +1649,7 @@ mod tests {
     #[test]
     fn lines_are_read_with_a_cap() {
         let mut r = std::io::BufReader::with_capacity(4, &b"abc\ndefghij\nk"[..]);
-        assert!(matches!(read_line_capped(&mut r, 5).unwrap(), Line::Line(l) if l == b"abc"));
+        assert!(matches!(read_line_capped(&mut r, 5).unwrap(), Line::Got(l) if l == b"abc"));
         assert!(matches!(
             read_line_capped(&mut r, 5).unwrap(),
             Line::TooLong
