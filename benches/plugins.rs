@@ -1,6 +1,8 @@
 //! WASM sandbox figures (not a test: prints numbers). Targets on the 2-core reference machine:
 //! one trivial `pre_request` call of the prompt guard (compiled once, a fresh instance per call)
 //! p50 < 200 µs; a plugin that burns all its fuel is stopped well within its timeout.
+//! Exec plugins: the round trip of a small request through the line protocol (a persistent
+//! process) against a process per call (one-shot).
 
 use std::time::{Duration, Instant};
 
@@ -134,4 +136,74 @@ fn main() {
             err.reason()
         );
     }
+    exec_round_trips();
+}
+
+/// A small request to an exec plugin written in plain `sh` (builtins only, so the figure is the
+/// bridge's and the pipes', not a fork per call): persistent (`lines`) against one-shot.
+fn exec_round_trips() {
+    use localaistack::api::plugin::ExecProtocol;
+    use localaistack::runtime::plugin_exec::{ExecBridge, ExecConfig, ExecPlugins, ExecSpec};
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let home = localaistack::home::LasHome::at(dir.path().join("home"));
+    home.ensure().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    };
+    let lines = write(
+        "lines.sh",
+        "#!/bin/sh\nread hello\nprintf '{\"protocol\":\"las-exec\",\"version\":1,\"name\":\"bench\",\"pluginVersion\":\"1.0.0\",\"capabilities\":[\"call\"]}\\n'\nwhile read -r line; do\n  rest=${line#*\\\"id\\\":}\n  printf '{\"id\":%s,\"output\":{\"action\":\"allow\"}}\\n' \"${rest%%,*}\"\ndone\n",
+    );
+    let once = write(
+        "once.sh",
+        "#!/bin/sh\nwhile read -r line; do :; done\nprintf '{\"action\":\"allow\"}'\n",
+    );
+    let bridge = ExecBridge::new(ExecConfig::for_home(&home));
+    let spec = |program: std::path::PathBuf, protocol| ExecSpec {
+        activation: format!("bench-{protocol:?}").to_lowercase(),
+        program,
+        sha256: String::new(),
+        protocol,
+        name: "bench".into(),
+        version: "1.0.0".into(),
+        text_io: false,
+        memory_bytes: None,
+        max_concurrent: 4,
+    };
+    let input = json!({"request": {"model": "tiny", "messages": [
+        {"role": "user", "content": "What is the capital of France?"}]}, "config": null});
+    let limits = Limits::default();
+    for (label, s, n) in [
+        (
+            "persistent (lines)",
+            spec(lines, ExecProtocol::Lines),
+            2_000,
+        ),
+        ("one-shot", spec(once, ExecProtocol::OneShot), 300),
+    ] {
+        bridge.ensure(&s).unwrap();
+        let m = bridge.module(&s);
+        for _ in 0..20 {
+            m.call("pre_request", &input, &limits).unwrap();
+        }
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            let out = m.call("pre_request", &input, &limits).unwrap();
+            times.push(t.elapsed());
+            assert_eq!(out.output["action"], "allow");
+        }
+        times.sort();
+        println!(
+            "plugins: exec round trip, {label}, small request x{n}: p50 {:?}, p99 {:?}",
+            percentile(&times, 0.5),
+            percentile(&times, 0.99),
+        );
+    }
+    bridge.stop_all();
 }

@@ -104,9 +104,64 @@ pub struct ManifestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
     /// Contributions the author proposes to activate by default; honoured only where the active
-    /// Policy tier allows auto-activation.
+    /// Policy tier allows auto-activation (never for `exec` plugins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<Bootstrap>,
+    /// Where the manifest came from when it was imported from another format (a legacy
+    /// `<stem>.plugin.json|toml` text-plugin contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compatibility: Option<Compatibility>,
+}
+
+/// How an imported plugin maps onto this host (Loci's `compatibility` block).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Compatibility {
+    pub source_format: SourceFormat,
+    /// `text_plugin`: the executable transforms text (pre_generate / post_generate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_kind: Option<LegacyKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub legacy_abi_version: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub legacy_capabilities: Vec<String>,
+    /// How the plugin runs here: `exec` (a supervised process behind the line protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_bridge: Option<PluginRuntimeType>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum SourceFormat {
+    Native,
+    Legacy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum LegacyKind {
+    #[serde(rename = "text_plugin")]
+    TextPlugin,
+}
+
+impl ManifestSpec {
+    /// Whether this is an imported legacy text plugin (its calls go through the text adapter).
+    pub fn is_legacy_text(&self) -> bool {
+        self.compatibility
+            .as_ref()
+            .is_some_and(|c| c.legacy_kind == Some(LegacyKind::TextPlugin))
+    }
+
+    /// The `executable` artifact of an `exec` plugin.
+    pub fn executable(&self) -> Option<&Artifact> {
+        (self.runtime.type_ == PluginRuntimeType::Exec)
+            .then(|| {
+                self.runtime
+                    .artifacts
+                    .iter()
+                    .find(|a| a.name == "executable")
+            })
+            .flatten()
+    }
 }
 
 #[derive(
@@ -124,9 +179,25 @@ pub enum Track {
 pub struct PluginRuntime {
     #[serde(rename = "type")]
     pub type_: PluginRuntimeType,
-    /// Files the plugin ships, each pinned by sha256 (a `wasm` runtime needs one named `module`).
+    /// Files the plugin ships, each pinned by sha256 (a `wasm` runtime needs one named `module`,
+    /// an `exec` runtime one named `executable`).
     #[serde(default)]
     pub artifacts: Vec<Artifact>,
+    /// For `exec`: how the host talks to the process (default `lines`; see
+    /// docs/plugin-protocol.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<ExecProtocol>,
+}
+
+/// How the host talks to an `exec` plugin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ExecProtocol {
+    /// One long-lived process per activation: a handshake, then one JSON object per line.
+    #[default]
+    Lines,
+    /// A process per call, as a Unix filter: input on stdin, output on stdout, exit 0 = ok.
+    OneShot,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -136,6 +207,10 @@ pub enum PluginRuntimeType {
     Wasm,
     /// Data only (sampling profiles); nothing runs.
     Declarative,
+    /// A native executable, supervised by the runtime and called over the line protocol
+    /// (docs/plugin-protocol.md). Not sandboxed: it runs only where the active Policy tier
+    /// allows its sha256 (`allowedExecPlugins`) and an activation names its contributions.
+    Exec,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -556,6 +631,15 @@ impl ManifestSpec {
                     ));
                 }
             }
+            PluginRuntimeType::Exec => {
+                if !names.contains("executable") {
+                    return Err((
+                        "spec.runtime.artifacts".into(),
+                        "an exec plugin needs an artifact named \"executable\" (the program)"
+                            .into(),
+                    ));
+                }
+            }
             PluginRuntimeType::Declarative => {
                 if let Some(c) = contributions.iter().find(|c| c.entry.is_some()) {
                     return Err((
@@ -567,6 +651,23 @@ impl ManifestSpec {
                     ));
                 }
             }
+        }
+        if self.runtime.protocol.is_some() && self.runtime.type_ != PluginRuntimeType::Exec {
+            return Err((
+                "spec.runtime.protocol".into(),
+                "only an exec plugin has a protocol".into(),
+            ));
+        }
+        if self.runtime.type_ == PluginRuntimeType::Exec
+            && self
+                .bootstrap
+                .as_ref()
+                .is_some_and(|b| !b.activate.is_empty())
+        {
+            return Err((
+                "spec.bootstrap.activate".into(),
+                "an exec plugin is never activated implicitly: name its contributions in a PluginActivation".into(),
+            ));
         }
         for (i, s) in self.contributes.model_sources.iter().enumerate() {
             let ok = !s.scheme.is_empty()

@@ -139,6 +139,10 @@ pub struct Capabilities {
     /// PluginActivation, with no grants and default limits (default: false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_plugin_auto_activation: Option<bool>,
+    /// The sha256 digests of the executables `exec` plugins may run (they are not sandboxed).
+    /// Absent or empty: none may (default deny).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_exec_plugins: Option<Vec<super::model::Sha256>>,
 }
 
 /// Observed state of a Policy.

@@ -80,19 +80,48 @@ impl BinaryStore {
             format: ModelFormat::default(),
         };
         let blob = self.models.ensure(&spec, &EnsureOptions::default()).await?;
-        let io = |path: &PathBuf| {
-            let path = path.clone();
-            move |source| BinaryError::Io { path, source }
-        };
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let tmp = dir.join(format!(".{file}.partial"));
-        std::fs::copy(&blob.path, &tmp).map_err(io(&tmp))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o555)).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &target).map_err(io(&target))?;
-        tracing::info!(program = %target.display(), "installed a native program");
+        install_file(&self.root, &blob.path, sha256, file)?;
         Ok(dir)
     }
+}
+
+/// Installs a verified blob (sha256 `sha256`, checked when the model store wrote it) as the
+/// executable `<bin>/<sha256>/<file>`; does nothing when it is installed already. Returns the
+/// program's path. Exec plugins use it with the blob of their `executable` artifact.
+pub fn install_blob(
+    home: &LasHome,
+    blob: &std::path::Path,
+    sha256: &Sha256,
+    file: &str,
+) -> Result<PathBuf, BinaryError> {
+    let root = home.bin();
+    install_file(&root, blob, sha256, file)?;
+    Ok(root.join(sha256.as_str()).join(file))
+}
+
+fn install_file(
+    root: &std::path::Path,
+    blob: &std::path::Path,
+    sha256: &Sha256,
+    file: &str,
+) -> Result<(), BinaryError> {
+    let dir = root.join(sha256.as_str());
+    let target = dir.join(file);
+    if target.is_file() {
+        return Ok(());
+    }
+    let io = |path: &PathBuf| {
+        let path = path.clone();
+        move |source| BinaryError::Io { path, source }
+    };
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    let tmp = dir.join(format!(".{file}.partial"));
+    std::fs::copy(blob, &tmp).map_err(io(&tmp))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o555)).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &target).map_err(io(&target))?;
+    tracing::info!(program = %target.display(), "installed a native program");
+    Ok(())
 }
 
 #[cfg(test)]

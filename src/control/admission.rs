@@ -74,6 +74,18 @@ impl Admission for PolicyAdmission {
         (tier.capabilities.allow_plugin_auto_activation == Some(true)).then_some(tier.tier)
     }
 
+    fn exec_plugin_allowed(&self, all: &[StoredObject], sha256: &str) -> Result<String, String> {
+        let live: Vec<&StoredObject> = all.iter().filter(|o| o.deleted_at.is_none()).collect();
+        let tier = select_tier(&live_policies(&live)?, &self.profile).map_err(|e| e.to_string())?;
+        match &tier.capabilities.allowed_exec_plugins {
+            Some(list) if list.iter().any(|s| s.as_str() == sha256) => Ok(tier.tier),
+            _ => Err(format!(
+                "executable sha256:{sha256} is not in the tier's allowedExecPlugins (tier {}): exec plugins are not sandboxed, so each executable is allowed by digest",
+                tier.tier
+            )),
+        }
+    }
+
     fn max_model_bytes(&self, all: &[StoredObject]) -> Option<(u64, String)> {
         let live: Vec<&StoredObject> = all.iter().filter(|o| o.deleted_at.is_none()).collect();
         let tier = select_tier(&live_policies(&live).ok()?, &self.profile_for(all)).ok()?;

@@ -7,6 +7,7 @@ pub mod cycles;
 pub mod eventbus;
 pub mod hardware;
 pub mod history;
+pub mod legacy_plugins;
 pub mod model_gc;
 pub mod plan;
 pub mod plugins;

@@ -37,7 +37,14 @@ pub fn plugin_objects(store: &Store) -> Result<Vec<StoredObject>, StoreError> {
 }
 
 /// Parses manifest bytes; errors name `file`, line, column and field.
+/// A legacy text-plugin contract (`<stem>.plugin.json|toml`, recognised by its content) is
+/// imported into the manifest it maps to (`control::legacy_plugins`).
 pub fn parse_manifest(file: &str, bytes: &[u8], digest: Sha256) -> Result<Manifest, InputErrors> {
+    if crate::control::legacy_plugins::sniff(bytes).is_some() {
+        let c = crate::control::legacy_plugins::parse_contract(file, bytes)?;
+        let (name, spec) = crate::control::legacy_plugins::to_manifest(file, &c)?;
+        return Ok(Manifest { name, spec, digest });
+    }
     let f = InputFile {
         name: file.to_string(),
         bytes: bytes.to_vec(),
@@ -311,6 +318,7 @@ use serde_json::{Value, json};
 use crate::api::plugin::{
     FailurePolicy, HookStage, PluginActivationSpec, Point, Scope, check_config,
 };
+use crate::runtime::plugin_exec::{ExecPlugins, ExecSpec};
 use crate::sandbox::{Engine, Grants, Limits, Module, SandboxError};
 
 /// One enabled code contribution of a Ready activation.
@@ -433,6 +441,8 @@ pub struct PluginHost {
     compiled: Mutex<HashMap<CompiledKey, Arc<dyn Module>>>,
     active: Mutex<Option<(u64, Arc<Vec<ActiveCode>>)>>,
     stats: Mutex<HashMap<String, Stats>>,
+    /// Where `exec` plugins run (the runtime's); none: their contributions are not served.
+    exec: Option<Arc<dyn ExecPlugins>>,
 }
 
 impl PluginHost {
@@ -443,7 +453,15 @@ impl PluginHost {
             compiled: Mutex::default(),
             active: Mutex::default(),
             stats: Mutex::default(),
+            exec: None,
         }
+    }
+
+    /// Serves `exec` plugins through `exec` (the daemon's supervised bridge, or the CLI's
+    /// one-shot runner).
+    pub fn with_exec(mut self, exec: Arc<dyn ExecPlugins>) -> Self {
+        self.exec = Some(exec);
+        self
     }
 
     /// A host for one CLI command: the home the store is in, the real sandbox.
@@ -453,7 +471,8 @@ impl PluginHost {
             .parent()
             .map(LasHome::at)
             .unwrap_or_else(|| LasHome::at("."));
-        PluginHost::new(home, Arc::new(crate::sandbox::WasmiEngine::new()))
+        let exec = Arc::new(crate::runtime::plugin_exec::OneShotExec::new(&home));
+        PluginHost::new(home, Arc::new(crate::sandbox::WasmiEngine::new())).with_exec(exec)
     }
 
     pub fn stats(&self) -> HashMap<String, Stats> {
@@ -548,6 +567,8 @@ impl PluginHost {
                     Some(c) => Some(c),
                     None => continue,
                 },
+                // Never implicitly: an exec plugin runs only where an activation names it.
+                crate::api::plugin::PluginRuntimeType::Exec => continue,
             };
             out.extend(codes(&format!("{}/bootstrap", p.name), &spec, &m, module));
         }
@@ -583,6 +604,17 @@ impl PluginHost {
                     Some(c) => Some(c),
                     None => continue,
                 },
+                // Ready means the tier allows its digest and (lines) its process shook hands.
+                crate::api::plugin::PluginRuntimeType::Exec => {
+                    let Some(exec) = &self.exec else { continue };
+                    match exec_spec(&self.home, o.name.as_str(), &spec, &m) {
+                        Ok(es) => Some(exec_module(exec.module(&es), &m)),
+                        Err(e) => {
+                            tracing::warn!(activation = %o.name, error = %e, "exec plugin not served");
+                            continue;
+                        }
+                    }
+                }
             };
             let content = effective.contains(&crate::sandbox::Capability::Content);
             out.extend(
@@ -825,6 +857,51 @@ fn codes(
     out
 }
 
+/// What the runtime needs to run activation `activation`'s exec plugin: the executable
+/// (installed from its verified blob under `$LAS_HOME/bin/<sha256>/` when it is not yet), the
+/// protocol, the name and version the handshake must give, and the limits.
+pub fn exec_spec(
+    home: &LasHome,
+    activation: &str,
+    spec: &PluginActivationSpec,
+    m: &Manifest,
+) -> Result<ExecSpec, String> {
+    let a = m
+        .spec
+        .executable()
+        .ok_or("the manifest has no artifact named executable")?;
+    let blob = blob_path(home, a.sha256.as_str());
+    let file = a.path.rsplit('/').next().unwrap_or("executable");
+    let program = crate::artifacts::binaries::install_blob(home, &blob, &a.sha256, file)
+        .map_err(|e| format!("executable {} ({}): {e}", a.path, a.sha256))?;
+    let l = m.spec.limits.clone().unwrap_or_default();
+    let protocol = m.spec.runtime.protocol.unwrap_or_default();
+    Ok(ExecSpec {
+        activation: activation.to_string(),
+        program,
+        sha256: a.sha256.to_string(),
+        protocol,
+        name: m.name.to_string(),
+        version: m.spec.version.clone(),
+        text_io: m.spec.is_legacy_text() && protocol == crate::api::plugin::ExecProtocol::OneShot,
+        memory_bytes: spec.limits.memory_bytes.or(l.memory_bytes),
+        max_concurrent: spec
+            .limits
+            .max_concurrent
+            .or(l.max_concurrent)
+            .unwrap_or(crate::runtime::plugin_exec::DEFAULT_MAX_CONCURRENT),
+    })
+}
+
+/// A legacy text plugin's handle speaks text: the adapter maps hook input and output onto it.
+fn exec_module(module: Arc<dyn Module>, m: &Manifest) -> Arc<dyn Module> {
+    if m.spec.is_legacy_text() {
+        Arc::new(crate::control::legacy_plugins::LegacyText { inner: module })
+    } else {
+        module
+    }
+}
+
 /// The plugin side of admitting an apply (CLI, HTTP and watched directories alike):
 /// activations checked against their manifests, then every active admission check on every
 /// object it sees. A denial is an input error at the object's document, with the field the
@@ -956,7 +1033,13 @@ pub fn inventory(
                 .filter(|c| c.point.seam() == *s)
                 .map(|c| {
                     let st = stats.get(&c.activation).cloned().unwrap_or_default();
+                    let unsandboxed = objects.iter().any(|o| {
+                        o.kind == Kind::Plugin
+                            && o.name.as_str() == c.plugin
+                            && o.status["manifest"]["runtime"] == "exec"
+                    });
                     json!({
+                        "unsandboxed": unsandboxed,
                         "activation": c.activation,
                         "plugin": c.plugin,
                         "contribution": c.id,
@@ -987,6 +1070,8 @@ pub fn inventory(
                 "name": o.name.as_str(),
                 "ready": o.condition("Ready").map(|(s, r, _)| format!("{} ({r})", s.as_str())),
                 "version": o.status["manifest"]["version"],
+                "runtime": o.status["manifest"]["runtime"],
+                "unsandboxed": o.status["manifest"]["runtime"] == "exec",
                 "contributions": o.status["manifest"]["contributions"],
                 "requests": o.status["manifest"]["requests"],
                 "uiPanels": ui_panels(o),
@@ -1005,6 +1090,8 @@ pub fn inventory(
                 "effectiveGrants": o.status["effectiveGrants"],
                 "ungrantedRequests": o.status["ungrantedRequests"],
                 "boundDigest": o.status["boundDigest"],
+                "exec": o.status["exec"],
+                "unsandboxed": o.condition("Unsandboxed").is_some_and(|(s, _, _)| s == crate::api::ConditionStatus::True),
                 "ready": o.condition("Ready").map(|(s, r, _)| format!("{} ({r})", s.as_str())),
                 "granted": o.condition("Granted").map(|(s, r, _)| format!("{} ({r})", s.as_str())),
             })
@@ -1079,6 +1166,12 @@ pub fn test_contribution(
             json!({"output": null, "fuelUsed": 0, "note": "a data contribution: nothing runs"}),
         );
     };
+    if m.spec.runtime.type_ == crate::api::plugin::PluginRuntimeType::Exec {
+        return Err(format!(
+            "plugin {} is an exec plugin: it runs only through a PluginActivation that names the contribution, where the Policy tier allows its executable (allowedExecPlugins); a dry run would run it unsandboxed without that approval",
+            plugin.name
+        ));
+    }
     let wasm = crate::control::controllers::plugin::module_bytes(home, &m)?;
     let grants: Grants = m.spec.requests.iter().copied().collect();
     let module = engine.compile(&wasm, &grants).map_err(|e| e.to_string())?;

@@ -12,6 +12,7 @@ pub mod health;
 pub mod limits;
 pub mod logwriter;
 pub mod native;
+pub mod plugin_exec;
 pub mod usage;
 
 use std::collections::BTreeMap;

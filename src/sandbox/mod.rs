@@ -280,6 +280,10 @@ pub enum SandboxError {
     Trap(String),
     #[error("the plugin's output is not valid: {0}")]
     BadOutput(String),
+    /// An `exec` plugin's process failed the call (it exited, broke the line protocol, answered
+    /// an error); see `runtime::plugin_exec`.
+    #[error("the plugin process failed: {0}")]
+    Exec(String),
 }
 
 impl SandboxError {
@@ -298,6 +302,7 @@ impl SandboxError {
             SandboxError::OutputTooLarge { .. } => "OutputTooLarge",
             SandboxError::Trap(_) => "Trap",
             SandboxError::BadOutput(_) => "BadOutput",
+            SandboxError::Exec(_) => "ExecFailed",
         }
     }
 

@@ -59,6 +59,15 @@ pub trait Admission: Send + Sync {
         let _ = all;
         None
     }
+
+    /// `Ok(tier)` when the active tier lists `sha256` in `allowedExecPlugins`; otherwise why
+    /// not. Default: nothing is allowed (exec plugins are not sandboxed).
+    fn exec_plugin_allowed(&self, all: &[StoredObject], sha256: &str) -> Result<String, String> {
+        let _ = all;
+        Err(format!(
+            "executable sha256:{sha256} is not in the tier's allowedExecPlugins (no policy is consulted)"
+        ))
+    }
 }
 
 pub struct ModuleReconciler {

@@ -27,6 +27,7 @@ use crate::artifacts::models::{EnsureOptions, ModelError, ModelStore};
 use crate::control::plugins::{Manifest, parse_manifest, read_manifest_blob};
 use crate::control::store::{EventType, StoredObject};
 use crate::home::LasHome;
+use crate::runtime::plugin_exec::{ExecPlugins, ExecState};
 use crate::sandbox::{Engine, Grants};
 
 pub struct PluginReconciler {
@@ -125,21 +126,33 @@ impl PluginReconciler {
             blob.digest,
             artifacts.len()
         );
+        let mut conditions = vec![
+            cond("Verified", ConditionStatus::True, "Verified", msg.clone()),
+            cond("ManifestValid", ConditionStatus::True, "Valid", ""),
+            cond("Compatible", ConditionStatus::True, "Compatible", ""),
+            cond("Ready", ConditionStatus::True, "Verified", msg.clone()),
+            cond("Stalled", ConditionStatus::False, "Verified", ""),
+        ];
+        if manifest.spec.runtime.type_ == PluginRuntimeType::Exec {
+            // Said on the Plugin too: its code is a native process, not sandboxed WASM.
+            conditions.push(cond(
+                "Unsandboxed",
+                ConditionStatus::True,
+                "ExecPlugin",
+                format!(
+                    "an exec plugin{}: it runs as a native process, only where an activation names its contributions and the tier's allowedExecPlugins lists its executable",
+                    if manifest.spec.is_legacy_text() {
+                        " (imported from a legacy text_plugin contract)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
         let o = obj.clone();
         self.store
             .with(move |s| {
-                let ok = write_status(
-                    s,
-                    &o,
-                    &fields,
-                    vec![
-                        cond("Verified", ConditionStatus::True, "Verified", msg.clone()),
-                        cond("ManifestValid", ConditionStatus::True, "Valid", ""),
-                        cond("Compatible", ConditionStatus::True, "Compatible", ""),
-                        cond("Ready", ConditionStatus::True, "Verified", msg.clone()),
-                        cond("Stalled", ConditionStatus::False, "Verified", ""),
-                    ],
-                )?;
+                let ok = write_status(s, &o, &fields, conditions)?;
                 if ok && !was_ready {
                     event(s, &o, EventType::Normal, "Verified", &msg);
                 }
@@ -239,6 +252,17 @@ pub struct PluginActivationReconciler {
     pub engine: Arc<dyn Engine>,
     /// Where the calls are counted (the daemon's host); its statistics are copied into status.
     pub host: Option<Arc<crate::control::plugins::PluginHost>>,
+    /// Where exec plugins run (the runtime's supervisor); none: they wait (`ExecUnavailable`).
+    pub exec: Option<Arc<dyn ExecPlugins>>,
+    /// Whose tier allows exec plugins by digest (none: nothing is allowed).
+    pub admission: Option<Arc<dyn super::module::Admission>>,
+}
+
+/// What the exec runtime reported, for the activation's status.
+struct ExecOutcome {
+    fields: serde_json::Value,
+    conditions: Vec<crate::api::Condition>,
+    events: Vec<(EventType, &'static str, String)>,
 }
 
 /// How often an active activation's statistics are copied into its status.
@@ -356,6 +380,11 @@ impl PluginActivationReconciler {
                 .compile(&wasm, &grants)
                 .map_err(|e| ReconcileError::stalled(e.reason(), e.to_string()))?;
         }
+        let exec = if manifest.spec.runtime.type_ == PluginRuntimeType::Exec {
+            self.converge_exec(&obj, &spec, &manifest).await?
+        } else {
+            None
+        };
         let enabled = if spec.contributions.is_empty() {
             "no contribution enabled".to_string()
         } else {
@@ -380,8 +409,15 @@ impl PluginActivationReconciler {
             "stats": {"calls": stats.calls, "failures": stats.failures, "fuelP50": stats.fuel_p50,
                       "fuelP95": stats.fuel_p95, "breaker": if open { "open" } else { "closed" },
                       "delivered": stats.delivered, "dropped": stats.dropped},
+            "exec": exec.as_ref().map(|e| e.fields.clone()),
         });
-        let degraded = if open {
+        let restarting = exec
+            .as_ref()
+            .and_then(|e| e.conditions.iter().find(|c| c.type_ == "Degraded"))
+            .cloned();
+        let degraded = if let (Some(d), false) = (restarting, open) {
+            d
+        } else if open {
             cond(
                 "Degraded",
                 ConditionStatus::True,
@@ -398,19 +434,29 @@ impl PluginActivationReconciler {
         let was_ready = super::status::is_ready(&obj);
         let rebound = bound.is_some_and(|b| b != digest);
         let o = obj.clone();
+        let (extra, exec_events) = match exec {
+            Some(e) => (
+                e.conditions
+                    .into_iter()
+                    .filter(|c| c.type_ != "Degraded")
+                    .collect::<Vec<_>>(),
+                e.events,
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
         self.store
             .with(move |s| {
-                let ok = write_status(
-                    s,
-                    &o,
-                    &fields,
-                    vec![
-                        cond("Granted", ConditionStatus::True, "Granted", ""),
-                        cond("Ready", ConditionStatus::True, "Active", msg.clone()),
-                        cond("Stalled", ConditionStatus::False, "Active", ""),
-                        degraded,
-                    ],
-                )?;
+                let mut conditions = vec![
+                    cond("Granted", ConditionStatus::True, "Granted", ""),
+                    cond("Ready", ConditionStatus::True, "Active", msg.clone()),
+                    cond("Stalled", ConditionStatus::False, "Active", ""),
+                    degraded,
+                ];
+                conditions.extend(extra);
+                let ok = write_status(s, &o, &fields, conditions)?;
+                for (t, reason, message) in &exec_events {
+                    event(s, &o, *t, reason, message);
+                }
                 if ok && (!was_ready || rebound) {
                     event(s, &o, EventType::Normal, "Activated", &msg);
                 }
@@ -419,6 +465,145 @@ impl PluginActivationReconciler {
             .await?;
         Ok(Action::Requeue(STATS_INTERVAL))
     }
+}
+
+impl PluginActivationReconciler {
+    /// An exec plugin runs only when this activation names contributions (never implicitly)
+    /// and the active tier allows its executable's sha256; then the runtime keeps its process
+    /// running (handshake checked). Otherwise its process is stopped.
+    async fn converge_exec(
+        &self,
+        obj: &StoredObject,
+        spec: &crate::api::plugin::PluginActivationSpec,
+        manifest: &Manifest,
+    ) -> Result<Option<ExecOutcome>, ReconcileError> {
+        let name = obj.name.to_string();
+        let Some(exec) = self.exec.clone() else {
+            return Err(ReconcileError::retry(
+                "ExecUnavailable",
+                "exec plugins run only in the daemon",
+            ));
+        };
+        if spec.contributions.is_empty() {
+            stop_exec(&exec, &name).await;
+            return Ok(None);
+        }
+        let sha = manifest
+            .spec
+            .executable()
+            .map(|a| a.sha256.to_string())
+            .ok_or_else(|| {
+                ReconcileError::stalled("ManifestInvalid", "no artifact named executable")
+            })?;
+        let all = self
+            .store
+            .with(|s| s.list(None, &Default::default()))
+            .await?;
+        let verdict = match &self.admission {
+            Some(a) => a.exec_plugin_allowed(&all, &sha),
+            None => Err(format!(
+                "executable sha256:{sha} is not in the tier's allowedExecPlugins (no policy is consulted)"
+            )),
+        };
+        let tier = match verdict {
+            Ok(t) => t,
+            Err(reason) => {
+                stop_exec(&exec, &name).await;
+                return Err(ReconcileError::stalled("ExecNotAllowed", reason));
+            }
+        };
+        let es = crate::control::plugins::exec_spec(&self.home, &name, spec, manifest)
+            .map_err(|m| ReconcileError::retry("ExecUnavailable", m))?;
+        let protocol = es.protocol;
+        let st = {
+            let exec = exec.clone();
+            tokio::task::spawn_blocking(move || exec.ensure(&es))
+                .await
+                .map_err(|e| ReconcileError::retry("ExecUnavailable", e.to_string()))?
+        }
+        .map_err(|e| {
+            if e.is_permanent() {
+                ReconcileError::stalled(e.reason(), e.to_string())
+            } else {
+                ReconcileError::retry(e.reason(), e.to_string())
+            }
+        })?;
+        let mut events = Vec::new();
+        if !st.replaced.is_empty() {
+            events.push((
+                EventType::Warning,
+                "ReplacedLeftover",
+                format!(
+                    "killed exec plugin process {} left by a previous daemon (its pipes cannot be re-attached) and started a new one{}",
+                    st.replaced
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    st.pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+                ),
+            ));
+        }
+        let before = obj.status["exec"]["restarts"].as_u64().unwrap_or(0);
+        if u64::from(st.restarts) > before {
+            events.push((
+                EventType::Warning,
+                "PluginRestarted",
+                format!(
+                    "the exec plugin process was restarted ({} restart(s)); last exit: {}",
+                    st.restarts,
+                    st.last_exit.clone().unwrap_or_default()
+                ),
+            ));
+        }
+        let mut conditions = vec![cond(
+            "Unsandboxed",
+            ConditionStatus::True,
+            "ExecPlugin",
+            format!(
+                "runs as a native process outside the WASM sandbox ({}, executable sha256:{}, allowed by tier {tier}); limits: {}",
+                match protocol {
+                    crate::api::plugin::ExecProtocol::Lines => "persistent, line protocol",
+                    crate::api::plugin::ExecProtocol::OneShot => "a process per call",
+                },
+                &sha[..12],
+                st.limits_applied
+            ),
+        )];
+        if st.state == ExecState::Restarting {
+            conditions.push(cond(
+                "Degraded",
+                ConditionStatus::True,
+                "ProcessRestarting",
+                format!(
+                    "{}; stderr: {}",
+                    st.last_exit.clone().unwrap_or_default(),
+                    st.stderr_tail.join(" | ")
+                ),
+            ));
+        }
+        let fields = json!({
+            "state": st.state,
+            "pid": st.pid,
+            "restarts": st.restarts,
+            "lastExit": st.last_exit,
+            "stderrTail": st.stderr_tail,
+            "limitsApplied": st.limits_applied,
+            "logPath": st.log_path,
+            "executable": sha,
+            "tier": tier,
+        });
+        Ok(Some(ExecOutcome {
+            fields,
+            conditions,
+            events,
+        }))
+    }
+}
+
+async fn stop_exec(exec: &Arc<dyn ExecPlugins>, name: &str) {
+    let (exec, name) = (exec.clone(), name.to_string());
+    let _ = tokio::task::spawn_blocking(move || exec.stop(&name)).await;
 }
 
 /// The bytes of a wasm plugin's `module` artifact, from its verified blob.
@@ -448,20 +633,49 @@ impl Reconciler for PluginActivationReconciler {
 
     fn reconcile(
         &self,
-        _key: Key,
+        key: Key,
         obj: Option<StoredObject>,
     ) -> BoxFuture<'_, Result<Action, ReconcileError>> {
         Box::pin(async move {
             match obj {
-                None => Ok(Action::AwaitChange),
-                Some(o) if o.deleted_at.is_some() => Ok(Action::AwaitChange),
+                // Deactivated: its exec plugin's process (if any) ends.
+                None => {
+                    if let Some(exec) = &self.exec {
+                        stop_exec(exec, &key.1).await;
+                    }
+                    Ok(Action::AwaitChange)
+                }
+                Some(o) if o.deleted_at.is_some() => {
+                    if let Some(exec) = &self.exec {
+                        stop_exec(exec, o.name.as_str()).await;
+                    }
+                    Ok(Action::AwaitChange)
+                }
                 Some(o) => self.converge(o).await,
             }
         })
     }
 
-    /// Activations of a Plugin run again when it changes (verified, upgraded, deleted).
+    /// Activations of a Plugin run again when it changes (verified, upgraded, deleted); those of
+    /// exec plugins also when a Policy changes (the tier's `allowedExecPlugins`).
     fn dependents(&self, changed: &Key, all: &[StoredObject]) -> Vec<Key> {
+        if changed.0 == Kind::Policy {
+            let exec_plugins: Vec<&str> = all
+                .iter()
+                .filter(|o| o.kind == Kind::Plugin && o.status["manifest"]["runtime"] == "exec")
+                .map(|o| o.name.as_str())
+                .collect();
+            return all
+                .iter()
+                .filter(|o| {
+                    o.kind == Kind::PluginActivation
+                        && o.spec["pluginRef"]
+                            .as_str()
+                            .is_some_and(|p| exec_plugins.contains(&p))
+                })
+                .map(|o| (o.kind, o.name.to_string()))
+                .collect();
+        }
         if changed.0 != Kind::Plugin {
             return Vec::new();
         }

@@ -97,7 +97,7 @@ pub fn run(a: ApplyArgs) -> Result<ExitCode, CliError> {
         eprintln!("{w}");
     }
     if a.dry_run {
-        let (planned, _, _) = super::plan::compute(paths, &objects, false)?;
+        let (planned, _, _, _) = super::plan::compute(paths, &objects, false)?;
         if a.output.is_none() {
             print!("\nPlan:\n{}", planned.plan.to_text());
         }

@@ -326,10 +326,16 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
         });
     }
     let wasm: Arc<dyn crate::sandbox::Engine> = Arc::new(crate::sandbox::WasmiEngine::new());
-    let plugins = Arc::new(crate::control::plugins::PluginHost::new(
-        home.clone(),
-        wasm.clone(),
-    ));
+    // Exec plugins: supervised by the runtime; the host and the activation controller reach
+    // them only through this seam.
+    let exec: Arc<dyn crate::runtime::plugin_exec::ExecPlugins> =
+        Arc::new(crate::runtime::plugin_exec::ExecBridge::new(
+            crate::runtime::plugin_exec::ExecConfig::for_home(&home),
+        ));
+    let plugins = Arc::new(
+        crate::control::plugins::PluginHost::new(home.clone(), wasm.clone())
+            .with_exec(exec.clone()),
+    );
     let admission = crate::control::admission::for_daemon(Some(plugins.clone())).map_err(err)?;
     // The profile the API shows carries the facts of the probes active at start.
     let profile = {
@@ -376,6 +382,8 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
                 home: home.clone(),
                 engine: wasm.clone(),
                 host: Some(plugins.clone()),
+                exec: Some(exec.clone()),
+                admission: Some(admission.clone()),
             },
         ),
     ];
@@ -584,6 +592,11 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
     let _ = scheduler.await;
     let _ = http.await;
     super::daemon_record::DaemonRecord::remove(&home);
+    // Exec plugins talk to this process through pipes: they cannot outlive it usefully.
+    {
+        let exec = exec.clone();
+        let _ = tokio::task::spawn_blocking(move || exec.stop_all()).await;
+    }
     if let Some(reason) = fatal {
         return Err(err(reason));
     }

@@ -18,7 +18,9 @@ use crate::api::{Desired, Spec};
 use crate::artifacts::catalog::Catalog;
 use crate::control::hardware::probe_from_env;
 use crate::control::plan::{PlanInput, Planned, plan};
-use crate::control::policy::{GgufEstimator, NamedPolicy, default_policies, select_tier};
+use crate::control::policy::{
+    GgufEstimator, NamedPolicy, TierChoice, default_policies, select_tier,
+};
 use crate::control::resolver::{LockFile, lock_path_for};
 
 #[derive(Debug, clap::Args)]
@@ -40,7 +42,7 @@ pub(crate) fn compute(
     paths: &[PathBuf],
     objects: &[Desired],
     update: bool,
-) -> Result<(Planned, Option<PathBuf>, Option<LockFile>), CliError> {
+) -> Result<(Planned, Option<PathBuf>, Option<LockFile>, TierChoice), CliError> {
     let store = preview_store()?;
     let extra: Vec<NamedPolicy> = objects
         .iter()
@@ -88,7 +90,67 @@ pub(crate) fn compute(
         update,
         estimator: &GgufEstimator,
     });
-    Ok((planned, lock_path, lock))
+    Ok((planned, lock_path, lock, tier))
+}
+
+/// What the activations among `objects` would run unsandboxed (exec plugins), and whether
+/// `tier` allows each executable: one line each. Only what can be known without fetching.
+pub(crate) fn exec_notes(objects: &[Desired], tier: &TierChoice) -> Vec<String> {
+    let Ok(home) = crate::home::LasHome::from_env() else {
+        return Vec::new();
+    };
+    let store = preview_store().ok().flatten();
+    let mut out = Vec::new();
+    for d in objects {
+        let Spec::PluginActivation(a) = &d.spec else {
+            continue;
+        };
+        if a.contributions.is_empty() {
+            continue;
+        }
+        let name = a.plugin_ref.as_str();
+        let stored = store
+            .as_ref()
+            .and_then(|s| s.get(crate::api::Kind::Plugin, name).ok());
+        let spec = objects
+            .iter()
+            .find_map(|o| match &o.spec {
+                Spec::Plugin(p) if o.name.as_str() == name => Some(p.clone()),
+                _ => None,
+            })
+            .or_else(|| match stored.as_ref().map(|o| o.typed_spec()) {
+                Some(Ok(Spec::Plugin(p))) => Some(p),
+                _ => None,
+            });
+        let Some(spec) = spec else { continue };
+        let Ok(Some(m)) =
+            crate::control::plugins::knowable_manifest(&home, name, &spec, stored.as_ref())
+        else {
+            continue;
+        };
+        let Some(exe) = m.spec.executable() else {
+            continue;
+        };
+        let allowed = tier
+            .capabilities
+            .allowed_exec_plugins
+            .as_ref()
+            .is_some_and(|l| l.iter().any(|s| s == &exe.sha256));
+        out.push(format!(
+            "pluginactivation/{} runs exec plugin {name} unsandboxed (executable sha256:{}): {}",
+            d.name,
+            exe.sha256,
+            if allowed {
+                format!("allowed by tier {}", tier.tier)
+            } else {
+                format!(
+                    "not in tier {}'s allowedExecPlugins, so it will not run (ExecNotAllowed)",
+                    tier.tier
+                )
+            }
+        ));
+    }
+    out
 }
 
 /// Says on stderr how many objects a preview refused; the exit code of `plan` and
@@ -104,7 +166,7 @@ pub(crate) fn refusal_exit(refused: usize, see: &str) -> ExitCode {
 
 pub fn run(a: PlanArgs) -> Result<ExitCode, CliError> {
     let objects: Vec<Desired> = load(&a.files)?.into_iter().map(|(d, _)| d).collect();
-    let (planned, _, _) = compute(&a.files.paths, &objects, a.update)?;
+    let (planned, _, _, tier) = compute(&a.files.paths, &objects, a.update)?;
     let p = planned.plan;
     let mut out = std::io::stdout().lock();
     match a.output {
@@ -114,7 +176,16 @@ pub fn run(a: PlanArgs) -> Result<ExitCode, CliError> {
             "{}",
             super::output::to_yaml(&serde_json::to_value(&p).expect("plans serialize"))
         )?,
-        _ => write!(out, "{}", p.to_text())?,
+        _ => {
+            write!(out, "{}", p.to_text())?;
+            let notes = exec_notes(&objects, &tier);
+            if !notes.is_empty() {
+                writeln!(out, "Exec plugins (not sandboxed):")?;
+                for n in notes {
+                    writeln!(out, "  {n}")?;
+                }
+            }
+        }
     }
     Ok(refusal_exit(p.refusals.len(), "Refusals"))
 }

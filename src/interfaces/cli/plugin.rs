@@ -36,9 +36,17 @@ pub enum PluginCommand {
     },
     /// What each activation of a Plugin grants, against what its manifest requests.
     Grants { name: String },
+    /// Print the plugin manifest a legacy `<stem>.plugin.json|toml` text-plugin contract maps
+    /// to (the executable beside it is hashed when the contract pins none). Reads only FILE.
+    Import { file: std::path::PathBuf },
 }
 
 pub fn run(c: PluginCommand) -> Result<(), CliError> {
+    if let PluginCommand::Import { file } = &c {
+        let yaml = crate::control::legacy_plugins::import(file)?;
+        print!("{yaml}");
+        return Ok(());
+    }
     let store = open_store()?;
     let all = store.list(None, &Default::default())?;
     let activations = |plugin: &str| -> Vec<&StoredObject> {
@@ -65,6 +73,11 @@ pub fn run(c: PluginCommand) -> Result<(), CliError> {
                         o.name.to_string(),
                         ready(o),
                         m["version"].as_str().unwrap_or("-").to_string(),
+                        match m["runtime"].as_str() {
+                            Some("exec") => "exec (unsandboxed)".to_string(),
+                            Some(r) => r.to_string(),
+                            None => "-".to_string(),
+                        },
                         words(&m["contributions"]),
                         activations(o.name.as_str())
                             .iter()
@@ -80,7 +93,14 @@ pub fn run(c: PluginCommand) -> Result<(), CliError> {
             }
             print_table(
                 &mut out,
-                &["NAME", "READY", "VERSION", "CONTRIBUTIONS", "ACTIVATIONS"],
+                &[
+                    "NAME",
+                    "READY",
+                    "VERSION",
+                    "RUNTIME",
+                    "CONTRIBUTIONS",
+                    "ACTIVATIONS",
+                ],
                 &rows,
             )?;
         }
@@ -211,6 +231,8 @@ pub fn run(c: PluginCommand) -> Result<(), CliError> {
             .map_err(CliError::Usage)?;
             writeln!(out, "{}", serde_json::to_string_pretty(&r).expect("json"))?;
         }
+        // Handled above, without a store.
+        PluginCommand::Import { .. } => {}
     }
     Ok(())
 }
