@@ -23,6 +23,7 @@ mod objref;
 mod output;
 mod plan;
 mod plugin;
+mod workflow;
 mod progress;
 mod ps;
 mod resume;
@@ -192,6 +193,9 @@ pub enum Command {
     /// Plugins: list, describe, inventory (by seam), test one contribution, grants.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Workflows of active plugins: list, run NAME --input FILE, runs [NAME], get RUN.
+    #[command(subcommand)]
+    Workflow(workflow::WorkflowCommand),
     /// Print a one-time link that signs a browser into the daemon's web console.
     Ui,
     /// Print version information.
