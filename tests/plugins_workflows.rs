@@ -264,21 +264,12 @@ fn commands_run_through_the_cli_and_http_and_each_run_is_an_event() {
     let r = env.run(&["plugin", "run", "idle", "about"]).fails();
     assert!(r.stderr.contains("not enabled"), "{}", r.stderr);
 
-    // Each run is an event on the activation: 4 successful runs, 1 that its schema refused
-    // never ran (400 before the call), so the series counts 4.
+    // Each run is an event on the activation (a run its schema refused never started).
     let ev = events_of(&env, "pluginactivation/demo-act");
-    assert!(ev.contains("CommandRun"), "{ev}");
-    let (code, v) = api(
-        &env,
-        &d,
-        "GET",
-        "/api/v1/events?object=PluginActivation/demo-act&watch=false",
-        None,
-        true,
+    assert!(
+        ev.contains("CommandRun") && ev.contains("command about of plugin demo ran"),
+        "{ev}"
     );
-    assert_eq!(code, 200);
-    let text = v.to_string();
-    assert!(text.contains("CommandRun"), "{text}");
 }
 
 /// The example workflow: a guard on the input, a generation through `/v1`, a post-processor on

@@ -26,7 +26,7 @@
 //!   [`GENERATE_TIMEOUT`], an `http` node by [`HTTP_TIMEOUT`] and [`HTTP_MAX_BYTES`].
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -282,7 +282,7 @@ pub struct Runner {
     pub db: PathBuf,
 }
 
-fn with_store<T>(db: &PathBuf, f: impl FnOnce(&mut Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
+fn with_store<T>(db: &Path, f: impl FnOnce(&mut Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
     let mut s = Store::open(db)?;
     f(&mut s)
 }
@@ -687,7 +687,7 @@ pub fn fail_interrupted(store: &mut Store) -> Result<usize, StoreError> {
 /// verified manifest (`None`: the Plugin is not Ready).
 pub fn run_command(
     host: &PluginHost,
-    db: &PathBuf,
+    db: &Path,
     active: &[ActiveCode],
     plugin: &str,
     manifest: Option<&ManifestSpec>,

@@ -80,6 +80,7 @@ pub fn document() -> Value {
     for (p, v) in flow_paths() {
         paths.insert(p.to_string(), v);
     }
+    doc["components"]["schemas"]["WorkflowRun"] = workflow_run_schema();
     doc
 }
 
@@ -137,6 +138,18 @@ fn flow_paths() -> Vec<(&'static str, Value)> {
             json!({"200": json_ok("the run", run_ref), "404": status_ref("no such run")}),
         )})),
     ]
+}
+
+fn workflow_run_schema() -> Value {
+    json!({"type": "object", "required": ["id", "workflow", "plugin", "activation", "state", "nodes"], "properties": {
+                "id": {"type": "string"}, "workflow": {"type": "string"}, "plugin": {"type": "string"}, "activation": {"type": "string"},
+                "state": {"enum": ["Pending", "Running", "Succeeded", "Failed"]}, "input": {}, "output": {}, "error": {"type": "string"},
+                "createdAt": {"type": "string"}, "finishedAt": {"type": "string"}, "durationMs": {"type": "integer"},
+                "nodes": {"type": "array", "items": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "type": {"type": "string"}, "state": {"enum": ["Pending", "Running", "Succeeded", "Failed"]},
+                    "startedAt": {"type": "string"}, "finishedAt": {"type": "string"}, "durationMs": {"type": "integer"}, "output": {}, "error": {"type": "string"},
+                }}},
+            }})
 }
 
 fn base_document() -> Value {
@@ -335,15 +348,6 @@ fn base_document() -> Value {
                     "startedAt": {"type": "string", "format": "date-time"},
                     "memoryBytes": {"type": "integer"}, "vramBytes": {"type": "integer", "description": "absent where NVML cannot tell"},
                     "restarts": {"type": "integer"}, "requests": {"type": "integer", "description": "requests /v1 routed to the Module since the daemon started"},
-                }}},
-            }},
-            "WorkflowRun": {"type": "object", "required": ["id", "workflow", "plugin", "activation", "state", "nodes"], "properties": {
-                "id": {"type": "string"}, "workflow": {"type": "string"}, "plugin": {"type": "string"}, "activation": {"type": "string"},
-                "state": {"enum": ["Pending", "Running", "Succeeded", "Failed"]}, "input": {}, "output": {}, "error": {"type": "string"},
-                "createdAt": {"type": "string"}, "finishedAt": {"type": "string"}, "durationMs": {"type": "integer"},
-                "nodes": {"type": "array", "items": {"type": "object", "properties": {
-                    "id": {"type": "string"}, "type": {"type": "string"}, "state": {"enum": ["Pending", "Running", "Succeeded", "Failed"]},
-                    "startedAt": {"type": "string"}, "finishedAt": {"type": "string"}, "durationMs": {"type": "integer"}, "output": {}, "error": {"type": "string"},
                 }}},
             }},
             "BackendsInfo": {"type": "object", "properties": {
