@@ -483,6 +483,10 @@ fn example_plugin_manifests_pin_the_committed_wasm() {
             "plugins/change-freeze.plugin.yaml",
             "plugins/change_freeze.wasm",
         ),
+        (
+            "plugins/workflow-demo.plugin.yaml",
+            "plugins/workflow_demo.wasm",
+        ),
     ] {
         let text = std::fs::read_to_string(repo(manifest)).unwrap();
         assert!(
