@@ -19,6 +19,22 @@ use crate::api::Kind;
 use crate::control::plugins::{ActiveCode, read_manifest_blob};
 use crate::control::workflows::{DaemonIo, Runner, StartError, workflows};
 
+/// A JSON object body as `T` (serde would take a struct from an array too); empty: the default.
+fn object_body<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    expected: &str,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let bad = |e: String| ApiError::BadRequest(format!("expected {expected}: {e}"));
+    let v: Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    if !v.is_object() {
+        return Err(bad("the body is not a JSON object".into()));
+    }
+    serde_json::from_value(v).map_err(|e| bad(e.to_string()))
+}
+
 impl From<StartError> for ApiError {
     fn from(e: StartError) -> Self {
         match e {
@@ -112,13 +128,7 @@ pub(super) async fn run_command(
     Path((name, id)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let b: CommandBody = if body.iter().all(u8::is_ascii_whitespace) {
-        CommandBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::BadRequest(format!("expected {{\"args\": [ ... ]}}: {e}"))
-        })?
-    };
+    let b: CommandBody = object_body(&body, "{\"args\": [ ... ]}")?;
     let manifest = ctx.manifest_of(&name).await?;
     let active = ctx.active_codes().await?;
     let (host, db) = (ctx.plugins.clone(), ctx.home.state_db());
@@ -175,13 +185,7 @@ pub(super) async fn start_run(
     Query(q): Query<RunQuery>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let b: RunBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RunBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::BadRequest(format!("expected {{\"input\": {{ ... }}}}: {e}"))
-        })?
-    };
+    let b: RunBody = object_body(&body, "{\"input\": { ... }}")?;
     let active = ctx.active_codes().await?;
     let runner = ctx.runner();
     let (r2, a2) = (runner.clone(), active.clone());
