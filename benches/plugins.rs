@@ -157,7 +157,9 @@ fn workflow_overhead(
             _body: serde_json::Value,
         ) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>> {
             Box::pin(async {
-                Ok(json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."}}]}))
+                Ok(
+                    json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."}}]}),
+                )
             })
         }
         fn http(

@@ -79,8 +79,18 @@ fn api(
     with_token: bool,
 ) -> (u16, Value) {
     let mut c = std::process::Command::new("curl");
-    c.args(["-s", "-m", "120", "-o", "-", "-w", "\n%{http_code}", "-X", method])
-        .arg(d.url(path));
+    c.args([
+        "-s",
+        "-m",
+        "120",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+    ])
+    .arg(d.url(path));
     if with_token {
         c.args(["-H", &format!("Authorization: Bearer {}", token(env))]);
     }
@@ -194,10 +204,19 @@ fn bad_workflows_are_refused_at_apply_with_file_line_and_field() {
     env.write("net-s/plugin.yaml", &plugin_doc("demo", &manifest));
     env.write(
         "net-s/act.yaml",
-        &activation_doc("demo-act", "demo", "[about]", "  networkGrants: [\"example.com\"]\n"),
+        &activation_doc(
+            "demo-act",
+            "demo",
+            "[about]",
+            "  networkGrants: [\"example.com\"]\n",
+        ),
     );
     let r = env
-        .run(&["apply", "-f", env.work.path().join("net-s").to_str().unwrap()])
+        .run(&[
+            "apply",
+            "-f",
+            env.work.path().join("net-s").to_str().unwrap(),
+        ])
         .fails();
     assert!(
         r.stderr.contains("act.yaml")
@@ -221,11 +240,19 @@ fn commands_run_through_the_cli_and_http_and_each_run_is_an_event() {
     let dir = env.work.path().join("s");
     env.run(&["apply", "-f", dir.to_str().unwrap()]).ok();
     let d = Daemon::start(&env, &[], &[]);
-    wait_ready(&env, &d, "pluginactivation", "demo-act", Duration::from_secs(60));
+    wait_ready(
+        &env,
+        &d,
+        "pluginactivation",
+        "demo-act",
+        Duration::from_secs(60),
+    );
     wait_ready(&env, &d, "plugin", "idle", Duration::from_secs(60));
 
     // The CLI prints output.text; -o json the whole answer, with the arguments it got.
-    let r = env.run(&["plugin", "run", "demo", "about", "x", "--y"]).ok();
+    let r = env
+        .run(&["plugin", "run", "demo", "about", "x", "--y"])
+        .ok();
     assert_eq!(r.stdout.trim(), "workflow-demo 1.0.0", "{}", r.stderr);
     let r = env
         .run(&["plugin", "run", "demo", "about", "-o", "json", "a", "b"])
@@ -332,7 +359,8 @@ fn the_example_workflow_chains_a_guard_a_generation_and_a_post_processor() {
     let r = env.run(&["workflow", "list"]).ok();
     assert!(
         r.stdout.contains("guarded-answer")
-            && r.stdout.contains("check:hook → answer:generate → polish:hook"),
+            && r.stdout
+                .contains("check:hook → answer:generate → polish:hook"),
         "{}",
         r.stdout
     );
@@ -341,7 +369,15 @@ fn the_example_workflow_chains_a_guard_a_generation_and_a_post_processor() {
         r#"{"model": "tiny", "messages": [{"role": "user", "content": "hello"}]}"#,
     );
     let r = env
-        .run(&["workflow", "run", "guarded-answer", "--input", input.to_str().unwrap(), "-o", "json"])
+        .run(&[
+            "workflow",
+            "run",
+            "guarded-answer",
+            "--input",
+            input.to_str().unwrap(),
+            "-o",
+            "json",
+        ])
         .ok();
     let run: Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(run["state"], "Succeeded", "{run}\n{}", d.log());
@@ -350,7 +386,10 @@ fn the_example_workflow_chains_a_guard_a_generation_and_a_post_processor() {
     assert_eq!(ids, ["check", "answer", "polish", "about", "shape"]);
     for n in nodes {
         assert_eq!(n["state"], "Succeeded", "{n}");
-        assert!(n["durationMs"].is_u64() && n["startedAt"].is_string(), "{n}");
+        assert!(
+            n["durationMs"].is_u64() && n["startedAt"].is_string(),
+            "{n}"
+        );
         assert!(!n["output"].is_null(), "{n}");
     }
     let text = run["output"]["wrapped"]["text"].as_str().unwrap();
@@ -362,10 +401,8 @@ fn the_example_workflow_chains_a_guard_a_generation_and_a_post_processor() {
     assert_eq!(run["output"]["wrapped"]["label"], "answer");
     // The record is durable: `workflow get` reads the same from the store.
     let id = run["id"].as_str().unwrap();
-    let got: Value = serde_json::from_str(
-        &env.run(&["workflow", "get", id, "-o", "json"]).ok().stdout,
-    )
-    .unwrap();
+    let got: Value =
+        serde_json::from_str(&env.run(&["workflow", "get", id, "-o", "json"]).ok().stdout).unwrap();
     assert_eq!(got, run);
 
     // A denial by the guard fails the run with its reason; nothing after it runs.
@@ -374,7 +411,13 @@ fn the_example_workflow_chains_a_guard_a_generation_and_a_post_processor() {
         r#"{"model": "tiny", "messages": [{"role": "user", "content": "say FORBIDDEN"}]}"#,
     );
     let r = env
-        .run(&["workflow", "run", "guarded-answer", "--input", bad.to_str().unwrap()])
+        .run(&[
+            "workflow",
+            "run",
+            "guarded-answer",
+            "--input",
+            bad.to_str().unwrap(),
+        ])
         .fails();
     assert!(
         r.stderr.contains("denied by plugin activation guard") && r.stderr.contains("forbidden"),
@@ -382,9 +425,15 @@ fn the_example_workflow_chains_a_guard_a_generation_and_a_post_processor() {
         r.stdout,
         r.stderr
     );
-    assert!(r.stdout.contains("check") && r.stdout.contains("Failed"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("check") && r.stdout.contains("Failed"),
+        "{}",
+        r.stdout
+    );
     let runs: Value = serde_json::from_str(
-        &env.run(&["workflow", "runs", "guarded-answer", "-o", "json"]).ok().stdout,
+        &env.run(&["workflow", "runs", "guarded-answer", "-o", "json"])
+            .ok()
+            .stdout,
     )
     .unwrap();
     let failed = &runs["items"][0];
@@ -393,7 +442,10 @@ fn the_example_workflow_chains_a_guard_a_generation_and_a_post_processor() {
     assert_eq!(failed["nodes"][1]["state"], "Pending", "{failed}");
     assert_eq!(runs["items"][1]["id"], id, "{runs}");
     let ev = events_of(&env, "pluginactivation/demo-act");
-    assert!(ev.contains("WorkflowSucceeded") && ev.contains("WorkflowFailed"), "{ev}");
+    assert!(
+        ev.contains("WorkflowSucceeded") && ev.contains("WorkflowFailed"),
+        "{ev}"
+    );
 }
 
 /// A local HTTP server: `/ok` answers `{"pong":true}` at once, `/slow` after a minute.
@@ -450,7 +502,13 @@ fn http_nodes_reach_only_granted_hosts_and_a_run_cut_by_a_daemon_kill_is_failed_
     env.run(&["apply", "-f", env.work.path().join("s").to_str().unwrap()])
         .ok();
     let mut d = Daemon::start(&env, &[], &[]);
-    wait_ready(&env, &d, "pluginactivation", "fetcher-act", Duration::from_secs(60));
+    wait_ready(
+        &env,
+        &d,
+        "pluginactivation",
+        "fetcher-act",
+        Duration::from_secs(60),
+    );
 
     let run = |url: &str| {
         api(
@@ -475,15 +533,39 @@ fn http_nodes_reach_only_granted_hosts_and_a_run_cut_by_a_daemon_kill_is_failed_
         assert_eq!(code, 200, "{refused}");
         assert_eq!(refused["state"], "Failed", "{refused}");
         assert!(
-            refused["error"].as_str().unwrap().contains("is not granted to plugin activation fetcher-act"),
+            refused["error"]
+                .as_str()
+                .unwrap()
+                .contains("is not granted to plugin activation fetcher-act"),
             "{refused}"
         );
     }
-    let (code, _) = api(&env, &d, "POST", "/api/v1/workflows/nope/runs", Some("{}"), true);
+    let (code, _) = api(
+        &env,
+        &d,
+        "POST",
+        "/api/v1/workflows/nope/runs",
+        Some("{}"),
+        true,
+    );
     assert_eq!(code, 404);
-    let (code, _) = api(&env, &d, "POST", "/api/v1/workflows/fetch/runs", Some("[]"), true);
+    let (code, _) = api(
+        &env,
+        &d,
+        "POST",
+        "/api/v1/workflows/fetch/runs",
+        Some("[]"),
+        true,
+    );
     assert_eq!(code, 400);
-    let (code, _) = api(&env, &d, "POST", "/api/v1/workflows/fetch/runs", Some("{}"), false);
+    let (code, _) = api(
+        &env,
+        &d,
+        "POST",
+        "/api/v1/workflows/fetch/runs",
+        Some("{}"),
+        false,
+    );
     assert_eq!(code, 401);
 
     // A slow run, started without waiting, cut by kill -9 of the daemon.
@@ -498,13 +580,27 @@ fn http_nodes_reach_only_granted_hosts_and_a_run_cut_by_a_daemon_kill_is_failed_
     assert_eq!(code, 202, "{pending}");
     let id = pending["id"].as_str().unwrap().to_string();
     wait_until("the slow node to run", Duration::from_secs(30), || {
-        let (_, r) = api(&env, &d, "GET", &format!("/api/v1/workflow-runs/{id}"), None, true);
+        let (_, r) = api(
+            &env,
+            &d,
+            "GET",
+            &format!("/api/v1/workflow-runs/{id}"),
+            None,
+            true,
+        );
         r["state"] == "Running" && r["nodes"][0]["state"] == "Running"
     });
     d.kill9();
     drop(d);
     let d = Daemon::start(&env, &[], &[]);
-    let (code, r) = api(&env, &d, "GET", &format!("/api/v1/workflow-runs/{id}"), None, true);
+    let (code, r) = api(
+        &env,
+        &d,
+        "GET",
+        &format!("/api/v1/workflow-runs/{id}"),
+        None,
+        true,
+    );
     assert_eq!(code, 200, "{r}");
     assert_eq!(r["state"], "Failed", "{r}");
     assert_eq!(r["error"], "interrupted: the daemon restarted", "{r}");
@@ -514,7 +610,10 @@ fn http_nodes_reach_only_granted_hosts_and_a_run_cut_by_a_daemon_kill_is_failed_
     let out = env.run(&["workflow", "runs"]).ok().stdout;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 5, "{out}");
-    assert!(lines[1].starts_with(&id) && lines[1].contains("Failed"), "{out}");
+    assert!(
+        lines[1].starts_with(&id) && lines[1].contains("Failed"),
+        "{out}"
+    );
     assert!(lines[4].contains("Succeeded"), "{out}");
     let ev = events_of(&env, "pluginactivation/fetcher-act");
     assert!(ev.contains("interrupted: the daemon restarted"), "{ev}");

@@ -624,7 +624,10 @@ impl ManifestSpec {
     fn validate_workflow(&self, w: &Workflow, at: &str) -> Result<(), (String, String)> {
         let mut ids = BTreeSet::new();
         if w.nodes.is_empty() {
-            return Err((format!("{at}.nodes"), "a workflow needs at least one node".into()));
+            return Err((
+                format!("{at}.nodes"),
+                "a workflow needs at least one node".into(),
+            ));
         }
         for (j, n) in w.nodes.iter().enumerate() {
             let valid = !n.id.is_empty()
@@ -648,7 +651,11 @@ impl ManifestSpec {
         }
         for (j, n) in w.nodes.iter().enumerate() {
             let here = format!("{at}.nodes[{j}]");
-            let custom = self.contributes.custom_nodes.iter().any(|c| c.id == n.type_);
+            let custom = self
+                .contributes
+                .custom_nodes
+                .iter()
+                .any(|c| c.id == n.type_);
             if !BUILTIN_NODE_TYPES.contains(&n.type_.as_str()) && !custom {
                 let mut known: Vec<String> =
                     BUILTIN_NODE_TYPES.iter().map(|s| s.to_string()).collect();
@@ -846,7 +853,11 @@ pub fn valid_host(h: &str) -> bool {
 
 /// Whether `grant` (`host` or `host:port`) allows a request to `host` on `port`.
 pub fn host_granted(grant: &str, host: &str, port: u16) -> bool {
-    let norm = |s: &str| s.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let norm = |s: &str| {
+        s.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase()
+    };
     match grant.rsplit_once(':') {
         Some((g, p)) if !g.contains(':') || g.starts_with('[') => {
             norm(g) == norm(host) && p.parse::<u16>().ok() == Some(port)

@@ -282,7 +282,10 @@ pub struct Runner {
     pub db: PathBuf,
 }
 
-fn with_store<T>(db: &Path, f: impl FnOnce(&mut Store) -> Result<T, StoreError>) -> Result<T, StoreError> {
+fn with_store<T>(
+    db: &Path,
+    f: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
     let mut s = Store::open(db)?;
     f(&mut s)
 }
@@ -297,7 +300,13 @@ async fn blocking<T: Send + 'static>(
 
 /// Records an event on the object an activation name stands for (`<plugin>/bootstrap` → the
 /// Plugin). Failures to record are logged, never fatal.
-pub fn activation_event(store: &mut Store, activation: &str, type_: EventType, reason: &str, message: &str) {
+pub fn activation_event(
+    store: &mut Store,
+    activation: &str,
+    type_: EventType,
+    reason: &str,
+    message: &str,
+) {
     let (kind, name) = match activation.strip_suffix("/bootstrap") {
         Some(p) => ("Plugin", p),
         None => ("PluginActivation", activation),
@@ -391,8 +400,10 @@ impl Runner {
         let db = self.db.clone();
         let r = run.clone();
         let _ = blocking(move || {
-            with_store(&db, |s| s.put_workflow_run(&serde_json::to_value(&r).expect("json")))
-                .map_err(|e| e.to_string())
+            with_store(&db, |s| {
+                s.put_workflow_run(&serde_json::to_value(&r).expect("json"))
+            })
+            .map_err(|e| e.to_string())
         })
         .await;
         let mut outputs: BTreeMap<String, Value> = BTreeMap::new();
@@ -517,8 +528,14 @@ impl Runner {
                     .ok_or_else(|| {
                         format!(
                             "no Ready activation{} enables the code contribution {id:?}{}",
-                            by_activation.as_ref().map(|a| format!(" {a}")).unwrap_or_default(),
-                            by_plugin.as_ref().map(|p| format!(" of plugin {p}")).unwrap_or_default()
+                            by_activation
+                                .as_ref()
+                                .map(|a| format!(" {a}"))
+                                .unwrap_or_default(),
+                            by_plugin
+                                .as_ref()
+                                .map(|p| format!(" of plugin {p}"))
+                                .unwrap_or_default()
                         )
                     })?;
                 let activation = c.activation.clone();
@@ -537,7 +554,9 @@ impl Runner {
                     }
                     Some("deny") => Err(format!(
                         "denied by plugin activation {activation} ({id}): {}",
-                        out.get("reason").and_then(Value::as_str).unwrap_or("denied")
+                        out.get("reason")
+                            .and_then(Value::as_str)
+                            .unwrap_or("denied")
                     )),
                     _ => Err(format!(
                         "plugin answered {}, expected an action of allow, rewrite or deny",
@@ -599,7 +618,9 @@ impl Runner {
                     .iter()
                     .find(|(id, _)| id == custom)
                     .map(|(_, e)| e.clone())
-                    .ok_or_else(|| format!("plugin {} has no custom node {custom:?}", code.plugin))?;
+                    .ok_or_else(|| {
+                        format!("plugin {} has no custom node {custom:?}", code.plugin)
+                    })?;
                 let mut c = code.clone();
                 c.entry = entry;
                 c.id = custom.to_string();
@@ -661,7 +682,11 @@ pub fn fail_interrupted(store: &mut Store) -> Result<usize, StoreError> {
             continue;
         };
         let t = now();
-        for node in run.nodes.iter_mut().filter(|x| x.state == RunState::Running) {
+        for node in run
+            .nodes
+            .iter_mut()
+            .filter(|x| x.state == RunState::Running)
+        {
             node.state = RunState::Failed;
             node.error = Some(INTERRUPTED.into());
             node.finished_at = Some(t.clone());
@@ -675,7 +700,10 @@ pub fn fail_interrupted(store: &mut Store) -> Result<usize, StoreError> {
             &run.activation,
             EventType::Warning,
             "WorkflowFailed",
-            &format!("workflow {} run {} failed: {INTERRUPTED}", run.workflow, run.id),
+            &format!(
+                "workflow {} run {} failed: {INTERRUPTED}",
+                run.workflow, run.id
+            ),
         );
         n += 1;
     }
@@ -699,9 +727,11 @@ pub fn run_command(
         .find(|c| c.point == Point::Command && c.plugin == plugin && c.id == id);
     let Some(c) = c else {
         return Err(match manifest {
-            Some(m) if m.contributes.commands.iter().any(|x| x.id == id) => StartError::NotActive(
-                format!("command {id} of plugin {plugin} is not enabled by a Ready PluginActivation"),
-            ),
+            Some(m) if m.contributes.commands.iter().any(|x| x.id == id) => {
+                StartError::NotActive(format!(
+                    "command {id} of plugin {plugin} is not enabled by a Ready PluginActivation"
+                ))
+            }
             Some(m) => StartError::NotFound(format!(
                 "plugin {plugin} has no command {id:?} (it has: {})",
                 if m.contributes.commands.is_empty() {
@@ -762,14 +792,18 @@ mod tests {
 
     #[test]
     fn nodes_run_in_topological_order_with_manifest_ties() {
-        let w = wf("id: w\noutput: c\nnodes:\n- {id: c, type: http, with: {url: x}, inputs: {a: b.x}}\n- {id: a, type: http, with: {url: x}}\n- {id: b, type: http, with: {url: x}, inputs: {p: a}}\n");
+        let w = wf(
+            "id: w\noutput: c\nnodes:\n- {id: c, type: http, with: {url: x}, inputs: {a: b.x}}\n- {id: a, type: http, with: {url: x}}\n- {id: b, type: http, with: {url: x}, inputs: {p: a}}\n",
+        );
         let ids: Vec<&str> = order(&w).iter().map(|n| n.id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c"]);
     }
 
     #[test]
     fn inputs_resolve_paths_into_outputs_and_the_input() {
-        let w = wf("id: w\noutput: n\nnodes:\n- {id: n, type: http, with: {url: x, k: 1}, inputs: {k: g.choices.0.text, q: $input.q}}\n");
+        let w = wf(
+            "id: w\noutput: n\nnodes:\n- {id: n, type: http, with: {url: x, k: 1}, inputs: {k: g.choices.0.text, q: $input.q}}\n",
+        );
         let mut outs = BTreeMap::new();
         outs.insert("g".to_string(), json!({"choices": [{"text": "hi"}]}));
         let p = resolve(&w.nodes[0], &json!({"q": [1]}), &outs).unwrap();
@@ -840,10 +874,16 @@ mod tests {
             io: io.clone(),
             db: home.state_db(),
         };
-        let w = wf("id: w\noutput: fetch\nnodes:\n- {id: fetch, type: http, with: {method: POST}, inputs: {url: $input.url, body: ask.text}}\n- {id: ask, type: generate, with: {model: tiny, max_tokens: 4}, inputs: {prompt: $input.q}}\n");
+        let w = wf(
+            "id: w\noutput: fetch\nnodes:\n- {id: fetch, type: http, with: {method: POST}, inputs: {url: $input.url, body: ask.text}}\n- {id: ask, type: generate, with: {model: tiny, max_tokens: 4}, inputs: {prompt: $input.q}}\n",
+        );
         let active = Arc::new(vec![code_for(w, vec!["127.0.0.1:9".into()])]);
         let (run, code) = runner
-            .prepare(&active, "w", json!({"q": "2+2?", "url": "http://127.0.0.1:9/x"}))
+            .prepare(
+                &active,
+                "w",
+                json!({"q": "2+2?", "url": "http://127.0.0.1:9/x"}),
+            )
             .unwrap();
         let done = runner.execute(run, code, active.clone()).await;
         assert_eq!(done.state, RunState::Succeeded, "{done:?}");
@@ -864,11 +904,21 @@ mod tests {
 
         // A host the activation does not grant: refused before any request.
         let (run, code) = runner
-            .prepare(&active, "w", json!({"q": "x", "url": "http://127.0.0.2:9/x"}))
+            .prepare(
+                &active,
+                "w",
+                json!({"q": "x", "url": "http://127.0.0.2:9/x"}),
+            )
             .unwrap();
         let failed = runner.execute(run, code, active.clone()).await;
         assert_eq!(failed.state, RunState::Failed);
-        assert!(failed.error.as_deref().unwrap().contains("127.0.0.2:9 is not granted"));
+        assert!(
+            failed
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("127.0.0.2:9 is not granted")
+        );
         assert_eq!(io.urls.lock().unwrap().len(), 1);
 
         // A run left Running by a dead daemon is Failed, interrupted, at the next start.

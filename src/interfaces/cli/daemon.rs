@@ -256,7 +256,10 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
     // Workflow runs a dead daemon left in flight are finished records before anyone can ask.
     match crate::control::workflows::fail_interrupted(&mut opened) {
         Ok(0) => {}
-        Ok(n) => tracing::warn!(runs = n, "workflow runs interrupted by the restart marked Failed"),
+        Ok(n) => tracing::warn!(
+            runs = n,
+            "workflow runs interrupted by the restart marked Failed"
+        ),
         Err(e) => tracing::warn!(error = %e, "cannot mark interrupted workflow runs"),
     }
     let store = SharedStore::new(opened);

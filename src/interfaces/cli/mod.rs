@@ -23,7 +23,6 @@ mod objref;
 mod output;
 mod plan;
 mod plugin;
-mod workflow;
 mod progress;
 mod ps;
 mod resume;
@@ -34,6 +33,7 @@ mod ui;
 mod verbs;
 mod wait;
 mod watch;
+mod workflow;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -236,7 +236,10 @@ fn describe_flows(out: &mut impl Write, plugin: &StoredObject) -> Result<(), Cli
                 "  {} ({}){}",
                 x.id,
                 x.entry,
-                x.title.as_ref().map(|t| format!(": {t}")).unwrap_or_default()
+                x.title
+                    .as_ref()
+                    .map(|t| format!(": {t}"))
+                    .unwrap_or_default()
             )?;
         }
     }

@@ -60,12 +60,7 @@ fn call(method: Method, path: &str, body: Option<Value>) -> Result<(StatusCode, 
             .map(|b| Bytes::from(serde_json::to_vec(&b).expect("json")))
             .unwrap_or_default();
         let (status, mut s) = client
-            .send(
-                method,
-                path,
-                &[("content-type", "application/json")],
-                bytes,
-            )
+            .send(method, path, &[("content-type", "application/json")], bytes)
             .await?;
         let mut buf = Vec::new();
         while let Some(chunk) = s.next().await {
@@ -141,7 +136,13 @@ pub fn run(c: WorkflowCommand) -> Result<(), CliError> {
                             .as_array()
                             .into_iter()
                             .flatten()
-                            .map(|n| format!("{}:{}", n["id"].as_str().unwrap_or(""), n["type"].as_str().unwrap_or("")))
+                            .map(|n| {
+                                format!(
+                                    "{}:{}",
+                                    n["id"].as_str().unwrap_or(""),
+                                    n["type"].as_str().unwrap_or("")
+                                )
+                            })
                             .collect::<Vec<_>>()
                             .join(" → "),
                         w["description"].as_str().unwrap_or("-").to_string(),
@@ -285,7 +286,11 @@ fn describe_run(out: &mut impl Write, v: &Value) -> Result<(), CliError> {
             ]
         })
         .collect();
-    print_table(out, &["  NODE", "TYPE", "STATE", "DURATION", "ERROR"], &rows)?;
+    print_table(
+        out,
+        &["  NODE", "TYPE", "STATE", "DURATION", "ERROR"],
+        &rows,
+    )?;
     if let Some(e) = v["error"].as_str() {
         writeln!(out, "error: {e}")?;
     }

@@ -112,7 +112,10 @@ pub(super) async fn list_commands(
                    "activation": by.map(|a| a.activation.clone())})
         })
         .collect();
-    Ok(Json(json!({"plugin": name, "ready": manifest.is_some(), "commands": items})).into_response())
+    Ok(
+        Json(json!({"plugin": name, "ready": manifest.is_some(), "commands": items}))
+            .into_response(),
+    )
 }
 
 #[derive(Deserialize, Default)]
