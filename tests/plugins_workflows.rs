@@ -194,6 +194,31 @@ fn bad_workflows_are_refused_at_apply_with_file_line_and_field() {
             "{name}"
         );
     }
+    // Workflow names are unique across activations: a second activation enabling the same
+    // workflow (here of another Plugin with the same manifest) is refused at apply.
+    let demo = repo("plugins/workflow-demo.plugin.yaml");
+    env.write("dup/a.yaml", &plugin_doc("demo-a", &demo));
+    env.write("dup/b.yaml", &plugin_doc("demo-b", &demo));
+    env.write(
+        "dup/acts.yaml",
+        &[
+            activation_doc("act-a", "demo-a", "[guarded-answer]", ""),
+            activation_doc("act-b", "demo-b", "[about, guarded-answer]", ""),
+        ]
+        .join("---\n"),
+    );
+    let r = env
+        .run(&["apply", "-f", env.work.path().join("dup").to_str().unwrap()])
+        .fails();
+    assert!(
+        r.stderr.contains("acts.yaml")
+            && r.stderr.contains("spec.contributions[1]")
+            && r.stderr.contains(
+                "the workflow guarded-answer is already enabled by plugin activation act-a"
+            ),
+        "{}",
+        r.stderr
+    );
     // A network grant the manifest does not request.
     let manifest = write_manifest(
         &env.work.path().join("net"),
@@ -288,6 +313,42 @@ fn commands_run_through_the_cli_and_http_and_each_run_is_an_event() {
         assert_eq!(code, want, "{p} {body}: {v}");
         assert_eq!(v["kind"], "Status", "{v}");
     }
+    // describe shows the manifest's commands, custom nodes and workflows; the inventory the
+    // workflow seam and the active command.
+    let r = env.run(&["plugin", "describe", "demo"]).ok();
+    assert!(
+        r.stdout.contains("Commands:")
+            && r.stdout.contains("Custom nodes:")
+            && r.stdout.contains(
+                "guarded-answer: check:hook → answer:generate → polish:hook → about:command → shape:wrap"
+            ),
+        "{}",
+        r.stdout
+    );
+    let inv: Value =
+        serde_json::from_str(&env.run(&["plugin", "inventory", "-o", "json"]).ok().stdout).unwrap();
+    let seam = |name: &str| {
+        inv["seams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["seam"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        seam("workflow")["accepts"],
+        json!(["workflows", "customNodes"])
+    );
+    let pm = seam("pluginManager");
+    assert!(
+        pm["active"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["point"] == "commands" && a["activation"] == "demo-act" && a["calls"] == 3),
+        "{pm}"
+    );
     let r = env.run(&["plugin", "run", "idle", "about"]).fails();
     assert!(r.stderr.contains("not enabled"), "{}", r.stderr);
 
