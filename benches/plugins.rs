@@ -198,14 +198,14 @@ fn workflow_overhead(
     let active = Arc::new(vec![guard_code, suffix_code, wf_code]);
     let home = tempfile::tempdir().unwrap();
     let home = localaistack::home::LasHome::at(home.path());
-    let runner = Runner {
-        host: Arc::new(localaistack::control::plugins::PluginHost::new(
+    let runner = Runner::new(
+        Arc::new(localaistack::control::plugins::PluginHost::new(
             home.clone(),
             Arc::new(WasmiEngine::new()),
         )),
-        io: Arc::new(Stub),
-        db: home.state_db(),
-    };
+        Arc::new(Stub),
+        home.state_db(),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

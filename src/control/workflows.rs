@@ -280,14 +280,9 @@ pub struct Runner {
     pub host: Arc<PluginHost>,
     pub io: Arc<dyn WorkflowIo>,
     pub db: PathBuf,
-}
-
-fn with_store<T>(
-    db: &Path,
-    f: impl FnOnce(&mut Store) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    let mut s = Store::open(db)?;
-    f(&mut s)
+    /// One connection for the records of this runner's runs (opening one per write cost more
+    /// than the write).
+    conn: Arc<std::sync::Mutex<Option<Store>>>,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -327,6 +322,31 @@ pub fn workflows(active: &[ActiveCode]) -> Vec<&ActiveCode> {
 }
 
 impl Runner {
+    pub fn new(host: Arc<PluginHost>, io: Arc<dyn WorkflowIo>, db: PathBuf) -> Self {
+        Runner {
+            host,
+            io,
+            db,
+            conn: Arc::default(),
+        }
+    }
+
+    /// `f` on this runner's connection (opened on first use, dropped after an error).
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut g = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            *g = Some(Store::open(&self.db)?);
+        }
+        let r = f(g.as_mut().expect("opened"));
+        if r.is_err() {
+            *g = None;
+        }
+        r
+    }
+
     /// Records a new run of workflow `name` (Pending) and returns it with the code to run.
     pub fn prepare(
         &self,
@@ -376,13 +396,13 @@ impl Runner {
             duration_ms: None,
         };
         let record = serde_json::to_value(&run).expect("serializable");
-        with_store(&self.db, |s| s.put_workflow_run(&record))?;
+        self.with_conn(|s| s.put_workflow_run(&record))?;
         Ok((run, code))
     }
 
     fn save(&self, run: &WorkflowRun) {
         let record = serde_json::to_value(run).expect("serializable");
-        if let Err(e) = with_store(&self.db, |s| s.put_workflow_run(&record)) {
+        if let Err(e) = self.with_conn(|s| s.put_workflow_run(&record)) {
             tracing::warn!(error = %e, run = %run.id, "cannot record the workflow run");
         }
     }
@@ -397,15 +417,7 @@ impl Runner {
         let started = Instant::now();
         let w = code.workflow.clone().expect("a workflow");
         run.state = RunState::Running;
-        let db = self.db.clone();
-        let r = run.clone();
-        let _ = blocking(move || {
-            with_store(&db, |s| {
-                s.put_workflow_run(&serde_json::to_value(&r).expect("json"))
-            })
-            .map_err(|e| e.to_string())
-        })
-        .await;
+        self.save_async(&run).await;
         let mut outputs: BTreeMap<String, Value> = BTreeMap::new();
         let nodes: Vec<WorkflowNode> = order(&w).into_iter().cloned().collect();
         for (i, node) in nodes.iter().enumerate() {
@@ -445,9 +457,9 @@ impl Runner {
         };
         run.finished_at = Some(now());
         run.duration_ms = Some(started.elapsed().as_millis() as u64);
-        let (db, r) = (self.db.clone(), run.clone());
+        let (this, r) = (self.clone(), run.clone());
         let _ = blocking(move || {
-            with_store(&db, |s| {
+            this.with_conn(|s| {
                 s.put_workflow_run(&serde_json::to_value(&r).expect("json"))?;
                 let (type_, reason, message) = match &r.error {
                     None => (
@@ -866,14 +878,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let home = crate::home::LasHome::at(dir.path());
         let io = Arc::new(FakeIo::default());
-        let runner = Runner {
-            host: Arc::new(PluginHost::new(
+        let runner = Runner::new(
+            Arc::new(PluginHost::new(
                 home.clone(),
                 Arc::new(crate::sandbox::WasmiEngine::new()),
             )),
-            io: io.clone(),
-            db: home.state_db(),
-        };
+            io.clone(),
+            home.state_db(),
+        );
         let w = wf(
             "id: w\noutput: fetch\nnodes:\n- {id: fetch, type: http, with: {method: POST}, inputs: {url: $input.url, body: ask.text}}\n- {id: ask, type: generate, with: {model: tiny, max_tokens: 4}, inputs: {prompt: $input.q}}\n",
         );

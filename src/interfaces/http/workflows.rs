@@ -63,15 +63,15 @@ impl ApiContext {
     }
 
     fn runner(&self) -> Runner {
-        Runner {
-            host: self.plugins.clone(),
+        Runner::new(
+            self.plugins.clone(),
             // The daemon's own listener, with its token (the unix listener's context has none).
-            io: Arc::new(DaemonIo::new(
+            Arc::new(DaemonIo::new(
                 self.access.base_url(),
                 super::read_token(&self.home),
             )),
-            db: self.home.state_db(),
-        }
+            self.home.state_db(),
+        )
     }
 
     /// The verified manifest of Plugin `name` (404 when there is no such Plugin; `None` when it
