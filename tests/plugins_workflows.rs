@@ -262,6 +262,12 @@ fn commands_run_through_the_cli_and_http_and_each_run_is_an_event() {
         "s/act.yaml",
         &activation_doc("demo-act", "demo", "[about]", ""),
     );
+    // A command whose activation gives it too little fuel to finish: it fails.
+    env.write("s/starved.yaml", &plugin_doc("starved", &demo));
+    env.write(
+        "s/starved-act.yaml",
+        &activation_doc("starved-act", "starved", "[about]", "  limits: {fuel: 1}\n"),
+    );
     let dir = env.work.path().join("s");
     env.run(&["apply", "-f", dir.to_str().unwrap()]).ok();
     let d = Daemon::start(&env, &[], &[]);
@@ -349,6 +355,31 @@ fn commands_run_through_the_cli_and_http_and_each_run_is_an_event() {
             .any(|a| a["point"] == "commands" && a["activation"] == "demo-act" && a["calls"] == 3),
         "{pm}"
     );
+    wait_ready(
+        &env,
+        &d,
+        "pluginactivation",
+        "starved-act",
+        Duration::from_secs(60),
+    );
+    let (code, v) = api(
+        &env,
+        &d,
+        "POST",
+        "/api/v1/plugins/starved/commands/about",
+        Some("{}"),
+        true,
+    );
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("command about failed"),
+        "{v}"
+    );
+    let ev = events_of(&env, "pluginactivation/starved-act");
+    assert!(ev.contains("CommandFailed"), "{ev}");
     let r = env.run(&["plugin", "run", "idle", "about"]).fails();
     assert!(r.stderr.contains("not enabled"), "{}", r.stderr);
 
