@@ -78,6 +78,9 @@ fn main() {
         panel: None,
         content: false,
         digest: String::new(),
+        workflow: None,
+        custom_nodes: Vec::new(),
+        network: Vec::new(),
     };
     let home = tempfile::tempdir().unwrap();
     let host = localaistack::control::plugins::PluginHost::new(
@@ -137,6 +140,7 @@ fn main() {
         );
     }
     exec_round_trips();
+    workflow_overhead(&engine, &plugins, &guard, &code);
 }
 
 /// A small request to an exec plugin written in plain `sh` (builtins only, so the figure is the
@@ -206,4 +210,112 @@ fn exec_round_trips() {
         );
     }
     bridge.stop_all();
+}
+
+/// Workflow overhead beyond the sum of its generations: a 3-node workflow (the prompt guard on
+/// the input, one generation, the response suffix on the answer) against the same generation
+/// called alone. The generation is a stub answering a fixed completion at once (the seam's test
+/// side), so the difference is what the runner adds: wiring, two WASM hooks, and the durable
+/// record written at every node transition (SQLite WAL in a temporary home).
+fn workflow_overhead(
+    engine: &WasmiEngine,
+    plugins: &std::path::Path,
+    guard: &std::sync::Arc<dyn localaistack::sandbox::Module>,
+    guard_code: &localaistack::control::plugins::ActiveCode,
+) {
+    use localaistack::control::workflows::{Runner, WorkflowIo};
+    use std::sync::Arc;
+    struct Stub;
+    impl WorkflowIo for Stub {
+        fn generate(
+            &self,
+            _body: serde_json::Value,
+        ) -> futures_util::future::BoxFuture<'_, Result<serde_json::Value, String>> {
+            Box::pin(async {
+                Ok(
+                    json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."}}]}),
+                )
+            })
+        }
+        fn http(
+            &self,
+            _m: &str,
+            _u: &str,
+            _b: Option<serde_json::Value>,
+        ) -> futures_util::future::BoxFuture<'_, Result<(u16, serde_json::Value), String>> {
+            Box::pin(async { Err("no network in the bench".to_string()) })
+        }
+    }
+    let suffix_wasm = std::fs::read(plugins.join("response_suffix.wasm")).unwrap();
+    let suffix = engine.compile(&suffix_wasm, &Grants::none()).unwrap();
+    let mut suffix_code = guard_code.clone();
+    suffix_code.activation = "suffix-chat".into();
+    suffix_code.plugin = "suffix".into();
+    suffix_code.id = "suffix".into();
+    suffix_code.entry = "post_response".into();
+    suffix_code.module = Some(suffix);
+    suffix_code.config = json!({"suffix": " [checked]"});
+    let mut guard_code = guard_code.clone();
+    guard_code.module = Some(guard.clone());
+    let w: localaistack::api::plugin::Workflow = serde_yaml::from_str(
+        "id: answer\noutput: polish\nnodes:\n\
+         - {id: check, type: hook, with: {activation: guard-chat, contribution: guard}, inputs: {request: $input}}\n\
+         - {id: ask, type: generate, with: {model: tiny}, inputs: {messages: check.request.messages}}\n\
+         - {id: polish, type: hook, with: {activation: suffix-chat, contribution: suffix}, inputs: {response: ask.response}}\n",
+    )
+    .unwrap();
+    let mut wf_code = guard_code.clone();
+    wf_code.activation = "flows".into();
+    wf_code.id = "answer".into();
+    wf_code.point = localaistack::api::plugin::Point::Workflow;
+    wf_code.module = None;
+    wf_code.workflow = Some(w);
+    let active = Arc::new(vec![guard_code, suffix_code, wf_code]);
+    let home = tempfile::tempdir().unwrap();
+    let home = localaistack::home::LasHome::at(home.path());
+    let runner = Runner::new(
+        Arc::new(localaistack::control::plugins::PluginHost::new(
+            home.clone(),
+            Arc::new(WasmiEngine::new()),
+        )),
+        Arc::new(Stub),
+        home.state_db(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let input = json!({"model": "tiny", "messages": [{"role": "user", "content": "What is the capital of France?"}]});
+    let n = 300;
+    let (mut alone, mut whole) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    rt.block_on(async {
+        for i in 0..n + 20 {
+            let t = Instant::now();
+            Stub.generate(input.clone()).await.unwrap();
+            let a = t.elapsed();
+            let t = Instant::now();
+            let (run, code) = runner.prepare(&active, "answer", input.clone()).unwrap();
+            let done = runner.execute(run, code, active.clone()).await;
+            let b = t.elapsed();
+            assert_eq!(
+                done.state,
+                localaistack::control::workflows::RunState::Succeeded,
+                "{done:?}"
+            );
+            if i >= 20 {
+                alone.push(a);
+                whole.push(b);
+            }
+        }
+    });
+    alone.sort();
+    whole.sort();
+    println!(
+        "plugins: workflow overhead beyond its generation (guard → generate → suffix, durable record per node) x{n}: \
+         p50 {:?}, p99 {:?} (the generation alone, a stub: p50 {:?})",
+        percentile(&whole, 0.5).saturating_sub(percentile(&alone, 0.5)),
+        percentile(&whole, 0.99).saturating_sub(percentile(&alone, 0.99)),
+        percentile(&alone, 0.5),
+    );
 }

@@ -489,6 +489,10 @@ fn example_plugin_manifests_pin_the_committed_wasm() {
             "plugins/event_log_panel.html",
         ),
         ("plugins/npu-probe.plugin.yaml", "plugins/npu_probe.wasm"),
+        (
+            "plugins/workflow-demo.plugin.yaml",
+            "plugins/workflow_demo.wasm",
+        ),
     ] {
         let text = std::fs::read_to_string(repo(manifest)).unwrap();
         assert!(

@@ -111,6 +111,10 @@ pub struct ManifestSpec {
     /// `<stem>.plugin.json|toml` text-plugin contract).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compatibility: Option<Compatibility>,
+    /// Network hosts (`host` or `host:port`) the plugin's workflow `http` nodes ask to call; an
+    /// activation grants a subset in `networkGrants` (none by default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_requests: Vec<String>,
 }
 
 /// How an imported plugin maps onto this host (Loci's `compatibility` block).
@@ -253,6 +257,87 @@ pub struct Contributions {
     /// HTML panels for the web console (seam `uiHost`), each one of `runtime.artifacts`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ui_panels: Vec<UiPanel>,
+    /// `lasctl plugin run PLUGIN COMMAND` and `POST /api/v1/plugins/{name}/commands/{id}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<Command>,
+    /// Graphs of typed nodes run by `lasctl workflow run` (the `ai_agent` track).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workflows: Vec<Workflow>,
+    /// Node types this plugin's workflows may use (`type: <id>`), each an exported function.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub custom_nodes: Vec<CustomNode>,
+}
+
+/// A command: one exported function run on demand with arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Command {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    pub entry: String,
+    /// The subset of JSON Schema of `configSchema`, applied to the argument list (an array of
+    /// strings from the command line, any JSON array over HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args_schema: Option<serde_json::Value>,
+}
+
+/// A node type a plugin contributes to its own workflows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CustomNode {
+    pub id: String,
+    pub entry: String,
+    /// Checked against the `with` of every node of this type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_schema: Option<serde_json::Value>,
+}
+
+/// A workflow: typed nodes whose inputs are wired by name to the workflow's input or to other
+/// nodes' outputs. The graph must be acyclic; nodes run one at a time in topological order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Workflow {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub nodes: Vec<WorkflowNode>,
+    /// The node whose output is the run's output.
+    pub output: String,
+}
+
+/// One node: `type` is `generate`, `hook`, `command`, `http` or a `customNodes` id of the same
+/// plugin; `with` is its fixed parameters; `inputs` maps a parameter name to
+/// `$input[.path]` or `<nodeId>[.path]` (a dotted path into that JSON; array indexes are numbers).
+/// An input wins over a `with` entry of the same name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkflowNode {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub with: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, String>,
+}
+
+/// The built-in node types.
+pub const BUILTIN_NODE_TYPES: [&str; 4] = ["generate", "hook", "command", "http"];
+
+impl WorkflowNode {
+    /// The nodes this one reads from (`$input` excluded), in `inputs` order.
+    pub fn depends_on(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .inputs
+            .values()
+            .map(|r| r.split('.').next().unwrap_or_default())
+            .filter(|n| *n != "$input")
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
 }
 
 /// A hook on the daemon's `/v1` path.
@@ -444,6 +529,9 @@ pub enum Point {
     EventSink,
     HardwareProbe,
     UiPanel,
+    Command,
+    Workflow,
+    CustomNode,
 }
 
 impl Point {
@@ -457,13 +545,17 @@ impl Point {
             Point::EventSink => "eventSinks",
             Point::HardwareProbe => "hardwareProbes",
             Point::UiPanel => "uiPanels",
+            Point::Command => "commands",
+            Point::Workflow => "workflows",
+            Point::CustomNode => "customNodes",
         }
     }
     pub fn seam(self) -> Seam {
         match self {
             Point::InferenceHook | Point::SamplingProfile => Seam::Inference,
             Point::ModelSource | Point::ModelVerifier => Seam::Model,
-            Point::AdmissionCheck => Seam::PluginManager,
+            Point::AdmissionCheck | Point::Command => Seam::PluginManager,
+            Point::Workflow | Point::CustomNode => Seam::Workflow,
             Point::EventSink => Seam::EventBus,
             Point::HardwareProbe => Seam::Hardware,
             Point::UiPanel => Seam::UiHost,
@@ -558,6 +650,30 @@ impl ManifestSpec {
                 point: Point::UiPanel,
                 id: &p.id,
                 entry: None,
+                config_schema: None,
+            });
+        }
+        for x in &c.commands {
+            out.push(ContributionRef {
+                point: Point::Command,
+                id: &x.id,
+                entry: Some(&x.entry),
+                config_schema: None,
+            });
+        }
+        for w in &c.workflows {
+            out.push(ContributionRef {
+                point: Point::Workflow,
+                id: &w.id,
+                entry: None,
+                config_schema: None,
+            });
+        }
+        for n in &c.custom_nodes {
+            out.push(ContributionRef {
+                point: Point::CustomNode,
+                id: &n.id,
+                entry: Some(&n.entry),
                 config_schema: None,
             });
         }
@@ -686,6 +802,25 @@ impl ManifestSpec {
             }
         }
         self.validate_sinks_probes_panels(&names)?;
+        for (i, h) in self.network_requests.iter().enumerate() {
+            if !valid_host(h) {
+                return Err((
+                    format!("spec.networkRequests[{i}]"),
+                    format!("{h:?}: expected a host name or IP address, optionally with :port"),
+                ));
+            }
+        }
+        for (i, n) in self.contributes.custom_nodes.iter().enumerate() {
+            if BUILTIN_NODE_TYPES.contains(&n.id.as_str()) {
+                return Err((
+                    format!("spec.contributes.customNodes[{i}].id"),
+                    format!("{:?} is a built-in node type: choose another id", n.id),
+                ));
+            }
+        }
+        for (i, w) in self.contributes.workflows.iter().enumerate() {
+            self.validate_workflow(w, &format!("spec.contributes.workflows[{i}]"))?;
+        }
         if let Some(b) = &self.bootstrap {
             for (i, id) in b.activate.iter().enumerate() {
                 if !ids.contains(id.as_str()) {
@@ -776,6 +911,148 @@ impl ManifestSpec {
         Ok(())
     }
 
+    /// A workflow's nodes: ids unique, types known (built in or a custom node of this manifest),
+    /// the parameters each built-in type needs, every wiring reference resolvable, the output a
+    /// node. Cycles are found by the caller (`control::workflows::check_graphs`, the resolver's
+    /// Tarjan), which `api` may not call.
+    fn validate_workflow(&self, w: &Workflow, at: &str) -> Result<(), (String, String)> {
+        let mut ids = BTreeSet::new();
+        if w.nodes.is_empty() {
+            return Err((
+                format!("{at}.nodes"),
+                "a workflow needs at least one node".into(),
+            ));
+        }
+        for (j, n) in w.nodes.iter().enumerate() {
+            let valid = !n.id.is_empty()
+                && n.id.len() <= 63
+                && !n.id.starts_with('$')
+                && n.id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid {
+                return Err((
+                    format!("{at}.nodes[{j}].id"),
+                    format!("{:?}: expected letters, digits, '-' and '_'", n.id),
+                ));
+            }
+            if !ids.insert(n.id.as_str()) {
+                return Err((
+                    format!("{at}.nodes[{j}].id"),
+                    format!("node id {:?} appears twice", n.id),
+                ));
+            }
+        }
+        for (j, n) in w.nodes.iter().enumerate() {
+            let here = format!("{at}.nodes[{j}]");
+            let custom = self
+                .contributes
+                .custom_nodes
+                .iter()
+                .any(|c| c.id == n.type_);
+            if !BUILTIN_NODE_TYPES.contains(&n.type_.as_str()) && !custom {
+                let mut known: Vec<String> =
+                    BUILTIN_NODE_TYPES.iter().map(|s| s.to_string()).collect();
+                known.extend(self.contributes.custom_nodes.iter().map(|c| c.id.clone()));
+                return Err((
+                    format!("{here}.type"),
+                    format!(
+                        "unknown node type {:?}: expected one of {} (custom nodes of this plugin included)",
+                        n.type_,
+                        known.join(", ")
+                    ),
+                ));
+            }
+            for (name, r) in &n.inputs {
+                let (node, _) = r.split_once('.').unwrap_or((r.as_str(), ""));
+                if r.ends_with('.') || r.contains("..") {
+                    return Err((
+                        format!("{here}.inputs.{name}"),
+                        format!("{r:?}: expected $input[.path] or <nodeId>[.path]"),
+                    ));
+                }
+                if node == n.id {
+                    return Err((
+                        format!("{here}.inputs.{name}"),
+                        format!("{r:?}: a node cannot read its own output"),
+                    ));
+                }
+                if node != "$input" && !ids.contains(node) {
+                    return Err((
+                        format!("{here}.inputs.{name}"),
+                        format!(
+                            "{r:?} refers to no node: expected $input[.path] or one of {}",
+                            ids.iter().copied().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+            }
+            let has = |k: &str| n.with.contains_key(k) || n.inputs.contains_key(k);
+            let string_with = |k: &str| -> Result<(), (String, String)> {
+                match n.with.get(k) {
+                    Some(v) if v.is_string() => Ok(()),
+                    None if n.inputs.contains_key(k) => Ok(()),
+                    _ => Err((
+                        format!("{here}.with.{k}"),
+                        format!("a {} node needs {k} (a string)", n.type_),
+                    )),
+                }
+            };
+            match n.type_.as_str() {
+                "generate" => {
+                    string_with("model")?;
+                    if !has("prompt") && !has("messages") {
+                        return Err((
+                            format!("{here}.with"),
+                            "a generate node needs prompt or messages (in with or inputs)".into(),
+                        ));
+                    }
+                }
+                "hook" => {
+                    if !has("plugin") {
+                        string_with("activation")?;
+                    }
+                    string_with("contribution")?;
+                }
+                "command" => string_with("command")?,
+                "http" => {
+                    string_with("url")?;
+                    match n.with.get("method").and_then(|m| m.as_str()) {
+                        None | Some("GET") | Some("POST") => {}
+                        Some(m) => {
+                            return Err((
+                                format!("{here}.with.method"),
+                                format!("{m:?}: expected GET or POST"),
+                            ));
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(schema) = self
+                        .contributes
+                        .custom_nodes
+                        .iter()
+                        .find(|c| c.id == n.type_)
+                        .and_then(|c| c.config_schema.as_ref())
+                    {
+                        check_config(
+                            &serde_json::Value::Object(n.with.clone()),
+                            schema,
+                            &format!("{here}.with"),
+                        )?;
+                    }
+                }
+            }
+        }
+        if !ids.contains(w.output.as_str()) {
+            return Err((
+                format!("{at}.output"),
+                format!("{:?} is not a node of this workflow", w.output),
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether this host's plugin API satisfies the manifest's `hostApi`.
     pub fn compatible(&self) -> Result<(), String> {
         let req = semver::VersionReq::parse(&self.host_api).map_err(|e| e.to_string())?;
@@ -857,6 +1134,43 @@ pub struct PluginActivationSpec {
     /// Configuration handed to every call, checked against the contribution's `configSchema`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<serde_json::Value>,
+    /// Network hosts granted to the plugin's workflow `http` nodes: a subset of the manifest's
+    /// `networkRequests`. None by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_grants: Vec<String>,
+}
+
+/// `host` or `host:port`: a DNS name or an IP address (IPv6 in brackets with a port).
+pub fn valid_host(h: &str) -> bool {
+    let (host, port) = match h.rsplit_once(':') {
+        Some((a, p)) if !a.contains(':') || a.starts_with('[') => (a, Some(p)),
+        _ => (h, None),
+    };
+    if port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return false;
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    !host.is_empty()
+        && host.len() <= 253
+        && (host.parse::<std::net::IpAddr>().is_ok()
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+}
+
+/// Whether `grant` (`host` or `host:port`) allows a request to `host` on `port`.
+pub fn host_granted(grant: &str, host: &str, port: u16) -> bool {
+    let norm = |s: &str| {
+        s.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase()
+    };
+    match grant.rsplit_once(':') {
+        Some((g, p)) if !g.contains(':') || g.starts_with('[') => {
+            norm(g) == norm(host) && p.parse::<u16>().ok() == Some(port)
+        }
+        _ => norm(grant) == norm(host),
+    }
 }
 
 /// Per-call limits of a sandboxed contribution (unset: the host's defaults).
@@ -988,6 +1302,14 @@ impl PluginActivationSpec {
                 return Err((format!("spec.grants[{i}]"), format!("{c} appears twice")));
             }
         }
+        for (i, h) in self.network_grants.iter().enumerate() {
+            if !valid_host(h) {
+                return Err((
+                    format!("spec.networkGrants[{i}]"),
+                    format!("{h:?}: expected a host name or IP address, optionally with :port"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -1023,6 +1345,22 @@ impl PluginActivationSpec {
                         "grants {g}, which plugin {} does not request (it requests: {}): a grant must be one of the manifest's requests",
                         self.plugin_ref,
                         list(&manifest.requests)
+                    ),
+                ));
+            }
+        }
+        for (i, h) in self.network_grants.iter().enumerate() {
+            if !manifest.network_requests.contains(h) {
+                return Err((
+                    format!("spec.networkGrants[{i}]"),
+                    format!(
+                        "grants network host {h}, which plugin {} does not request (it requests: {}): a grant must be one of the manifest's networkRequests",
+                        self.plugin_ref,
+                        if manifest.network_requests.is_empty() {
+                            "none".to_string()
+                        } else {
+                            manifest.network_requests.join(", ")
+                        }
                     ),
                 ));
             }
@@ -1155,6 +1493,9 @@ pub struct PluginActivationStatus {
     /// What the manifest requests and this activation does not grant.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ungranted_requests: Vec<Capability>,
+    /// Network hosts granted and requested by the bound manifest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub effective_network_grants: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }

@@ -259,6 +259,7 @@ pub fn to_manifest(file: &str, c: &Contract) -> Result<(ObjectName, ManifestSpec
             ..Default::default()
         },
         requests: Vec::new(),
+        network_requests: Vec::new(),
         limits: None,
         bootstrap: None,
         compatibility: Some(Compatibility {

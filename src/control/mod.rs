@@ -17,3 +17,4 @@ pub mod resolver;
 pub mod retention;
 pub mod sources;
 pub mod store;
+pub mod workflows;

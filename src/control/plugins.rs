@@ -53,7 +53,10 @@ pub fn parse_manifest(file: &str, bytes: &[u8], digest: Sha256) -> Result<Manife
         &f,
         MANIFEST_API_VERSION,
         MANIFEST_KIND,
-        |m: &ManifestSpec| m.validate(),
+        |m: &ManifestSpec| {
+            m.validate()?;
+            crate::control::workflows::check_graphs(m)
+        },
     )?;
     if docs.len() != 1 {
         return Err(InputErrors(vec![InputError {
@@ -219,15 +222,17 @@ pub fn check_activations(
     }
 }
 
-/// A URI scheme is claimed by one activation only: two activations enabling `modelSources` for
-/// the same scheme (stored, or in this apply) are refused at the applied one's contribution.
+/// A URI scheme and a workflow name are each claimed by one activation only: two activations
+/// enabling `modelSources` for the same scheme, or workflows with the same id (stored, or in this
+/// apply), are refused at the applied one's contribution.
 fn scheme_conflicts(
     home: &LasHome,
     store: &Store,
     objects: &[Desired],
     applied: &BTreeMap<&str, &PluginSpec>,
 ) -> Vec<InputError> {
-    let schemes_of = |plugin: &str, contributions: &[String]| -> Vec<(usize, String)> {
+    // (contribution index, claim key): `scheme/<s>` or `workflow/<id>`.
+    let claims_of = |plugin: &str, contributions: &[String]| -> Vec<(usize, String)> {
         let stored = store.get(Kind::Plugin, plugin).ok();
         let spec = match (applied.get(plugin), &stored) {
             (Some(s), _) => (*s).clone(),
@@ -244,12 +249,17 @@ fn scheme_conflicts(
             .iter()
             .enumerate()
             .filter_map(|(i, id)| {
-                m.spec
-                    .contributes
-                    .model_sources
+                let c = &m.spec.contributes;
+                c.model_sources
                     .iter()
                     .find(|s| &s.id == id)
-                    .map(|s| (i, s.scheme.clone()))
+                    .map(|s| (i, format!("scheme/{}", s.scheme)))
+                    .or_else(|| {
+                        c.workflows
+                            .iter()
+                            .find(|w| &w.id == id)
+                            .map(|w| (i, format!("workflow/{}", w.id)))
+                    })
             })
             .collect()
     };
@@ -258,7 +268,7 @@ fn scheme_conflicts(
         .filter(|d| d.kind() == Kind::PluginActivation)
         .map(|d| d.name.as_str())
         .collect();
-    // scheme → the activation claiming it (stored ones not re-applied first).
+    // claim → the activation holding it (stored ones not re-applied first).
     let mut claims: BTreeMap<String, String> = BTreeMap::new();
     for o in store
         .list(Some(Kind::PluginActivation), &BTreeMap::new())
@@ -268,8 +278,8 @@ fn scheme_conflicts(
             continue;
         }
         if let Ok(Spec::PluginActivation(a)) = o.typed_spec() {
-            for (_, scheme) in schemes_of(a.plugin_ref.as_str(), &a.contributions) {
-                claims.entry(scheme).or_insert_with(|| o.name.to_string());
+            for (_, key) in claims_of(a.plugin_ref.as_str(), &a.contributions) {
+                claims.entry(key).or_insert_with(|| o.name.to_string());
             }
         }
     }
@@ -278,17 +288,22 @@ fn scheme_conflicts(
         let Spec::PluginActivation(a) = &d.spec else {
             continue;
         };
-        for (i, scheme) in schemes_of(a.plugin_ref.as_str(), &a.contributions) {
-            match claims.get(&scheme) {
-                Some(other) if other != d.name.as_str() => errors.push(at(
-                    d,
-                    &format!("spec.contributions[{i}]"),
-                    format!(
-                        "the scheme {scheme}:// is already resolved by plugin activation {other}: one activation per scheme"
-                    ),
-                )),
+        for (i, key) in claims_of(a.plugin_ref.as_str(), &a.contributions) {
+            match claims.get(&key) {
+                Some(other) if other != d.name.as_str() => {
+                    let message = match key.split_once('/') {
+                        Some(("scheme", scheme)) => format!(
+                            "the scheme {scheme}:// is already resolved by plugin activation {other}: one activation per scheme"
+                        ),
+                        _ => format!(
+                            "the workflow {} is already enabled by plugin activation {other}: workflow names are unique across activations",
+                            key.trim_start_matches("workflow/")
+                        ),
+                    };
+                    errors.push(at(d, &format!("spec.contributions[{i}]"), message))
+                }
                 _ => {
-                    claims.insert(scheme, d.name.to_string());
+                    claims.insert(key, d.name.to_string());
                 }
             }
         }
@@ -352,6 +367,13 @@ pub struct ActiveCode {
     pub content: bool,
     /// The manifest digest the activation is bound to (hardware probes cache by it).
     pub digest: String,
+    /// For workflows: the graph.
+    pub workflow: Option<crate::api::plugin::Workflow>,
+    /// For workflows: the plugin's custom node types (id, entry), run with this activation's
+    /// module, limits and config.
+    pub custom_nodes: Vec<(String, String)>,
+    /// Network hosts the activation grants (and the bound manifest requests), for `http` nodes.
+    pub network: Vec<String>,
 }
 
 /// Calls, failures and fuel of one activation, and its breaker.
@@ -560,6 +582,7 @@ impl PluginHost {
                 priority: 0,
                 scope: Scope::default(),
                 config: None,
+                network_grants: Vec::new(),
             };
             let module = match m.spec.runtime.type_ {
                 crate::api::plugin::PluginRuntimeType::Declarative => None,
@@ -570,7 +593,13 @@ impl PluginHost {
                 // Never implicitly: an exec plugin runs only where an activation names it.
                 crate::api::plugin::PluginRuntimeType::Exec => continue,
             };
-            out.extend(codes(&format!("{}/bootstrap", p.name), &spec, &m, module));
+            out.extend(codes(
+                &format!("{}/bootstrap", p.name),
+                &spec,
+                &m,
+                module,
+                Vec::new(),
+            ));
         }
         for o in objects
             .iter()
@@ -617,8 +646,13 @@ impl PluginHost {
                 }
             };
             let content = effective.contains(&crate::sandbox::Capability::Content);
+            let network: Vec<String> = o
+                .status
+                .get("effectiveNetworkGrants")
+                .and_then(|g| serde_json::from_value(g.clone()).ok())
+                .unwrap_or_default();
             out.extend(
-                codes(o.name.as_str(), &spec, &m, module)
+                codes(o.name.as_str(), &spec, &m, module, network)
                     .into_iter()
                     .map(|c| ActiveCode { content, ..c }),
             );
@@ -776,6 +810,7 @@ fn codes(
     spec: &PluginActivationSpec,
     m: &Manifest,
     module: Option<Arc<dyn Module>>,
+    network: Vec<String>,
 ) -> Vec<ActiveCode> {
     let mut limits = Limits::default();
     let l = m.spec.limits.clone().unwrap_or_default();
@@ -819,6 +854,9 @@ fn codes(
             panel: None,
             content: false,
             digest: m.digest.to_string(),
+            workflow: None,
+            custom_nodes: Vec::new(),
+            network: network.clone(),
         };
         if let Some(h) = c.inference_hooks.iter().find(|h| &h.id == id) {
             let mut a = base(Point::InferenceHook, &h.entry);
@@ -851,6 +889,19 @@ fn codes(
         } else if let Some(p) = c.ui_panels.iter().find(|p| &p.id == id) {
             let mut a = base(Point::UiPanel, "");
             a.panel = Some(p.clone());
+            out.push(a);
+        } else if let Some(x) = c.commands.iter().find(|x| &x.id == id) {
+            out.push(base(Point::Command, &x.entry));
+        } else if let Some(n) = c.custom_nodes.iter().find(|n| &n.id == id) {
+            out.push(base(Point::CustomNode, &n.entry));
+        } else if let Some(w) = c.workflows.iter().find(|w| &w.id == id) {
+            let mut a = base(Point::Workflow, "");
+            a.workflow = Some(w.clone());
+            a.custom_nodes = c
+                .custom_nodes
+                .iter()
+                .map(|n| (n.id.clone(), n.entry.clone()))
+                .collect();
             out.push(a);
         }
     }
@@ -1001,14 +1052,17 @@ pub fn seam_doc(seam: crate::api::plugin::Seam) -> (&'static [&'static str], &'s
             &["hardwareProbes"],
             "probes add facts to the hardware profile under plugins.<plugin>.<probe> (policies use them in when); a failing probe is a note",
         ),
-        Workflow => (&[], "workflows come with the ai_agent track (next issue)"),
+        Workflow => (
+            &["workflows", "customNodes"],
+            "graphs of generate, hook, command, http and custom nodes, run by lasctl workflow run; each run recorded in the store",
+        ),
         EventBus => (
             &["eventSinks"],
             "every recorded event through a bounded queue per activation (oldest dropped, counted); metadata only unless content is granted; sinks fail open",
         ),
         PluginManager => (
-            &["admissionChecks"],
-            "admission checks at apply; the plugin manager itself, the store and the runtime are the trust root and are not pluggable",
+            &["admissionChecks", "commands"],
+            "admission checks at apply; commands run by lasctl plugin run; the plugin manager itself, the store and the runtime are the trust root and are not pluggable",
         ),
         UiHost => (
             &["uiPanels"],
@@ -1092,6 +1146,7 @@ pub fn inventory(
                 "boundDigest": o.status["boundDigest"],
                 "exec": o.status["exec"],
                 "unsandboxed": o.condition("Unsandboxed").is_some_and(|(s, _, _)| s == crate::api::ConditionStatus::True),
+                "networkGrants": o.status["effectiveNetworkGrants"],
                 "ready": o.condition("Ready").map(|(s, r, _)| format!("{} ({r})", s.as_str())),
                 "granted": o.condition("Granted").map(|(s, r, _)| format!("{} ({r})", s.as_str())),
             })

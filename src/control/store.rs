@@ -152,6 +152,19 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE events ADD COLUMN source TEXT;
     "#,
+    // 4: workflow runs, each a JSON record rewritten as it progresses (control::workflows).
+    r#"
+    CREATE TABLE workflow_runs (
+        id TEXT PRIMARY KEY,
+        workflow TEXT NOT NULL,
+        plugin TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX workflow_runs_by_workflow ON workflow_runs(workflow, created_at);
+    CREATE INDEX workflow_runs_by_state ON workflow_runs(state);
+    "#,
 ];
 
 /// An object as stored.
@@ -1409,6 +1422,66 @@ impl Store {
         self.conn
             .execute("DELETE FROM records WHERE key = ?1", [key])?;
         Ok(())
+    }
+
+    // ---- workflow runs (records of control::workflows) ----
+
+    /// Writes a workflow run's record (inserted or replaced whole); `record` carries `id`,
+    /// `workflow`, `plugin`, `state` and `createdAt`.
+    pub fn put_workflow_run(&mut self, record: &Value) -> Result<()> {
+        let field = |k: &str| record.get(k).and_then(Value::as_str).unwrap_or_default();
+        self.conn.execute(
+            "INSERT INTO workflow_runs (id, workflow, plugin, state, created_at, record)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, record = excluded.record",
+            params![
+                field("id"),
+                field("workflow"),
+                field("plugin"),
+                field("state"),
+                field("createdAt"),
+                json_text(record)
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn workflow_run(&self, id: &str) -> Result<Option<Value>> {
+        let s: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT record FROM workflow_runs WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(s.and_then(|s| serde_json::from_str(&s).ok()))
+    }
+
+    /// Runs, newest first, of one workflow or all, or only those in `states`; at most `limit`.
+    pub fn workflow_runs(
+        &self,
+        workflow: Option<&str>,
+        states: &[&str],
+        limit: usize,
+    ) -> Result<Vec<Value>> {
+        let states = json_text(&states);
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT record FROM workflow_runs
+             WHERE (?1 IS NULL OR workflow = ?1)
+               AND (?2 = '[]' OR state IN (SELECT value FROM json_each(?2)))
+             ORDER BY created_at DESC, id DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![workflow, states, limit as i64], |r| {
+            r.get::<_, String>(0)
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let Ok(v) = serde_json::from_str(&r?) {
+                out.push(v);
+            }
+        }
+        Ok(out)
     }
 
     /// The raw connection, for the runtime's own tables (`native_processes`).

@@ -312,11 +312,21 @@ impl PluginActivationReconciler {
                 .filter(|c| !old.spec.requests.contains(c) && !spec.grants.contains(c))
                 .copied()
                 .collect();
-            if !new_caps.is_empty() {
+            let new_hosts: Vec<&String> = manifest
+                .spec
+                .network_requests
+                .iter()
+                .filter(|h| {
+                    !old.spec.network_requests.contains(h) && !spec.network_grants.contains(h)
+                })
+                .collect();
+            if !new_caps.is_empty() || !new_hosts.is_empty() {
+                let mut asked: Vec<String> = new_caps.iter().map(|c| c.to_string()).collect();
+                asked.extend(new_hosts.iter().map(|h| format!("network host {h}")));
                 let message = format!(
                     "plugin {plugin_name} {} requests {} beyond what this activation grants; {} keeps serving until the grants include it",
                     manifest.spec.version,
-                    crate::api::plugin::list(&new_caps),
+                    asked.join(", "),
                     old.spec.version
                 );
                 let o = obj.clone();
@@ -402,9 +412,15 @@ impl PluginActivationReconciler {
             .and_then(|h| h.stats().get(obj.name.as_str()).cloned())
             .unwrap_or_default();
         let open = stats.breaker == "open";
+        let network: Vec<&String> = spec
+            .network_grants
+            .iter()
+            .filter(|h| manifest.spec.network_requests.contains(h))
+            .collect();
         let fields = json!({
             "boundDigest": digest,
             "effectiveGrants": effective,
+            "effectiveNetworkGrants": network,
             "ungrantedRequests": ungranted,
             "stats": {"calls": stats.calls, "failures": stats.failures, "fuelP50": stats.fuel_p50,
                       "fuelP95": stats.fuel_p95, "breaker": if open { "open" } else { "closed" },

@@ -252,7 +252,17 @@ async fn serve(args: DaemonArgs) -> Result<(), CliError> {
             return Err(err(format!("--watch {}: not a directory", d.display())));
         }
     }
-    let store = SharedStore::new(Store::open(&home.state_db())?);
+    let mut opened = Store::open(&home.state_db())?;
+    // Workflow runs a dead daemon left in flight are finished records before anyone can ask.
+    match crate::control::workflows::fail_interrupted(&mut opened) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            runs = n,
+            "workflow runs interrupted by the restart marked Failed"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot mark interrupted workflow runs"),
+    }
+    let store = SharedStore::new(opened);
     lock.record_db(&home.state_db())?;
     let db_identity = db_identity(&home.state_db());
     let models = ModelStore::open(&home).map_err(err)?;

@@ -33,6 +33,7 @@ mod ui;
 mod verbs;
 mod wait;
 mod watch;
+mod workflow;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -196,6 +197,9 @@ pub enum Command {
     /// Plugins: list, describe, inventory (by seam), test one contribution, grants.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Workflows of active plugins: list, run NAME --input FILE, runs [NAME], get RUN.
+    #[command(subcommand)]
+    Workflow(workflow::WorkflowCommand),
     /// Print a one-time link that signs a browser into the daemon's web console.
     Ui,
     /// Print version information.

@@ -39,9 +39,30 @@ pub enum PluginCommand {
     /// Print the plugin manifest a legacy `<stem>.plugin.json|toml` text-plugin contract maps
     /// to (the executable beside it is hashed when the contract pins none). Reads only FILE.
     Import { file: std::path::PathBuf },
+    /// Run a command of a Plugin through the daemon (the activation that enables it); prints
+    /// the output's `text`, else its JSON. Recorded as an event on the activation.
+    Run {
+        plugin: String,
+        command: String,
+        /// Handed to the command as a JSON array of strings.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+        /// json or yaml: the whole answer (plugin, command, activation, output).
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
 }
 
 pub fn run(c: PluginCommand) -> Result<(), CliError> {
+    if let PluginCommand::Run {
+        plugin,
+        command,
+        args,
+        output,
+    } = &c
+    {
+        return super::workflow::run_command(plugin, command, args, *output);
+    }
     if let PluginCommand::Import { file } = &c {
         let yaml = crate::control::legacy_plugins::import(file)?;
         print!("{yaml}");
@@ -132,6 +153,7 @@ pub fn run(c: PluginCommand) -> Result<(), CliError> {
                     )?;
                 }
             }
+            describe_flows(&mut out, &o)?;
             writeln!(out, "Activations:")?;
             grants_table(&mut out, &o, &activations(&name))?;
         }
@@ -231,8 +253,70 @@ pub fn run(c: PluginCommand) -> Result<(), CliError> {
             .map_err(CliError::Usage)?;
             writeln!(out, "{}", serde_json::to_string_pretty(&r).expect("json"))?;
         }
-        // Handled above, without a store.
-        PluginCommand::Import { .. } => {}
+        PluginCommand::Import { .. } | PluginCommand::Run { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+/// Commands, custom nodes and workflows of a Ready Plugin's verified manifest.
+fn describe_flows(out: &mut impl Write, plugin: &StoredObject) -> Result<(), CliError> {
+    let Some(m) = plugin.status["digest"].as_str().and_then(|d| {
+        crate::control::plugins::read_manifest_blob(
+            &LasHome::from_env().ok()?,
+            d,
+            plugin.name.as_str(),
+        )
+    }) else {
+        return Ok(());
+    };
+    let c = &m.spec.contributes;
+    if !m.spec.network_requests.is_empty() {
+        writeln!(
+            out,
+            "Network requests: {}",
+            m.spec.network_requests.join(", ")
+        )?;
+    }
+    if !c.commands.is_empty() {
+        writeln!(out, "Commands:")?;
+        for x in &c.commands {
+            writeln!(
+                out,
+                "  {} ({}){}",
+                x.id,
+                x.entry,
+                x.title
+                    .as_ref()
+                    .map(|t| format!(": {t}"))
+                    .unwrap_or_default()
+            )?;
+        }
+    }
+    if !c.custom_nodes.is_empty() {
+        writeln!(out, "Custom nodes:")?;
+        for n in &c.custom_nodes {
+            writeln!(out, "  {} ({})", n.id, n.entry)?;
+        }
+    }
+    if !c.workflows.is_empty() {
+        writeln!(out, "Workflows:")?;
+        for w in &c.workflows {
+            let nodes: Vec<String> = crate::control::workflows::order(w)
+                .iter()
+                .map(|n| format!("{}:{}", n.id, n.type_))
+                .collect();
+            writeln!(
+                out,
+                "  {}: {} (output {}){}",
+                w.id,
+                nodes.join(" → "),
+                w.output,
+                w.description
+                    .as_ref()
+                    .map(|d| format!(" — {d}"))
+                    .unwrap_or_default()
+            )?;
+        }
     }
     Ok(())
 }

@@ -56,6 +56,7 @@ pub fn dispatch(cmd: Command) -> Result<ExitCode, CliError> {
         Command::Logs(a) => super::logs::run(a).and(ok),
         Command::Ui => super::ui::run().and(ok),
         Command::Plugin(c) => super::plugin::run(c).and(ok),
+        Command::Workflow(c) => super::workflow::run(c).and(ok),
         Command::Version => {
             println!(
                 "lasctl {} (apiVersion {API_VERSION}, built-in engine: {})",

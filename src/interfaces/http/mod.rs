@@ -27,6 +27,7 @@ pub mod openapi;
 pub mod ps;
 mod resources;
 mod ui;
+mod workflows;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -224,6 +225,21 @@ pub fn router(ctx: ApiContext) -> Router {
             get(resources::plugin_inventory),
         )
         .route("/api/v1/plugins/{name}/test", post(resources::plugin_test))
+        .route(
+            "/api/v1/plugins/{name}/commands",
+            get(workflows::list_commands),
+        )
+        .route(
+            "/api/v1/plugins/{name}/commands/{id}",
+            post(workflows::run_command),
+        )
+        .route("/api/v1/workflows", get(workflows::list_workflows))
+        .route(
+            "/api/v1/workflows/{name}/runs",
+            get(workflows::list_runs).post(workflows::start_run),
+        )
+        .route("/api/v1/workflow-runs", get(workflows::list_all_runs))
+        .route("/api/v1/workflow-runs/{id}", get(workflows::get_run))
         .route("/api/v1/ui/logins", post(ui::new_login))
         .route("/ui/", get(ui::index))
         .route("/ui/login", get(ui::login))

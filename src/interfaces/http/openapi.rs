@@ -30,6 +30,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/ui/login"),
     ("get", "/api/v1/plugins/inventory"),
     ("post", "/api/v1/plugins/{name}/test"),
+    ("get", "/api/v1/plugins/{name}/commands"),
+    ("post", "/api/v1/plugins/{name}/commands/{id}"),
+    ("get", "/api/v1/workflows"),
+    ("get", "/api/v1/workflows/{name}/runs"),
+    ("post", "/api/v1/workflows/{name}/runs"),
+    ("get", "/api/v1/workflow-runs"),
+    ("get", "/api/v1/workflow-runs/{id}"),
 ];
 
 fn op(summary: &str, params: Value, responses: Value) -> Value {
@@ -69,6 +76,102 @@ fn yaml_body() -> Value {
 
 /// The document.
 pub fn document() -> Value {
+    let mut doc = base_document();
+    let paths = doc["paths"].as_object_mut().expect("paths");
+    for (p, v) in flow_paths() {
+        paths.insert(p.to_string(), v);
+    }
+    doc["components"]["schemas"]["WorkflowRun"] = workflow_run_schema();
+    doc
+}
+
+/// Commands and workflows (`interfaces/http/workflows.rs`).
+fn flow_paths() -> Vec<(&'static str, Value)> {
+    let run_ref = json!({"$ref": "#/components/schemas/WorkflowRun"});
+    let runs = json_ok(
+        "runs, newest first",
+        json!({"type": "object", "properties": {"kind": {"const": "List"}, "items": {"type": "array", "items": run_ref.clone()}}}),
+    );
+    let limit = query_param("limit", "integer", "at most this many (default 100)");
+    vec![
+        (
+            "/api/v1/plugins/{name}/commands",
+            json!({"get": op(
+                "The commands a Plugin's manifest contributes, with the activation that enables each (null: none)",
+                json!([path_param("name", "the Plugin")]),
+                json!({
+                    "200": json_ok("the commands", json!({"type": "object", "properties": {"plugin": {"type": "string"}, "ready": {"type": "boolean"}, "commands": {"type": "array"}}})),
+                    "404": status_ref("no such Plugin"),
+                }),
+            )}),
+        ),
+        (
+            "/api/v1/plugins/{name}/commands/{id}",
+            json!({"post": {
+                "summary": "Run a command of a Plugin through the Ready activation that enables it (recorded as a CommandRun or CommandFailed event on it)",
+                "parameters": [path_param("name", "the Plugin"), path_param("id", "the command id")],
+                "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "properties": {"args": {"type": "array"}}}}}},
+                "responses": {
+                    "200": json_ok("the command's output", json!({"type": "object", "properties": {"plugin": {"type": "string"}, "command": {"type": "string"}, "activation": {"type": "string"}, "output": {}}})),
+                    "400": status_ref("bad body, args its schema refuses, or the command failed"),
+                    "404": status_ref("no such Plugin or command"),
+                    "409": status_ref("the command is not enabled by a Ready activation, or the Plugin is not Ready"),
+                },
+            }}),
+        ),
+        (
+            "/api/v1/workflows",
+            json!({"get": op(
+                "The workflows of Ready activations, with their nodes in run order",
+                json!([]),
+                json!({"200": json_ok("the workflows", json!({"type": "object", "properties": {"items": {"type": "array"}}}))}),
+            )}),
+        ),
+        (
+            "/api/v1/workflows/{name}/runs",
+            json!({
+                "get": op("The recorded runs of a workflow (kept across restarts)", json!([path_param("name", "the workflow"), limit.clone()]), json!({"200": runs.clone()})),
+                "post": {
+                    "summary": "Run a workflow: waits and answers the finished run, or with wait=false answers the Pending run at once",
+                    "parameters": [path_param("name", "the workflow"), query_param("wait", "boolean", "false: answer 202 with the run id at once (default true)")],
+                    "requestBody": {"required": false, "content": {"application/json": {"schema": {"type": "object", "properties": {"input": {"type": "object"}}}}}},
+                    "responses": {
+                        "200": json_ok("the finished run (Succeeded or Failed)", run_ref.clone()),
+                        "202": json_ok("the run, Pending, running on", run_ref.clone()),
+                        "400": status_ref("bad body"),
+                        "404": status_ref("no active workflow of that name"),
+                    },
+                },
+            }),
+        ),
+        (
+            "/api/v1/workflow-runs",
+            json!({"get": op("Every recorded workflow run, newest first", json!([limit]), json!({"200": runs}))}),
+        ),
+        (
+            "/api/v1/workflow-runs/{id}",
+            json!({"get": op(
+                "One workflow run: state, input, output, and each node's state, output, timing and error",
+                json!([path_param("id", "the run id")]),
+                json!({"200": json_ok("the run", run_ref), "404": status_ref("no such run")}),
+            )}),
+        ),
+    ]
+}
+
+fn workflow_run_schema() -> Value {
+    json!({"type": "object", "required": ["id", "workflow", "plugin", "activation", "state", "nodes"], "properties": {
+        "id": {"type": "string"}, "workflow": {"type": "string"}, "plugin": {"type": "string"}, "activation": {"type": "string"},
+        "state": {"enum": ["Pending", "Running", "Succeeded", "Failed"]}, "input": {}, "output": {}, "error": {"type": "string"},
+        "createdAt": {"type": "string"}, "finishedAt": {"type": "string"}, "durationMs": {"type": "integer"},
+        "nodes": {"type": "array", "items": {"type": "object", "properties": {
+            "id": {"type": "string"}, "type": {"type": "string"}, "state": {"enum": ["Pending", "Running", "Succeeded", "Failed"]},
+            "startedAt": {"type": "string"}, "finishedAt": {"type": "string"}, "durationMs": {"type": "integer"}, "output": {}, "error": {"type": "string"},
+        }}},
+    }})
+}
+
+fn base_document() -> Value {
     let kind = path_param(
         "kind",
         "model, module or policy (singular, plural or capitalized)",

@@ -61,6 +61,8 @@ pub(crate) enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl IntoResponse for ApiError {
@@ -98,6 +100,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::NotFound(_) => {
                 status_body(StatusCode::NOT_FOUND, "NotFound", &msg, None).into_response()
+            }
+            ApiError::Conflict(_) => {
+                status_body(StatusCode::CONFLICT, "Conflict", &msg, None).into_response()
             }
             ApiError::Forbidden(_) => {
                 status_body(StatusCode::FORBIDDEN, "Forbidden", &msg, None).into_response()
