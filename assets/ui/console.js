@@ -1,0 +1,66 @@
+// The web console's script: live fragments over one server-sent event stream per tab.
+// Pages work without it (reading and forms); with it, parts marked data-live refresh on change.
+(function () {
+  "use strict";
+  var live = document.querySelectorAll("[data-live]");
+  var state = document.getElementById("live-state");
+  var meta = document.querySelector('meta[name="las-version"]');
+  var version = meta ? meta.getAttribute("content") : "";
+  var source = null;
+  var fetching = false;
+  var again = false;
+
+  function show(on) {
+    if (!state) return;
+    state.textContent = state.getAttribute(on ? "data-on" : "data-off");
+    state.className = on ? "on" : "";
+    document.documentElement.setAttribute("data-live-state", on ? "on" : "off");
+  }
+
+  // Re-fetches every stale fragment of this page (`?fragment=live`), one request at a time.
+  function refresh() {
+    if (fetching) { again = true; return; }
+    fetching = true;
+    var url = new URL(window.location.href);
+    url.searchParams.set("fragment", "live");
+    fetch(url.toString(), { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
+      .then(function (html) {
+        live.forEach(function (el) {
+          el.innerHTML = html;
+          el.classList.remove("stale");
+        });
+        document.documentElement.setAttribute("data-refreshed", String(Date.now()));
+      })
+      .catch(function () {})
+      .then(function () {
+        fetching = false;
+        if (again) { again = false; refresh(); }
+      });
+  }
+
+  function open() {
+    if (source || live.length === 0) return;
+    var url = "/ui/stream" + (version ? "?since=" + encodeURIComponent(version) : "");
+    source = new EventSource(url);
+    source.addEventListener("open", function () { show(true); });
+    source.addEventListener("changed", function (e) {
+      version = e.lastEventId || version;
+      live.forEach(function (el) { el.classList.add("stale"); });
+      refresh();
+    });
+    source.addEventListener("error", function () { show(false); });
+  }
+
+  function close() {
+    if (source) { source.close(); source = null; }
+    show(false);
+  }
+
+  // Hidden tabs hold no connection (browsers allow six per origin); on return the stream
+  // resumes after the last change it saw, and a missed change refreshes at once.
+  document.addEventListener("visibilitychange", function () {
+    if (document.hidden) close(); else open();
+  });
+  if (!document.hidden) open();
+})();
