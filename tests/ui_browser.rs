@@ -90,7 +90,10 @@ impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
         base_url: &url::Url,
         session_id: Option<&str>,
     ) -> Result<url::Url, url::ParseError> {
-        base_url.join(&format!("session/{}/se/log", session_id.unwrap_or_default()))
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
     }
 
     fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
@@ -272,7 +275,11 @@ fn ui_console_in_chromium_for_every_locale() {
                 .execute("return document.documentElement.lang", vec![])
                 .await
                 .unwrap();
-            assert_eq!(html_lang, json!(tag), "{lang}: the language comes from Accept-Language");
+            assert_eq!(
+                html_lang,
+                json!(tag),
+                "{lang}: the language comes from Accept-Language"
+            );
 
             // Every page, with a screenshot; requests stay on 127.0.0.1.
             for (name, path) in PAGES {
@@ -304,11 +311,16 @@ fn ui_console_in_chromium_for_every_locale() {
             let t0 = Instant::now();
             api.apply(&model_doc(&name, gguf.to_str().unwrap())).await;
             let css = format!("tr[data-object=\"models/{name}\"]");
-            wait_for("the applied model in the table", Duration::from_secs(10), || async {
-                c.find(Locator::Css(&css)).await.is_ok()
-            })
+            wait_for(
+                "the applied model in the table",
+                Duration::from_secs(10),
+                || async { c.find(Locator::Css(&css)).await.is_ok() },
+            )
             .await;
-            eprintln!("{lang}: store change -> fragment shown in {:?}", t0.elapsed());
+            eprintln!(
+                "{lang}: store change -> fragment shown in {:?}",
+                t0.elapsed()
+            );
             assert_eq!(
                 c.execute("return window.__noReload", vec![]).await.unwrap(),
                 json!(1),
@@ -329,22 +341,43 @@ fn ui_console_in_chromium_for_every_locale() {
             .await
             .unwrap();
             shot(&c, &format!("{short}-rollback-confirm")).await;
-            assert_eq!(generations(&env), before, "the confirmation records nothing");
+            assert_eq!(
+                generations(&env),
+                before,
+                "the confirmation records nothing"
+            );
             c.find(Locator::Id("confirm-rollback"))
                 .await
                 .unwrap()
                 .click()
                 .await
                 .unwrap();
-            wait_for("the history after the rollback", Duration::from_secs(10), || async {
-                c.current_url().await.unwrap().query().unwrap_or_default().contains("done=")
-            })
+            wait_for(
+                "the history after the rollback",
+                Duration::from_secs(10),
+                || async {
+                    c.current_url()
+                        .await
+                        .unwrap()
+                        .query()
+                        .unwrap_or_default()
+                        .contains("done=")
+                },
+            )
             .await;
             let after = generations(&env);
-            assert_eq!(after.len(), before.len() + 1, "{lang}: exactly one new generation");
+            assert_eq!(
+                after.len(),
+                before.len() + 1,
+                "{lang}: exactly one new generation"
+            );
             assert!(!api.exists("models", &name).await, "{lang}: rolled back");
             tokio::time::sleep(Duration::from_millis(500)).await;
-            assert_eq!(generations(&env).len(), after.len(), "and no more after it settles");
+            assert_eq!(
+                generations(&env).len(),
+                after.len(),
+                "and no more after it settles"
+            );
 
             // The plan page refuses a model that does not fit.
             c.goto(&format!("{base}/ui/plan")).await.unwrap();
@@ -363,7 +396,10 @@ fn ui_console_in_chromium_for_every_locale() {
             let refusals = text_of(&c, "#refusals").await;
             assert!(refusals.contains("model/huge"), "{lang}: {refusals}");
             shot(&c, &format!("{short}-plan-refused")).await;
-            assert!(!api.exists("models", "huge").await, "a plan records nothing");
+            assert!(
+                !api.exists("models", "huge").await,
+                "a plan records nothing"
+            );
 
             // The playground gets a reply from the tiny model.
             c.goto(&format!("{base}/ui/playground")).await.unwrap();
@@ -409,12 +445,21 @@ fn ui_console_in_chromium_for_every_locale() {
             .click()
             .await
             .unwrap();
-        assert!(api.exists("models", "nojs").await, "applied without JavaScript");
-        c.goto(&format!("{base}/ui/resources?q=nojs&sort=-name")).await.unwrap();
+        assert!(
+            api.exists("models", "nojs").await,
+            "applied without JavaScript"
+        );
+        c.goto(&format!("{base}/ui/resources?q=nojs&sort=-name"))
+            .await
+            .unwrap();
         c.find(Locator::Css("tr[data-object=\"models/nojs\"]"))
             .await
             .expect("the filter form's query finds it");
-        assert!(c.find(Locator::Css("tr[data-object=\"modules/chat\"]")).await.is_err());
+        assert!(
+            c.find(Locator::Css("tr[data-object=\"modules/chat\"]"))
+                .await
+                .is_err()
+        );
         let before = generations(&env);
         c.goto(&format!("{base}/ui/history")).await.unwrap();
         c.find(Locator::Css(&format!(

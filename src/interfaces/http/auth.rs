@@ -440,8 +440,7 @@ pub fn check(
                 ));
             }
         }
-        if req.method() != Method::DELETE && !write_content_type_ok(headers) && !console_form(req)
-        {
+        if req.method() != Method::DELETE && !write_content_type_ok(headers) && !console_form(req) {
             return Err((
                 Refusal::ContentType,
                 "send the body as application/json or application/yaml".into(),

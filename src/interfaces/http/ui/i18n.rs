@@ -59,29 +59,6 @@ pub const KNOWN_REASONS: &[&str] = &[
     "Resumed",
 ];
 
-/// Keys built at run time from a value: (prefix, the values there are). `status-` from a
-/// condition's status, `action-` from a plan action, `change-` from an apply's outcome,
-/// `revision-` from an object's history.
-pub const DYNAMIC_KEYS: &[(&str, &[&str])] = &[
-    ("status-", &["true", "false", "unknown"]),
-    (
-        "action-",
-        &[
-            "downloadmodel",
-            "pullimage",
-            "createcontainer",
-            "startprocess",
-            "stop",
-            "remove",
-        ],
-    ),
-    (
-        "change-",
-        &["created", "configured", "unchanged", "pruned", "deleted"],
-    ),
-    ("revision-", &["created", "changed", "deleted", "present"]),
-];
-
 impl Lang {
     pub fn code(self) -> &'static str {
         match self {
@@ -173,8 +150,7 @@ fn bundles() -> &'static [(Lang, Bundle)] {
                     // A test parses every file strictly; at run time the good entries still serve.
                     Err((r, _)) => r,
                 };
-                let id: unic_langid::LanguageIdentifier =
-                    lang.tag().parse().unwrap_or_default();
+                let id: unic_langid::LanguageIdentifier = lang.tag().parse().unwrap_or_default();
                 let mut b = FluentBundle::new_concurrent(vec![id]);
                 b.set_use_isolating(false);
                 let _ = b.add_resource(res);
@@ -222,9 +198,9 @@ impl Tr {
     }
 
     /// A message with one number `$count` (plural rules of the locale: CLDR).
-    pub fn n(&self, key: &str, count: u64) -> String {
+    pub fn n(&self, key: &str, count: impl std::borrow::Borrow<u64>) -> String {
         let mut a = FluentArgs::new();
-        a.set("count", FluentValue::from(count));
+        a.set("count", FluentValue::from(*count.borrow()));
         message(self.lang, key, Some(&a))
     }
 
@@ -249,6 +225,29 @@ impl Tr {
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
+
+    /// Keys built at run time from a value: (prefix, the values there are). `status-` from a
+    /// condition's status, `action-` from a plan action, `change-` from an apply's outcome,
+    /// `revision-` from an object's history.
+    const DYNAMIC_KEYS: &[(&str, &[&str])] = &[
+        ("status-", &["true", "false", "unknown"]),
+        (
+            "action-",
+            &[
+                "downloadmodel",
+                "pullimage",
+                "createcontainer",
+                "startprocess",
+                "stop",
+                "remove",
+            ],
+        ),
+        (
+            "change-",
+            &["created", "configured", "unchanged", "pruned", "deleted"],
+        ),
+        ("revision-", &["created", "changed", "deleted", "present"]),
+    ];
 
     fn keys(text: &str) -> BTreeSet<String> {
         assert!(
@@ -326,14 +325,20 @@ mod tests {
     #[test]
     fn every_locale_has_every_key_and_no_unused_one() {
         let en = keys(SOURCES[0].1);
-        let missing_en: Vec<_> = looked_up().into_iter().filter(|k| !en.contains(k)).collect();
+        let missing_en: Vec<_> = looked_up()
+            .into_iter()
+            .filter(|k| !en.contains(k))
+            .collect();
         assert!(
             missing_en.is_empty(),
             "keys looked up but missing in en: {missing_en:?}"
         );
         let used = maybe_used();
         let unused: Vec<_> = en.difference(&used).collect();
-        assert!(unused.is_empty(), "keys in en that nothing uses: {unused:?}");
+        assert!(
+            unused.is_empty(),
+            "keys in en that nothing uses: {unused:?}"
+        );
         for (lang, text) in &SOURCES[1..] {
             let k = keys(text);
             let missing: Vec<_> = en.difference(&k).collect();
@@ -347,7 +352,10 @@ mod tests {
     fn language_comes_from_query_then_cookie_then_accept_language() {
         assert_eq!(negotiate(Some("de"), Some("zh"), Some("en")), Lang::De);
         assert_eq!(negotiate(Some("xx"), Some("zh"), Some("de")), Lang::Zh);
-        assert_eq!(negotiate(None, None, Some("fr, de;q=0.8, zh;q=0.9")), Lang::Zh);
+        assert_eq!(
+            negotiate(None, None, Some("fr, de;q=0.8, zh;q=0.9")),
+            Lang::Zh
+        );
         assert_eq!(negotiate(None, None, Some("zh-CN,zh;q=0.9")), Lang::Zh);
         assert_eq!(negotiate(None, None, Some("fr, ja")), Lang::En);
         assert_eq!(negotiate(None, None, None), Lang::En);
@@ -357,7 +365,10 @@ mod tests {
     fn missing_keys_fall_back_to_english_or_show_a_marker() {
         let tr = Tr { lang: Lang::De };
         assert_eq!(tr.t("no-such-key-anywhere"), "⚠no-such-key-anywhere⚠");
-        assert_ne!(tr.t("nav-overview"), Tr { lang: Lang::En }.t("nav-overview"));
+        assert_ne!(
+            tr.t("nav-overview"),
+            Tr { lang: Lang::En }.t("nav-overview")
+        );
         assert!(Tr { lang: Lang::Pseudo }.t("nav-overview").starts_with('⟦'));
         // Plurals follow the locale's rules.
         let en = Tr { lang: Lang::En };

@@ -34,9 +34,6 @@ use i18n::{LANG_COOKIE, Lang, Tr};
 
 pub(super) use door::new_login;
 
-/// The form field a console form carries the session's anti-forgery token in.
-pub const CSRF_FIELD: &str = "_csrf";
-
 /// The console's routes (the door, pages, actions, the live stream and the assets).
 pub(super) fn routes() -> Router<ApiContext> {
     Router::new()
@@ -224,7 +221,10 @@ mod tests {
             .oneshot(
                 Request::post("/api/v1/apply")
                     .header(header::CONTENT_TYPE, "application/yaml")
-                    .header(header::AUTHORIZATION, format!("Bearer {}", token.unwrap_or("")))
+                    .header(
+                        header::AUTHORIZATION,
+                        format!("Bearer {}", token.unwrap_or("")),
+                    )
                     .body(Body::from(DOCS))
                     .unwrap(),
             )
@@ -268,7 +268,10 @@ mod tests {
             if skip.is_none() && !text.trim().is_empty() {
                 out.push(text.trim().to_string());
             }
-            let gt = rest[lt..].find('>').map(|g| lt + g).unwrap_or(rest.len() - 1);
+            let gt = rest[lt..]
+                .find('>')
+                .map(|g| lt + g)
+                .unwrap_or(rest.len() - 1);
             let tag = &rest[lt + 1..gt];
             let name: String = tag
                 .trim_start_matches('/')
@@ -282,10 +285,12 @@ mod tests {
                     && ["pre", "code", "time", "script", "style", "title"]
                         .contains(&name.as_str()) =>
                 {
-                    skip = Some(["pre", "code", "time", "script", "style", "title"]
-                        .into_iter()
-                        .find(|n| *n == name)
-                        .unwrap());
+                    skip = Some(
+                        ["pre", "code", "time", "script", "style", "title"]
+                            .into_iter()
+                            .find(|n| *n == name)
+                            .unwrap(),
+                    );
                 }
                 None => {
                     for attr in ["aria-label=\"", "placeholder=\"", "title=\""] {
@@ -345,7 +350,10 @@ mod tests {
             let sep = if page.contains('?') { '&' } else { '?' };
             let (code, html) = get(&c.app, &format!("{page}{sep}lang=pseudo"), &[]).await;
             assert_eq!(code, StatusCode::OK, "{page}: {html}");
-            assert!(!html.contains('⚠'), "{page}: a key missing in English:\n{html}");
+            assert!(
+                !html.contains('⚠'),
+                "{page}: a key missing in English:\n{html}"
+            );
             assert!(html.contains("⟦"), "{page}: no message at all?");
             let bad: Vec<String> = visible_text(&html)
                 .iter()
@@ -360,19 +368,15 @@ mod tests {
             .oneshot(
                 Request::post("/ui/plan")
                     .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(Body::from(format!(
-                        "lang=pseudo&yaml={}",
-                        urlencode(DOCS)
-                    )))
+                    .body(Body::from(format!("lang=pseudo&yaml={}", urlencode(DOCS))))
                     .unwrap(),
             )
             .await
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
-        let html = String::from_utf8_lossy(
-            &axum::body::to_bytes(r.into_body(), 16 << 20).await.unwrap(),
-        )
-        .into_owned();
+        let html =
+            String::from_utf8_lossy(&axum::body::to_bytes(r.into_body(), 16 << 20).await.unwrap())
+                .into_owned();
         assert!(html.contains("id=\"refusals\""), "{html}");
         let mut data = c.data.clone();
         // The plan's own sentences (details, refusals) are the system's free text.

@@ -159,7 +159,12 @@ fn row(tr: Tr, o: &StoredObject) -> Row {
                 m,
             )
         }
-        None => (tr.t("status-unknown"), "unknown", String::new(), String::new()),
+        None => (
+            tr.t("status-unknown"),
+            "unknown",
+            String::new(),
+            String::new(),
+        ),
     };
     Row {
         kind: o.kind.plural().to_string(),
@@ -268,7 +273,6 @@ fn plan_over(
     let mut policies: Vec<NamedPolicy> = state
         .iter()
         .filter(|o| o.deleted_at.is_none())
-        .chain(std::iter::empty())
         .filter_map(|o| match o.typed_spec() {
             Ok(Spec::Policy(spec)) => Some(NamedPolicy {
                 name: o.name.to_string(),
@@ -326,7 +330,11 @@ fn bars(p: &Plan) -> Vec<DeviceBar> {
     p.devices
         .iter()
         .map(|d| {
-            let pct = |b: u64| (b.saturating_mul(100)).checked_div(d.capacity_bytes).unwrap_or(0);
+            let pct = |b: u64| {
+                (b.saturating_mul(100))
+                    .checked_div(d.capacity_bytes)
+                    .unwrap_or(0)
+            };
             let before_pct = pct(d.before_bytes).min(100);
             DeviceBar {
                 device: d.device.clone(),
@@ -355,7 +363,7 @@ struct OverviewPage {
     devices: Vec<DeviceBar>,
     measured_ram: String,
     measured_vram: String,
-    counts: Vec<(String, &'static str, u64)>,
+    counts: Vec<(String, &'static str)>,
     total: u64,
     problems: Vec<Row>,
 }
@@ -412,7 +420,7 @@ pub(super) async fn overview(
     .into_iter()
     .map(|(class, key)| {
         let n = by.get(class).copied().unwrap_or(0);
-        (tr.n(key, n), class, n)
+        (tr.n(key, n), class)
     })
     .collect();
     let page = OverviewPage {
@@ -451,7 +459,6 @@ struct ResourcesPage {
     b: Base,
     rows: Vec<Row>,
     kinds: Vec<(String, String, bool)>,
-    kind: String,
     q: String,
     ready: String,
     sorts: Vec<(&'static str, String, bool, bool)>,
@@ -467,8 +474,15 @@ pub(super) async fn resources(
         Err(p) => return p,
     };
     let tr = v.tr;
-    let kind = q.kind.as_deref().filter(|k| !k.is_empty()).and_then(Kind::parse_loose);
-    let objects = match ctx.with_store(move |s| s.list(kind, &Default::default())).await {
+    let kind = q
+        .kind
+        .as_deref()
+        .filter(|k| !k.is_empty())
+        .and_then(Kind::parse_loose);
+    let objects = match ctx
+        .with_store(move |s| s.list(kind, &Default::default()))
+        .await
+    {
         Ok(a) => live(a),
         Err(e) => return internal(&v, e),
     };
@@ -501,19 +515,12 @@ pub(super) async fn resources(
     });
     let kinds = Kind::ALL
         .iter()
-        .map(|k| {
-            (
-                k.plural().to_string(),
-                kind_label(tr, *k),
-                Some(*k) == kind,
-            )
-        })
+        .map(|k| (k.plural().to_string(), kind_label(tr, *k), Some(*k) == kind))
         .collect();
     let page = ResourcesPage {
         b: Base::new(&ctx, &v, "resources", "resources-title", "/ui/resources"),
         rows,
         kinds,
-        kind: kind.map(|k| k.plural().to_string()).unwrap_or_default(),
         q: q.q.clone().unwrap_or_default(),
         ready,
         sorts: [
@@ -943,7 +950,10 @@ pub(super) async fn history(
     let diff = diff_lines(
         &state_yaml(&sa),
         &state_yaml(&sb),
-        (&format!("generation-{a}"), &format!("generation-{b}")),
+        (
+            format!("generation-{a}").as_str(),
+            format!("generation-{b}").as_str(),
+        ),
     );
     let gens = h
         .iter()
@@ -1042,12 +1052,9 @@ pub(super) async fn rollback(
             diff: diff_lines(
                 &state_yaml(&now),
                 &state_yaml(&then),
-                ("live", &format!("generation-{target}")),
+                ("live", format!("generation-{target}").as_str()),
             ),
-            owners: owners
-                .into_iter()
-                .map(|(s, o)| (s, o.join(", ")))
-                .collect(),
+            owners: owners.into_iter().map(|(s, o)| (s, o.join(", "))).collect(),
         };
         return respond(&v, &page, None);
     }
@@ -1404,6 +1411,8 @@ struct PlaygroundPage {
     models: Vec<String>,
     model: String,
     prompt: String,
+    /// The model answered (its reply may be empty).
+    answered: bool,
     reply: String,
     error: String,
     curl: String,
@@ -1411,7 +1420,9 @@ struct PlaygroundPage {
 }
 
 async fn served_models(ctx: &ApiContext) -> Vec<String> {
-    let r = super::super::openai::models(State(ctx.clone())).await.into_response();
+    let r = super::super::openai::models(State(ctx.clone()))
+        .await
+        .into_response();
     let body = axum::body::to_bytes(r.into_body(), 1 << 20)
         .await
         .unwrap_or_default();
@@ -1425,7 +1436,8 @@ async fn served_models(ctx: &ApiContext) -> Vec<String> {
 }
 
 fn equivalents(base: &str, model: &str, prompt: &str) -> (String, String) {
-    let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": prompt}]});
+    let body =
+        serde_json::json!({"model": model, "messages": [{"role": "user", "content": prompt}]});
     let curl = format!(
         "curl -s {base}/v1/chat/completions \\\n  -H 'Content-Type: application/json' \\\n  -d '{}'",
         body.to_string().replace('\'', "'\\''")
@@ -1456,6 +1468,7 @@ pub(super) async fn playground(
         models,
         model,
         prompt,
+        answered: false,
         reply: String::new(),
         error: String::new(),
         curl,
@@ -1501,12 +1514,13 @@ pub(super) async fn playground_post(
     if let Some(t) = &ctx.token {
         req = req.bearer_auth(t);
     }
-    let (mut reply, mut error) = (String::new(), String::new());
+    let (mut reply, mut error, mut answered) = (String::new(), String::new(), false);
     match req.send().await {
         Ok(r) => {
             let ok = r.status().is_success();
             let j: Value = r.json().await.unwrap_or_default();
             if ok {
+                answered = true;
                 reply = text(&j["choices"][0]["message"]["content"]);
             } else {
                 error = text(&j["error"]["message"]);
@@ -1520,6 +1534,7 @@ pub(super) async fn playground_post(
         models: served_models(&ctx).await,
         model: f.model,
         prompt: f.prompt,
+        answered,
         reply,
         error,
         curl,
