@@ -203,3 +203,7 @@ reason-deleting = Wird gelöscht
 reason-applied = Angewendet
 reason-suspended = Ausgesetzt
 reason-resumed = Fortgesetzt
+reason-created = Erstellt
+reason-configured = Konfiguriert
+reason-pruned = Bereinigt
+reason-deleted = Gelöscht

@@ -204,3 +204,7 @@ reason-deleting = Deleting
 reason-applied = Applied
 reason-suspended = Suspended
 reason-resumed = Resumed
+reason-created = Created
+reason-configured = Configured
+reason-pruned = Pruned
+reason-deleted = Deleted

@@ -200,3 +200,7 @@ reason-deleting = 删除中
 reason-applied = 已应用
 reason-suspended = 已暂停
 reason-resumed = 已恢复
+reason-created = 已创建
+reason-configured = 已配置
+reason-pruned = 已清理
+reason-deleted = 已删除
