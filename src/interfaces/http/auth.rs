@@ -11,7 +11,10 @@
 //!    `Origin` is not the daemon's own (`http://<allowed host>:<our port>`) or its `Sec-Fetch-Site`
 //!    is not `same-origin`/`none` (403), and when its body is not `application/json` or
 //!    `application/yaml` (415). Browsers must preflight such a request, and the daemon answers no
-//!    CORS, so no page on another origin can send one.
+//!    CORS, so no page on another origin can send one. The one exception: the web console's own
+//!    forms (`application/x-www-form-urlencoded`, `POST /ui/…` only), which still need our own
+//!    `Origin`, the SameSite=Strict session cookie and its anti-forgery `_csrf` field (checked by
+//!    the console's handlers).
 //! 3. **Only the owner** (TCP, when a token is configured — the daemon always configures one): the
 //!    bearer token from `$LAS_HOME/run/token` (0600), or the web console's session cookie (with its
 //!    anti-forgery header on writes). Open without a token: `/healthz` to anyone; `/metrics` and

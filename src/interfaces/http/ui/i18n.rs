@@ -301,10 +301,10 @@ mod tests {
             for call in [".t(\"", ".n(\"", ".v(\""] {
                 for (i, _) in text.match_indices(call) {
                     let rest = &text[i + call.len()..];
-                    if let Some(end) = rest.find('"') {
-                        if is_key(&rest[..end]) {
-                            out.insert(rest[..end].to_string());
-                        }
+                    if let Some(end) = rest.find('"')
+                        && is_key(&rest[..end])
+                    {
+                        out.insert(rest[..end].to_string());
                     }
                 }
             }

@@ -643,14 +643,12 @@ pub(super) async fn object(
 }
 
 fn not_found(v: &Viewer) -> Response {
-    let mut r = super::door::message_page(
+    super::door::message_page(
         StatusCode::NOT_FOUND,
         v.tr,
         "notfound-title",
         "notfound-body",
-    );
-    *r.status_mut() = StatusCode::NOT_FOUND;
-    r
+    )
 }
 
 #[derive(Debug, Deserialize)]
