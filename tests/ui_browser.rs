@@ -209,6 +209,22 @@ async fn text_of(c: &Client, css: &str) -> String {
         .unwrap()
 }
 
+/// Clicks the element `css` finds; found again when a live refresh replaced it in between.
+async fn click(c: &Client, css: &str) {
+    let mut last = None;
+    for _ in 0..20 {
+        match c.find(Locator::Css(css)).await {
+            Ok(e) => match e.click().await {
+                Ok(()) => return,
+                Err(err) => last = Some(err.to_string()),
+            },
+            Err(err) => last = Some(err.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("cannot click {css}: {last:?}");
+}
+
 const PAGES: &[(&str, &str)] = &[
     ("overview", "/ui/"),
     ("resources", "/ui/resources"),
@@ -332,21 +348,20 @@ fn ui_console_in_chromium_for_every_locale() {
             let before = generations(&env);
             let target = before[before.len() - 2];
             c.goto(&format!("{base}/ui/history")).await.unwrap();
-            c.find(Locator::Css(&format!(
-                "tr[data-generation=\"{target}\"] button.rollback"
-            )))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+            click(
+                &c,
+                &format!("tr[data-generation=\"{target}\"] button.rollback"),
+            )
+            .await;
             shot(&c, &format!("{short}-rollback-confirm")).await;
             assert_eq!(
                 generations(&env),
                 before,
                 "the confirmation records nothing"
             );
-            c.find(Locator::Id("confirm-rollback"))
+            c.wait()
+                .at_most(Duration::from_secs(10))
+                .for_element(Locator::Id("confirm-rollback"))
                 .await
                 .unwrap()
                 .click()
@@ -393,7 +408,15 @@ fn ui_console_in_chromium_for_every_locale() {
                 .click()
                 .await
                 .unwrap();
-            let refusals = text_of(&c, "#refusals").await;
+            let found = c
+                .wait()
+                .at_most(Duration::from_secs(30))
+                .for_element(Locator::Css("#refusals"))
+                .await;
+            let refusals = match found {
+                Ok(e) => e.text().await.unwrap(),
+                Err(_) => panic!("{lang}: no refusals:\n{}", text_of(&c, "main").await),
+            };
             assert!(refusals.contains("model/huge"), "{lang}: {refusals}");
             shot(&c, &format!("{short}-plan-refused")).await;
             assert!(
@@ -462,21 +485,26 @@ fn ui_console_in_chromium_for_every_locale() {
         );
         let before = generations(&env);
         c.goto(&format!("{base}/ui/history")).await.unwrap();
-        c.find(Locator::Css(&format!(
-            "tr[data-generation=\"{}\"] button.rollback",
-            before[before.len() - 2]
-        )))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-        c.find(Locator::Id("confirm-rollback"))
+        click(
+            &c,
+            &format!(
+                "tr[data-generation=\"{}\"] button.rollback",
+                before[before.len() - 2]
+            ),
+        )
+        .await;
+        shot(&c, "en-nojs-rollback-confirm").await;
+        let confirm = c
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Id("confirm-rollback"))
             .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+            .unwrap_or_else(|e| {
+                panic!(
+                    "no confirmation ({e}): see target/ui-screenshots/en-nojs-rollback-confirm.png"
+                )
+            });
+        confirm.click().await.unwrap();
         assert_eq!(generations(&env).len(), before.len() + 1);
         assert!(!api.exists("models", "nojs").await);
         shot(&c, "en-nojs-history").await;

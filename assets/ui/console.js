@@ -24,10 +24,19 @@
     var url = new URL(window.location.href);
     url.searchParams.set("fragment", "live");
     fetch(url.toString(), { credentials: "same-origin", headers: { "Accept": "text/html" } })
-      .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
-      .then(function (html) {
+      .then(function (r) {
+        if (!r.ok) return Promise.reject(r.status);
+        var hash = r.headers.get("x-las-fragment-hash") || "";
+        return r.text().then(function (html) { return [hash, html]; });
+      })
+      .then(function (got) {
         live.forEach(function (el) {
-          el.innerHTML = html;
+          // Unchanged content is left alone (the store changes often: status writes), so what
+          // the reader points at or is about to click stays where it is.
+          if (got[0] === "" || got[0] !== el.getAttribute("data-hash")) {
+            el.innerHTML = got[1];
+            el.setAttribute("data-hash", got[0]);
+          }
           el.classList.remove("stale");
         });
         document.documentElement.setAttribute("data-refreshed", String(Date.now()));

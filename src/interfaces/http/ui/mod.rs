@@ -69,7 +69,9 @@ pub(crate) fn harden(mut resp: Response) -> Response {
         ),
         ("x-frame-options", "DENY"),
         ("x-content-type-options", "nosniff"),
-        ("referrer-policy", "no-referrer"),
+        // Not `no-referrer`: with it a browser sends `Origin: null` on the console's own form
+        // POSTs, which the guard refuses as cross-site. Nothing is sent to other sites.
+        ("referrer-policy", "same-origin"),
         ("cache-control", "no-store"),
     ] {
         h.insert(k, HeaderValue::from_static(v));

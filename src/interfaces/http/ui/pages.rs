@@ -97,14 +97,37 @@ fn respond<T: Template>(v: &Viewer, page: &T, fragment: Option<&str>) -> Respons
             );
         }
     };
-    let body = match fragment {
-        Some("live") => match (text.find(LIVE_START), text.find(LIVE_END)) {
-            (Some(a), Some(b)) if a < b => text[a + LIVE_START.len()..b].to_string(),
-            _ => String::new(),
-        },
-        _ => text,
+    // The live part and its hash: the page's script replaces the part only when the hash moved.
+    let live = match (text.find(LIVE_START), text.find(LIVE_END)) {
+        (Some(a), Some(b)) if a < b => Some(&text[a + LIVE_START.len()..b]),
+        _ => None,
     };
-    html(StatusCode::OK, Some((v.tr.lang, v.remember_lang)), body)
+    let hash = live.map(|l| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        l.hash(&mut h);
+        format!("{:016x}", h.finish())
+    });
+    let (body, header) = match (fragment, live, &hash) {
+        (Some("live"), Some(l), Some(h)) => (l.to_string(), Some(h.clone())),
+        (Some("live"), _, _) => (String::new(), None),
+        (_, _, Some(h)) => (
+            text.replacen(
+                "data-live=\"live\"",
+                &format!("data-live=\"live\" data-hash=\"{h}\""),
+                1,
+            ),
+            None,
+        ),
+        _ => (text.clone(), None),
+    };
+    let mut resp = html(StatusCode::OK, Some((v.tr.lang, v.remember_lang)), body);
+    if let Some(h) = header
+        && let Ok(v) = axum::http::HeaderValue::from_str(&h)
+    {
+        resp.headers_mut().insert("x-las-fragment-hash", v);
+    }
+    resp
 }
 
 fn internal(v: &Viewer, e: impl std::fmt::Display) -> Response {
