@@ -102,6 +102,8 @@ pub(crate) fn lang_of(headers: &HeaderMap, query_lang: Option<&str>) -> (Lang, b
 }
 
 /// The viewer of a console request, or the sign-in page it gets instead.
+// The error is the response the handler returns at once; boxing it would gain nothing.
+#[allow(clippy::result_large_err)]
 pub(crate) fn viewer(
     ctx: &ApiContext,
     headers: &HeaderMap,
