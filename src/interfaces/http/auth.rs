@@ -11,7 +11,10 @@
 //!    `Origin` is not the daemon's own (`http://<allowed host>:<our port>`) or its `Sec-Fetch-Site`
 //!    is not `same-origin`/`none` (403), and when its body is not `application/json` or
 //!    `application/yaml` (415). Browsers must preflight such a request, and the daemon answers no
-//!    CORS, so no page on another origin can send one.
+//!    CORS, so no page on another origin can send one. The one exception: the web console's own
+//!    forms (`application/x-www-form-urlencoded`, `POST /ui/…` only), which still need our own
+//!    `Origin`, the SameSite=Strict session cookie and its anti-forgery `_csrf` field (checked by
+//!    the console's handlers).
 //! 3. **Only the owner** (TCP, when a token is configured — the daemon always configures one): the
 //!    bearer token from `$LAS_HOME/run/token` (0600), or the web console's session cookie (with its
 //!    anti-forgery header on writes). Open without a token: `/healthz` to anyone; `/metrics` and
@@ -95,7 +98,7 @@ fn random_hex() -> String {
 }
 
 /// Compares in time independent of where the strings first differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -246,7 +249,7 @@ impl Access {
 
     /// The anti-forgery token of a live session named by the request's cookie.
     pub fn session_csrf(&self, headers: &HeaderMap) -> Option<String> {
-        let id = cookie(headers, SESSION_COOKIE)?;
+        let id = cookie_value(headers, SESSION_COOKIE)?;
         let sessions = lock(&self.sessions);
         let (_, s) = sessions
             .iter()
@@ -281,7 +284,8 @@ fn strip_port(s: &str) -> &str {
     split_host_port(s).0
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// The value of cookie `name` in a request.
+pub(crate) fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -290,6 +294,46 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
+}
+
+/// A console page's caller: a live session (its anti-forgery token), or — on a server that
+/// requires no token (the unix socket) or with the right bearer token — the owner (an empty
+/// token: such callers need none). `None`: neither.
+pub(crate) fn session_or_token(
+    access: &Access,
+    token: Option<&str>,
+    headers: &HeaderMap,
+) -> Option<String> {
+    if let Some(csrf) = access.session_csrf(headers) {
+        return Some(csrf);
+    }
+    let Some(token) = token else {
+        return Some(String::new());
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)?;
+    same(bearer.as_bytes(), token.as_bytes()).then(String::new)
+}
+
+/// A console form's body (`application/x-www-form-urlencoded`), accepted only by `POST /ui/…`:
+/// those handlers check the session and its `_csrf` field themselves.
+fn console_form(req: &Request) -> bool {
+    req.method() == Method::POST
+        && req.uri().path().starts_with("/ui/")
+        && req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                ct.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
 }
 
 /// Why a request was refused; the label of `las_http_refused_total`.
@@ -399,7 +443,7 @@ pub fn check(
                 ));
             }
         }
-        if req.method() != Method::DELETE && !write_content_type_ok(headers) {
+        if req.method() != Method::DELETE && !write_content_type_ok(headers) && !console_form(req) {
             return Err((
                 Refusal::ContentType,
                 "send the body as application/json or application/yaml".into(),
