@@ -308,7 +308,11 @@ fn prompt_guard_and_response_suffix_run_on_the_v1_path_and_upgrades_wait_for_gra
         .find(|s| s["seam"] == "hardware")
         .unwrap();
     assert_eq!(hw["pluggable"], true, "{inv}");
-    assert_eq!(hw["accepts"], serde_json::json!(["hardwareProbes"]), "{inv}");
+    assert_eq!(
+        hw["accepts"],
+        serde_json::json!(["hardwareProbes"]),
+        "{inv}"
+    );
 
     // The CLI: list, grants, inventory (from the daemon, with calls), and a dry run.
     let list = env.run(&["plugin", "list"]).ok().stdout;
