@@ -236,14 +236,20 @@ impl ModuleReconciler {
             .inspect(&workload.owner.key())
             .await
             .map_err(runtime_err)?;
-        if is_ready(&obj) {
+        // A workload removed behind our back is drift even when a reconcile in between (woken by
+        // its `kill` event) already recorded it unhealthy: the status still names the container or
+        // process this generation started.
+        let started_here = obj.observed_generation() == Some(obj.generation)
+            && (obj.status["containerId"].is_string() || obj.status["pid"].is_u64());
+        {
             let drift = match &before {
-                None => Some("the workload is gone".to_string()),
+                None if is_ready(&obj) || started_here => Some("the workload is gone".to_string()),
                 Some(st)
-                    if matches!(
-                        st.state,
-                        WorkloadState::Missing | WorkloadState::Stopped | WorkloadState::Exited
-                    ) =>
+                    if is_ready(&obj)
+                        && matches!(
+                            st.state,
+                            WorkloadState::Missing | WorkloadState::Stopped | WorkloadState::Exited
+                        ) =>
                 {
                     Some(format!("the workload is {}", st.state))
                 }
