@@ -468,10 +468,15 @@ fn ui_console_in_chromium_for_every_locale() {
             .click()
             .await
             .unwrap();
-        assert!(
-            api.exists("models", "nojs").await,
-            "applied without JavaScript"
-        );
+        // click() returns before the form's navigation ends: wait for the record, bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while !api.exists("models", "nojs").await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "applied without JavaScript"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         c.goto(&format!("{base}/ui/resources?q=nojs&sort=-name"))
             .await
             .unwrap();
@@ -505,6 +510,13 @@ fn ui_console_in_chromium_for_every_locale() {
                 )
             });
         confirm.click().await.unwrap();
+        // click() returns before the form's navigation ends: wait for the generation, then settle.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while generations(&env).len() == before.len() {
+            assert!(std::time::Instant::now() < deadline, "no rollback recorded");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(generations(&env).len(), before.len() + 1);
         assert!(!api.exists("models", "nojs").await);
         shot(&c, "en-nojs-history").await;
